@@ -1,9 +1,8 @@
 """The shared battery itself, run on optax's own SGD with momentum as a control."""
 
 import optax
-import pytest
-
 import optax_battery  # noqa: I001  (tests/ is on sys.path)
+import pytest
 
 
 def sgd(learning_rate):

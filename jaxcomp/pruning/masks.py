@@ -35,21 +35,24 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
             raise ValueError(f"{name} must be in [0, 1), got {sparsity}")
 
 
+_REL_TOL = 2.0**-21  # a few float32 ulps: 0.7 and float32(0.7) both keep 30 of 100
+
+
 def keep_count(n: int, sparsity: ArrayLike) -> int | jax.Array:
     """Number of entries kept out of ``n`` at ``sparsity``: ``ceil(n * (1 - sparsity))``.
 
-    A relative tolerance absorbs the representation error of decimal sparsities (``n=100`` at
-    ``0.7`` keeps 30, not 31). Concrete sparsities give a Python int (float64 arithmetic); a traced
-    one gives an int32 array computed in float32, with the same result whenever ``n * (1 - s)`` is
-    resolvable in float32.
+    A relative tolerance of a few float32 ulps absorbs the representation error of decimal
+    sparsities (``n=100`` at ``0.7`` or ``float32(0.7)`` keeps 30, not 31). Concrete sparsities
+    give a Python int; a traced one gives an int32 array computed in float32, with the same result
+    whenever ``n * (1 - s)`` is resolvable in float32 (n below ~2^21).
     """
     if _is_concrete(sparsity):
         check_sparsity(sparsity)
         kf = n * (1.0 - float(sparsity))
-        return int(min(n, max(0, math.ceil(kf - 1e-9 * max(kf, 1.0)))))
+        return int(min(n, max(0, math.ceil(kf - _REL_TOL * max(kf, 1.0)))))
     s = jnp.asarray(sparsity, jnp.float32)
     kf = jnp.float32(n) * (1.0 - s)
-    k = jnp.ceil(kf - 2.0**-21 * jnp.maximum(kf, 1.0))
+    k = jnp.ceil(kf - _REL_TOL * jnp.maximum(kf, 1.0))
     return jnp.clip(k, 0, n).astype(jnp.int32)
 
 
