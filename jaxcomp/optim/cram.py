@@ -29,7 +29,7 @@ import optax
 from jax import lax
 
 from jaxcomp.pruning.masks import _is_concrete, apply_mask, check_sparsity, nm_mask, topk_mask
-from jaxcomp.pruning.select import Where, select
+from jaxcomp.pruning.select import Where, nm_where, select
 
 NM_LEVELS = ((2, 4), (4, 8))
 
@@ -74,11 +74,14 @@ def cram(
     """CrAM / CrAM+ / CrAM-Multi wrapped around ``base`` (see the module docstring).
 
     ``update(grads, state, params, *, grad_fn)`` needs ``params`` and ``grad_fn``; other extra
-    args are ignored. ``rho`` may be injected (``optax.inject_hyperparams``). One compiled program
+    args are ignored. With ``compression="nm"``, leaves whose input dimension is not divisible by
+    8 stay dense (``jaxcomp.pruning.nm_where``). ``rho`` may be injected (``optax.inject_hyperparams``). One compiled program
     serves every sparsity level: the level is drawn inside the step.
     """
     sparsities = tuple(float(s) for s in sparsities)
     _check(rho, sparsities, compression)
+    if compression == "nm":  # 2:4 and 4:8 both need the input dimension divisible by 8
+        where = nm_where(8, where)
     levels = jnp.asarray(sparsities if compression != "nm" else [1 - n / m for n, m in NM_LEVELS])
 
     def init_fn(params):
