@@ -14,7 +14,6 @@ For the Galerkin method (Bhatti & Bracken-style weighted residuals) the trial fu
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +59,10 @@ class BernsteinBasis:
     def __call__(self, x: jax.typing.ArrayLike, k: int = 0) -> jax.Array:
         """Values of the ``k``-th derivatives ``B_{i,n}^(k)(x)``, shape ``x.shape + (n + 1,)``."""
         k = _check_degree(k, minimum=0, what="derivative order k")
-        return _evaluate(self, k, jnp.asarray(x, dtype=jnp.float64))
+        if isinstance(x, jax.core.Tracer):
+            return _evaluate_jit(self, k, x.astype(jnp.float64))
+        # Concrete input: NumPy float64 (no compilation per shape), returned as a JAX array.
+        return jnp.asarray(_evaluate(self, k, np.asarray(x, np.float64), np))
 
     def modified(
         self, left: tuple[float, float, float], right: tuple[float, float, float]
@@ -78,24 +80,24 @@ class BernsteinBasis:
         return _modified(self, left, right)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _evaluate(basis: BernsteinBasis, k: int, x: jax.Array) -> jax.Array:
+def _evaluate(basis: BernsteinBasis, k: int, x, xp=jnp):
+    """``B_{i,n}^(k)(x)`` with array module ``xp`` (``jax.numpy`` or ``numpy``)."""
     m = basis.n - k
     if m < 0:
-        return jnp.zeros(x.shape + (basis.n + 1,), jnp.float64)
-    t = (x - basis.a) / (basis.b - basis.a)
+        return xp.zeros(x.shape + (basis.n + 1,), np.float64)
+    t = ((x - basis.a) / (basis.b - basis.a))[..., None]
     # de Casteljau-style recursion B_{i,j} = (1 - t) B_{i,j-1} + t B_{i-1,j-1}: no powers, so it is
     # exact at the end points and safe to differentiate.
-    vals = jnp.ones(x.shape + (1,), jnp.float64)
-    zero = jnp.zeros(x.shape + (1,), jnp.float64)
+    vals = xp.ones(x.shape + (1,), np.float64)
+    zero = xp.zeros(x.shape + (1,), np.float64)
     for _ in range(m):
-        vals = (
-            jnp.concatenate([vals, zero], -1) * (1.0 - t)[..., None]
-            + jnp.concatenate([zero, vals], -1) * t[..., None]
-        )
+        vals = xp.concatenate([vals, zero], -1) * (1.0 - t) + xp.concatenate([zero, vals], -1) * t
     if k == 0:
         return vals
-    return vals @ jnp.asarray(basis.derivative_matrix(k))
+    return vals @ xp.asarray(basis.derivative_matrix(k))
+
+
+_evaluate_jit = jax.jit(_evaluate, static_argnums=(0, 1))
 
 
 def _modified(basis: BernsteinBasis, left, right) -> ModifiedBasis:

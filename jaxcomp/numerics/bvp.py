@@ -50,20 +50,24 @@ def hermite_interpolate(
 
     With O(h^4) nodal values and slopes the interpolant is O(h^4) accurate.
     """
+    if k not in (0, 1, 2):
+        raise ValueError(f"derivative order k must be 0, 1 or 2, got {k}")
+    concrete = not isinstance(x, jax.core.Tracer)
+    xp = np if concrete else jnp
+    grid, values, slopes = (xp.asarray(a) for a in (grid, values, slopes))
     n = grid.shape[0] - 1
     h = (grid[-1] - grid[0]) / n
-    i = jnp.clip(jnp.floor((x - grid[0]) / h).astype(jnp.int32), 0, n - 1)
+    i = xp.clip(xp.floor((x - grid[0]) / h).astype(np.int32), 0, n - 1)
     s = (x - grid[i]) / h
     u0, u1, m0, m1 = values[i], values[i + 1], h * slopes[i], h * slopes[i + 1]
     if k == 0:
         w = (2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2)
     elif k == 1:
         w = (6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s)
-    elif k == 2:
-        w = (12 * s - 6, 6 * s - 4, -12 * s + 6, 6 * s - 2)
     else:
-        raise ValueError(f"derivative order k must be 0, 1 or 2, got {k}")
-    return (w[0] * u0 + w[1] * m0 + w[2] * u1 + w[3] * m1) / h**k
+        w = (12 * s - 6, 6 * s - 4, -12 * s + 6, 6 * s - 2)
+    out = (w[0] * u0 + w[1] * m0 + w[2] * u1 + w[3] * m1) / h**k
+    return jnp.asarray(out)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,16 +94,15 @@ class CorrectedSolution:
 
     @x64
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        x = jnp.asarray(x, jnp.float64)
-        e = hermite_interpolate(self.grid, self.correction, self.correction_slopes, x)
-        return self.approx(x) + e
+        return self.derivative(x, 0)
 
     @x64
     def derivative(self, x: jax.typing.ArrayLike, k: int = 1) -> jax.Array:
         """``k``-th derivative (``k <= 2``) of the corrected solution."""
-        x = jnp.asarray(x, jnp.float64)
-        u = _derivatives(self.approx)[k](x)
-        return u + hermite_interpolate(self.grid, self.correction, self.correction_slopes, x, k)
+        if not isinstance(x, jax.core.Tracer):
+            x = np.asarray(x, np.float64)
+        e = hermite_interpolate(self.grid, self.correction, self.correction_slopes, x, k)
+        return _derivatives(self.approx)[k](x) + e
 
 
 def _max_error(u: Callable, exact: Callable, x: jax.Array) -> float:

@@ -157,7 +157,8 @@ def solve_fd4(
     initial=None,
     tol: float = 1e-13,
     max_iter: int = 50,
-) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+    derivatives: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, int]:
     """``compact_fd4`` that also returns nodal derivatives and the Newton iteration count.
 
     With ``shifts=(s0, s1, s2)`` (arrays on the ``n + 1`` grid nodes) it solves
@@ -187,7 +188,7 @@ def solve_fd4(
     u, iterations = newton(
         step, u0, tol=tol, max_iter=max_iter, linear=problem.is_linear, what="compact_fd4"
     )
-    du = _nodal_derivatives(problem.F, bcs, gammas, nodes, u)
+    du = _nodal_derivatives(problem.F, bcs, gammas, nodes, u) if derivatives else None
     return x, u, du, iterations
 
 
@@ -212,5 +213,7 @@ def compact_fd4(
     Returns:
       ``(x, u)``: the float64 grid and the approximate solution on it (error O(h^4)).
     """
-    x, u, _, _ = solve_fd4(problem, n, initial=initial, tol=tol, max_iter=max_iter)
+    x, u, _, _ = solve_fd4(
+        problem, n, initial=initial, tol=tol, max_iter=max_iter, derivatives=False
+    )
     return x, u

@@ -40,12 +40,14 @@ class BernsteinSolution:
 
     @x64
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        return self.basis(x, 0) @ self.coefficients
+        return self.derivative(x, 0)
 
     @x64
     def derivative(self, x: jax.typing.ArrayLike, k: int = 1) -> jax.Array:
         """``k``-th derivative of the expansion at ``x``."""
-        return self.basis(x, k) @ self.coefficients
+        if isinstance(x, jax.core.Tracer):
+            return self.basis(x, k) @ self.coefficients
+        return jnp.asarray(np.asarray(self.basis(x, k)) @ np.asarray(self.coefficients))
 
 
 def gauss_legendre(num: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
