@@ -16,51 +16,32 @@ from jaxcomp.numerics import (
     solve_bvp,
 )
 from jaxcomp.numerics.compact_fd import _tridiagonal_newton_step, fd4_residual
+from jaxcomp.numerics.examples import bratu_theta, classic_problems
 
 BRATU_THETA = 1.5171645990507543  # theta = sqrt(2) cosh(theta / 4), Bratu with lambda = 1
 
-
-def _dirichlet():
-    """u'' - u = x, u(0) = u(1) = 0; u = sinh(x) / sinh(1) - x."""
-    return BVP.linear(
-        1.0, 0.0, -1.0, lambda x: x, 0.0, 1.0, (1, 0, 0), (1, 0, 0),
-        exact=lambda x: jnp.sinh(x) / np.sinh(1.0) - x,
-    )  # fmt: skip
+_P = classic_problems()
+DIRICHLET, ROBIN, BRATU, ROBIN_NL = (
+    _P[k] for k in ("dirichlet_linear", "robin_linear", "bratu", "robin_nonlinear")
+)
 
 
-def _robin_linear():
-    """u'' + x u' - u = f, u'(0) = 1, u(1) + u'(1) = e (2 cos 1 - sin 1); u = e^x cos x."""
-
-    def f(x):
-        ex = jnp.exp(x)
-        return -2 * ex * jnp.sin(x) + x * ex * (jnp.cos(x) - jnp.sin(x)) - ex * jnp.cos(x)
-
-    right = (1, 1, np.e * (2 * np.cos(1.0) - np.sin(1.0)))
-    return BVP.linear(
-        1.0, lambda x: x, -1.0, f, 0.0, 1.0, (0, 1, 1), right,
-        exact=lambda x: jnp.exp(x) * jnp.cos(x),
-    )  # fmt: skip
-
-
-def _bratu():
-    """u'' + e^u = 0, u(0) = u(1) = 0; u = -2 log(cosh((x - 1/2) theta / 2) / cosh(theta / 4))."""
-    return BVP(
-        lambda x, u, du: -jnp.exp(u), 0.0, 1.0, (1, 0, 0), (1, 0, 0),
-        exact=lambda x: -2 * jnp.log(
-            jnp.cosh((x - 0.5) * BRATU_THETA / 2) / jnp.cosh(BRATU_THETA / 4)
-        ),
-    )  # fmt: skip
-
-
-def _robin_nonlinear():
-    """u'' = -(u')^2, u(0) - u'(0) = -1, u(1) + 2 u'(1) = log 2 + 1; u = log(1 + x)."""
-    return BVP(
-        lambda x, u, du: -(du**2), 0.0, 1.0, (1, -1, -1), (1, 2, np.log(2.0) + 1),
-        exact=lambda x: jnp.log1p(x),
-    )  # fmt: skip
-
-
-DIRICHLET, ROBIN, BRATU, ROBIN_NL = _dirichlet(), _robin_linear(), _bratu(), _robin_nonlinear()
+def test_classic_problems_exact_solutions_satisfy_ode_and_bcs():
+    x = np.linspace(0.0, 1.0, 7)
+    with jax.enable_x64(True):
+        for name, p in _P.items():
+            u = p.exact
+            du, d2u = jax.vmap(jax.grad(u)), jax.vmap(jax.grad(jax.grad(u)))
+            xs = jnp.asarray(x)
+            res = d2u(xs) - p.F(xs, u(xs), du(xs))
+            assert float(jnp.max(jnp.abs(res))) < 1e-12, name
+            ends = jnp.asarray([p.a, p.b])
+            bc = [p.left, p.right]
+            for k in range(2):
+                al, be, ga = bc[k]
+                value = al * u(ends[k]) + be * du(ends[k : k + 1])[0]
+                assert abs(float(value) - ga) < 1e-12, name
+    assert bratu_theta(1.0) == pytest.approx(BRATU_THETA, abs=1e-14)
 
 
 def _max_err(x, u, problem):
