@@ -7,7 +7,7 @@ Each entry is a :class:`~jaxcomp.numerics.problem.BVP` with ``exact`` set:
   ``u(1) + u'(1) = e (2 cos 1 - sin 1)`` (Robin); ``u = e^x cos x``.
 * ``bratu``: ``u'' + e^u = 0``, ``u(0) = u(1) = 0`` (Bratu, lambda = 1);
   ``u = -2 log(cosh((x - 1/2) theta / 2) / cosh(theta / 4))``, ``theta = sqrt(2) cosh(theta/4)``.
-* ``cubic``: ``u'' = 2 u^3``, ``u(0) + u'(0) = 0`` (Robin), ``u(1) = 1/2``; ``u = 1 / (1 + x)``.
+* ``cubic``: ``u'' = 2 u^3``, ``u(0) - u'(0) = 2`` (Robin), ``u(1) = 1/2``; ``u = 1 / (1 + x)``.
 * ``robin_nonlinear``: ``u'' = -(u')^2``, ``u(0) - u'(0) = -1``, ``u(1) + 2 u'(1) = log 2 + 1``;
   ``u = log(1 + x)`` (nonlinear in ``u'``, Robin at both ends).
 """
@@ -66,7 +66,7 @@ def _classic_problems() -> dict[str, BVP]:
             exact=lambda x: -2 * jnp.log(jnp.cosh((x - 0.5) * theta / 2) / math.cosh(theta / 4)),
         ),
         "cubic": BVP(
-            lambda x, u, du: 2 * u**3, 0.0, 1.0, (1, 1, 0), (1, 0, 0.5),
+            lambda x, u, du: 2 * u**3, 0.0, 1.0, (1, -1, 2), (1, 0, 0.5),
             exact=lambda x: 1 / (1 + x),
         ),
         "robin_nonlinear": BVP(
