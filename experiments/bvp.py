@@ -83,11 +83,14 @@ def markdown_tables(results: dict, degrees, grid_sizes) -> str:
 
 def plot(results: dict, degrees, grid_sizes, path: str) -> None:
     names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.0), squeeze=False)
+    cols = min(3, len(names))
+    rows = -(-(len(names) + 1) // cols)  # one spare panel for the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.6 * rows), squeeze=False)
+    flat = axes.ravel()
     ns = np.array(grid_sizes, float)
     colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(degrees)))
     floor = 1e-16
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(flat, names):
         r = results[name]
         fd4 = np.maximum([r["fd4"][n] for n in grid_sizes], floor)
         ax.loglog(ns, fd4, "k-o", lw=2, label="FD4 alone")
@@ -98,9 +101,14 @@ def plot(results: dict, degrees, grid_sizes, path: str) -> None:
             ax.axhline(max(r["galerkin"][d], floor), color=c, ls="--", lw=1)
         ax.set_title(name)
         ax.set_xlabel("FD intervals n")
+        ax.set_ylabel("max error")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("max error (dashed: Galerkin alone)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    handles, labels = flat[0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="grey", ls="--", lw=1))
+    labels.append("Galerkin alone (dashed, colour = degree)")
+    for ax in flat[len(names) :]:
+        ax.axis("off")
+    flat[len(names)].legend(handles, labels, loc="center", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
