@@ -179,10 +179,13 @@ def test_newton_converges_on_bratu():
 
 
 def test_x64_is_scoped_to_the_entry_points():
+    before = bool(jax.config.jax_enable_x64)
     x, u = compact_fd4(DIRICHLET, 8)
-    assert u.dtype == jnp.float64
-    assert not jax.config.jax_enable_x64
-    assert jnp.ones(2).dtype == jnp.float32
+    sol = galerkin(DIRICHLET, 3)
+    assert u.dtype == jnp.float64 and sol(np.linspace(0, 1, 5)).dtype == jnp.float64
+    assert bool(jax.config.jax_enable_x64) == before  # the flag is restored
+    if not before:
+        assert jnp.ones(2).dtype == jnp.float32
 
 
 def test_bad_input_raises_clear_errors():
