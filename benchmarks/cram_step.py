@@ -56,7 +56,7 @@ def main():
         jax.block_until_ready(carry)
         runs[name] = [step, carry, []]
     for _ in range(args.steps):  # interleave: both optimizers see the same load
-        for name, run in runs.items():
+        for run in runs.values():
             step, carry, times = run
             t = time.perf_counter()
             out = step(*carry, batch)
