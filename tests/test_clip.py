@@ -79,7 +79,7 @@ def _to_openai(tensors):
             if name.startswith(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")):
                 if name.startswith("self_attn.q_proj"):
                     kind = parts[-1]
-                    qkv = [tensors[key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+                    qkv = [tensors[key.replace("q_proj", f"{p}_proj")] for p in "qkv"]
                     sd[pre + f"attn.in_proj_{kind}"] = np.concatenate(qkv, axis=0)
                 continue
             for hf, oa in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),

@@ -91,7 +91,9 @@ class CLIPConfig:
         for name in ("vision", "text"):
             width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
             if width % heads:
-                raise ValueError(f"{name}_width ({width}) must be divisible by {name}_heads ({heads})")
+                raise ValueError(
+                    f"{name}_width ({width}) must be divisible by {name}_heads ({heads})"
+                )
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(
                 f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}"
@@ -171,9 +173,8 @@ class Transformer(nnx.Module):
         self, width: int, layers: int, heads: int, mlp_dim: int, act: str, eps: float, *,
         rngs: nnx.Rngs,
     ):  # fmt: skip
-        self.layers = nnx.List(
-            [ResidualAttentionBlock(width, heads, mlp_dim, act, eps, rngs=rngs) for _ in range(layers)]
-        )
+        block = lambda: ResidualAttentionBlock(width, heads, mlp_dim, act, eps, rngs=rngs)
+        self.layers = nnx.List([block() for _ in range(layers)])
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         for layer in self.layers:
@@ -254,7 +255,8 @@ class TextTransformer(nnx.Module):
             raise ValueError(f"text length {length} exceeds the context length {max_len}")
         if token_ids.shape != (n, length):
             raise ValueError(
-                f"token_ids must have shape {(n, length)} to match embeddings, got {token_ids.shape}"
+                f"token_ids must have shape {(n, length)} to match embeddings, "
+                f"got {token_ids.shape}"
             )
         x = embeddings + self.position_embedding.value[:length]
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
@@ -475,10 +477,12 @@ def config_from_openai_state_dict(sd: Mapping[str, ArrayLike]) -> CLIPConfig:
         )
     shape = lambda k: np.shape(sd[k])
     vision_width, _, patch, _ = shape("visual.conv1.weight")
-    vision_layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    n_blocks = lambda prefix: len({k.split(".")[len(prefix.split(".")) - 1]
+                                   for k in sd if k.startswith(prefix)})  # fmt: skip
+    vision_layers = n_blocks("visual.transformer.resblocks.")
     grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
     text_width = shape("ln_final.weight")[0]
-    text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    text_layers = n_blocks("transformer.resblocks.")
     return CLIPConfig(
         image_size=patch * grid,
         patch_size=patch,
