@@ -250,7 +250,7 @@ class CoOp(_PromptBase):
         rngs: nnx.Rngs,
     ):
         super().__init__(
-            clip, classnames, tokenize=tokenize, n_ctx=n_ctx if ctx_init or n_ctx is not None else 16,
+            clip, classnames, tokenize=tokenize, n_ctx=_default_n_ctx(n_ctx, ctx_init, 16),
             ctx_init=ctx_init, class_specific=class_specific,
             class_token_position=class_token_position, class_suffix=class_suffix, rngs=rngs,
         )  # fmt: skip
@@ -311,7 +311,7 @@ class CoCoOp(_PromptBase):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         super().__init__(
-            clip, classnames, tokenize=tokenize, n_ctx=n_ctx if ctx_init or n_ctx is not None else 4,
+            clip, classnames, tokenize=tokenize, n_ctx=_default_n_ctx(n_ctx, ctx_init, 4),
             ctx_init=ctx_init, class_specific=False, class_token_position="end",
             class_suffix=class_suffix, rngs=rngs,
         )  # fmt: skip
@@ -362,6 +362,10 @@ class CoCoOp(_PromptBase):
         if self.remat:
             one_image = jax.checkpoint(one_image)
         return jax.lax.map(one_image, (ctx, x), batch_size=self.chunk_size)
+
+
+def _default_n_ctx(n_ctx: int | None, ctx_init: str | None, default: int) -> int | None:
+    return default if n_ctx is None and not ctx_init else n_ctx
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
