@@ -1,0 +1,51 @@
+"""Demo: a small CLIP pretrained on MNIST-5k digits, then zero-shot vs CoOp vs CoCoOp base-to-new.
+
+python -m experiments.cocoop --config=experiments/configs/cocoop.py --workdir=/tmp/cocoop
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.source = "mnist_demo"
+    c.title = "MNIST-5k (upside down), tiny CLIP, 16 shots, base 0-4 / new 5-9"
+    # Small CLIP (both towers: width, layers, heads; 28x28 digits in 7x7 patches).
+    c.model = ml_collections.ConfigDict(
+        dict(width=64, layers=2, heads=4, patch_size=7, context_length=16, projection_dim=64)
+    )
+    c.pretrain_seed = 0
+    c.pretrain_steps = 300
+    c.pretrain_batch = 128
+    c.pretrain_lr = 1e-3
+    c.pretrain_templates = (
+        "a photo of the number {}.",
+        "a handwritten {}.",
+        "the digit {}.",
+        "a drawing of a {}.",
+        "an image of the number {}.",
+        "a {} written by hand.",
+    )
+    c.zero_shot_templates = ("a photo of the number {}.", "the digit {}.", "a handwritten {}.")
+    c.ctx_init = "a photo of the number"  # words for the tokenizer vocabulary
+    c.downstream_shift = "vflip"  # downstream digits are upside down (unseen in pretraining)
+    # Protocol.
+    c.shots = 16
+    c.seeds = (1, 2, 3)
+    c.methods = ("coop", "cocoop")
+    c.coop = ml_collections.ConfigDict(
+        dict(
+            n_ctx=4,
+            ctx_init="",
+            class_specific=False,
+            class_token_position="end",
+            lr=0.02,
+            momentum=0.9,
+            steps=300,
+            batch_size=32,
+        )  # fmt: skip
+    )
+    c.cocoop = ml_collections.ConfigDict(
+        dict(n_ctx=4, ctx_init="", lr=0.02, momentum=0.9, steps=300, batch_size=32, chunk_size=8)
+    )
+    return c
