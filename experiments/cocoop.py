@@ -14,7 +14,7 @@ mean and std over seeds.
   pretrained contrastively on MNIST-5k training digits with template captions ("a photo of the
   number seven."); its tokenizer is a word-level vocabulary of the caption words. The
   downstream few-shot task then uses the training/held-out test digits under a domain shift
-  (``config.downstream_shift``, default upside down), since on the pretraining distribution
+  (``config.downstream_shift``, default mirrored), since on the pretraining distribution
   itself zero-shot accuracy already equals a linear probe and there is nothing to learn.
 * ``"hf"``: a Hugging Face CLIP checkpoint directory (``config.clip_path``, e.g. ViT-B/16) and a
   prepared TFDS dataset (``config.dataset`` under ``config.data_dir``).
@@ -352,7 +352,10 @@ def run(cfg, workdir):
     }
     with open(os.path.join(workdir, "results.json"), "w") as fh:
         json.dump(out, fh, indent=2)
-    _plot(summary, os.path.join(workdir, "cocoop.png"), cfg.get("title", ""))
+    title = cfg.get("title", "")
+    if cfg.source == "mnist_demo":
+        title += f", shift={cfg.downstream_shift}"
+    _plot(summary, os.path.join(workdir, "cocoop.png"), title)
     _print_table(summary)
     return out
 

@@ -207,7 +207,7 @@ class VisionTransformer(nnx.Module):
     def __call__(self, pixels: jax.Array) -> jax.Array:
         n, h, w, c = pixels.shape
         p = self.patch_size
-        kernel = self.patch_embedding.value
+        kernel = self.patch_embedding[...]
         if (h % p) or (w % p) or c != kernel.shape[2]:
             raise ValueError(
                 f"pixels must be NHWC with H, W multiples of {p} and C={kernel.shape[2]}, "
@@ -215,14 +215,14 @@ class VisionTransformer(nnx.Module):
             )
         patches = pixels.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = jnp.einsum("nyxpqc,pqcd->nyxd", patches, kernel).reshape(n, -1, kernel.shape[-1])
-        cls = jnp.broadcast_to(self.class_embedding.value, (n, 1, x.shape[-1]))
+        cls = jnp.broadcast_to(self.class_embedding[...], (n, 1, x.shape[-1]))
         x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
-        if x.shape[1] != self.position_embedding.value.shape[0]:
+        if x.shape[1] != self.position_embedding[...].shape[0]:
             raise ValueError(
                 f"image of {h}x{w} gives {x.shape[1] - 1} patches, the model has "
-                f"{self.position_embedding.value.shape[0] - 1}"
+                f"{self.position_embedding[...].shape[0] - 1}"
             )
-        x = self.pre_layrnorm(x + self.position_embedding.value)
+        x = self.pre_layrnorm(x + self.position_embedding[...])
         x = self.encoder(x)
         return self.projection(self.post_layernorm(x[:, 0]))
 
@@ -250,7 +250,7 @@ class TextTransformer(nnx.Module):
 
     def __call__(self, embeddings: jax.Array, token_ids: jax.Array) -> jax.Array:
         n, length, _ = embeddings.shape
-        max_len = self.position_embedding.value.shape[0]
+        max_len = self.position_embedding[...].shape[0]
         if length > max_len:
             raise ValueError(f"text length {length} exceeds the context length {max_len}")
         if token_ids.shape != (n, length):
@@ -258,7 +258,7 @@ class TextTransformer(nnx.Module):
                 f"token_ids must have shape {(n, length)} to match embeddings, "
                 f"got {token_ids.shape}"
             )
-        x = embeddings + self.position_embedding.value[:length]
+        x = embeddings + self.position_embedding[...][:length]
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         x = self.final_layer_norm(self.encoder(x, causal[None, None]))
         eot = jnp.argmax(token_ids, axis=-1)  # EOT has the largest id (OpenAI convention)
@@ -300,7 +300,7 @@ class CLIP(nnx.Module):
     def __call__(self, pixels: ArrayLike, token_ids: ArrayLike) -> jax.Array:
         img = _l2_normalize(self.encode_image(pixels))
         txt = _l2_normalize(self.encode_text(token_ids))
-        return jnp.exp(self.logit_scale.value) * img @ txt.T
+        return jnp.exp(self.logit_scale[...]) * img @ txt.T
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -418,12 +418,12 @@ def load_state_dict(model: CLIP, tensors: Mapping[str, ArrayLike], *, strict: bo
         node: Any = model
         for p in path:
             node = node[p] if isinstance(p, int) else getattr(node, p)
-        if tuple(node.value.shape) != tuple(value.shape):
+        if tuple(node.get_value().shape) != tuple(value.shape):
             raise ValueError(
                 f"checkpoint key {key!r} has shape {tuple(value.shape)} after conversion, "
-                f"the model expects {tuple(node.value.shape)}"
+                f"the model expects {tuple(node.get_value().shape)}"
             )
-        node.value = jnp.asarray(value)
+        node.set_value(jnp.asarray(value))
     if strict and remaining:
         raise ValueError(f"checkpoint has unknown keys: {sorted(remaining)[:10]}")
     return model
