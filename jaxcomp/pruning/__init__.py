@@ -11,7 +11,7 @@ from jaxcomp.pruning.masks import (
     topk_mask,
 )
 from jaxcomp.pruning.one_shot import one_shot, recalibrate_batch_stats
-from jaxcomp.pruning.select import default_where, path_str, regex_where, select
+from jaxcomp.pruning.select import default_where, nm_where, path_str, regex_where, select
 from jaxcomp.pruning.stats import sparsity_report
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "default_where",
     "keep_count",
     "nm_mask",
+    "nm_where",
     "one_shot",
     "path_str",
     "recalibrate_batch_stats",

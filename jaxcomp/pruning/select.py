@@ -98,3 +98,16 @@ def select(params: Any, where: Where | str | None = None) -> Any:
 def named_leaves(params: Any) -> list[tuple[str, Any]]:
     """``[(path_str, leaf), ...]`` in tree-flatten order."""
     return [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def nm_where(m: int, base: Where | str | None = None) -> Where:
+    """Leaves selected by ``base`` (default ``default_where``) whose input dimension (axis
+    ``ndim - 2``: Dense ``in``, Conv ``in``) is divisible by ``m``; the others (e.g. a first
+    conv with 1 or 3 input channels) are left dense, as NVIDIA's ASP does for 2:4."""
+    pred = as_where(base)
+
+    def where(path: str, leaf: Any) -> bool:
+        return pred(path, leaf) and leaf.shape[leaf.ndim - 2] % m == 0
+
+    where.pattern = f"nm_where({m})"  # type: ignore[attr-defined]
+    return where
