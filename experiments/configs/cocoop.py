@@ -30,14 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.ctx_init = "a photo of the number"  # words for the tokenizer vocabulary
     # Downstream digits are mirrored (unseen in pretraining); also run with "vflip" and "none".
     c.downstream_shift = "hflip"
-    # Protocol.
+    # Protocol. As in CoCoOp's base-to-new setting both learners start from words (n_ctx=0: the
+    # number of init tokens, here 5); ctx_init="" with n_ctx=4 gives the random N(0, 0.02) init.
     c.shots = 16
     c.seeds = (1, 2, 3)
     c.methods = ("coop", "cocoop")
     c.coop = ml_collections.ConfigDict(
         dict(
-            n_ctx=4,
-            ctx_init="",
+            n_ctx=0,
+            ctx_init="a photo of the number",
             class_specific=False,
             class_token_position="end",
             lr=0.02,
@@ -47,6 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
         )  # fmt: skip
     )
     c.cocoop = ml_collections.ConfigDict(
-        dict(n_ctx=4, ctx_init="", lr=0.02, momentum=0.9, steps=300, batch_size=32, chunk_size=8)
+        dict(
+            n_ctx=0,
+            ctx_init="a photo of the number",
+            lr=0.02,
+            momentum=0.9,
+            steps=300,
+            batch_size=32,
+            chunk_size=8,
+        )
     )
     return c
