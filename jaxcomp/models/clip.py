@@ -1,0 +1,617 @@
+"""CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language
+Supervision") in Flax NNX, with weight import from Hugging Face and OpenAI checkpoints.
+
+The architecture is OpenAI's (Sec. 2.4 of the paper and its released code): pre-LayerNorm
+transformer blocks with ``quick_gelu`` MLPs, a ViT image tower pooled at the class token
+(``ln_post``), a causal text transformer pooled at the end-of-text (EOT) token, linear projections
+into a joint space of ``projection_dim``, and a learned temperature ``logit_scale`` (Eq. in Fig. 3:
+``logits = exp(t) * <I_e, T_e>`` on L2-normalised features).
+
+* ``CLIP.encode_image(pixels)`` takes normalised pixels in **NHWC** (float) and
+  ``CLIP.encode_text(token_ids)`` takes ``int`` ids ``(N, L)``; both return the *projected,
+  unnormalised* features, i.e. Hugging Face's ``get_image_features`` / ``get_text_features``.
+* ``CLIP.encode_text_embeddings(embeddings, token_ids)`` runs the text tower on token
+  *embeddings* (``(N, L, width)``); ``token_ids`` only locate the EOT token (``argmax`` of the ids,
+  as in OpenAI's code: EOT has the largest id). This is what prompt learning (CoOp/CoCoOp, see
+  :mod:`jaxcomp.nn.prompts`) needs.
+* ``load_pretrained(path)`` reads a Hugging Face CLIP directory (``config.json`` +
+  ``model.safetensors``); ``convert_openai_state_dict(sd)`` maps an OpenAI-format state dict
+  (``transformer.resblocks.N.attn.in_proj_weight`` ...) to Hugging Face names, splitting the fused
+  ``in_proj`` into ``q/k/v`` and transposing the projections; ``config_from_openai_state_dict``
+  infers the architecture from the shapes, as OpenAI's ``build_model`` does.
+* ``load_tokenizer(path)`` wraps a ``tokenizer.json`` (the ``tokenizers`` package) with OpenAI's
+  ``tokenize`` semantics: start/end tokens, zero padding to the context length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import ArrayLike
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CLIPTokenizer",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "config_from_hf",
+    "config_from_openai_state_dict",
+    "convert_openai_state_dict",
+    "load_pretrained",
+    "load_state_dict",
+    "load_tokenizer",
+]
+
+# Per-channel statistics OpenAI's preprocessing normalises RGB pixels in [0, 1] with.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    """Architecture of a CLIP model (defaults: OpenAI ViT-B/16).
+
+    ``vision_*`` describe the ViT image tower, ``text_*`` the causal text transformer;
+    ``context_length`` is the number of text positions (77 for OpenAI models).
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_mlp_dim: int = 3072
+    vocab_size: int = 49408
+    context_length: int = 77
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    text_mlp_dim: int = 2048
+    projection_dim: int = 512
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    logit_scale_init: float = 2.6592  # log(1 / 0.07)
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size "
+                f"({self.patch_size})"
+            )
+        for name in ("vision", "text"):
+            width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
+            if width % heads:
+                raise ValueError(
+                    f"{name}_width ({width}) must be divisible by {name}_heads ({heads})"
+                )
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI's GELU approximation ``x * sigmoid(1.702 x)``."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Two-pass variance, as torch.nn.LayerNorm computes it (parity to 1e-4 needs it).
+    return nnx.LayerNorm(width, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with separate q/k/v/out projections (Hugging Face layout)."""
+
+    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.q_proj = nnx.Linear(width, width, rngs=rngs)
+        self.k_proj = nnx.Linear(width, width, rngs=rngs)
+        self.v_proj = nnx.Linear(width, width, rngs=rngs)
+        self.out_proj = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        n, length, width = x.shape
+        head_dim = width // self.heads
+
+        def split(t):
+            return t.reshape(n, length, self.heads, head_dim)
+
+        q = split(self.q_proj(x)) * head_dim**-0.5
+        k, v = split(self.k_proj(x)), split(self.v_proj(x))
+        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nnx.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_dim: int, act: str, eps: float, *, rngs: nnx.Rngs
+    ):
+        self.act = act
+        self.layer_norm1 = _layer_norm(width, eps, rngs)
+        self.self_attn = Attention(width, heads, rngs=rngs)
+        self.layer_norm2 = _layer_norm(width, eps, rngs)
+        self.fc1 = nnx.Linear(width, mlp_dim, rngs=rngs)
+        self.fc2 = nnx.Linear(mlp_dim, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        x = x + self.self_attn(self.layer_norm1(x), mask)
+        return x + self.fc2(_ACTIVATIONS[self.act](self.fc1(self.layer_norm2(x))))
+
+
+class Transformer(nnx.Module):
+    """A stack of :class:`ResidualAttentionBlock`."""
+
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_dim: int, act: str, eps: float, *,
+        rngs: nnx.Rngs,
+    ):  # fmt: skip
+        block = lambda: ResidualAttentionBlock(width, heads, mlp_dim, act, eps, rngs=rngs)
+        self.layers = nnx.List([block() for _ in range(layers)])
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class VisionTransformer(nnx.Module):
+    """CLIP's ViT: patchify, prepend the class token, ``ln_pre``, blocks, ``ln_post`` on the class
+    token, projection (Dosovitskiy et al. 2021 with OpenAI's extra ``ln_pre``)."""
+
+    def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
+        width, p, c = cfg.vision_width, cfg.patch_size, cfg.num_channels
+        scale = width**-0.5
+        self.patch_size = p
+        # Patch embedding as a (P, P, C, width) kernel applied to non-overlapping patches (no bias).
+        self.patch_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (p, p, c, width)))
+        self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (width,)))
+        self.position_embedding = nnx.Param(
+            scale * jax.random.normal(rngs.params(), (cfg.num_patches + 1, width))
+        )
+        self.pre_layrnorm = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.encoder = Transformer(
+            width, cfg.vision_layers, cfg.vision_heads, cfg.vision_mlp_dim, cfg.hidden_act,
+            cfg.layer_norm_eps, rngs=rngs,
+        )  # fmt: skip
+        self.post_layernorm = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.projection = nnx.Linear(width, cfg.projection_dim, use_bias=False, rngs=rngs)
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        n, h, w, c = pixels.shape
+        p = self.patch_size
+        kernel = self.patch_embedding[...]
+        if (h % p) or (w % p) or c != kernel.shape[2]:
+            raise ValueError(
+                f"pixels must be NHWC with H, W multiples of {p} and C={kernel.shape[2]}, "
+                f"got shape {pixels.shape}"
+            )
+        patches = pixels.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = jnp.einsum("nyxpqc,pqcd->nyxd", patches, kernel).reshape(n, -1, kernel.shape[-1])
+        cls = jnp.broadcast_to(self.class_embedding[...], (n, 1, x.shape[-1]))
+        x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+        if x.shape[1] != self.position_embedding[...].shape[0]:
+            raise ValueError(
+                f"image of {h}x{w} gives {x.shape[1] - 1} patches, the model has "
+                f"{self.position_embedding[...].shape[0] - 1}"
+            )
+        x = self.pre_layrnorm(x + self.position_embedding[...])
+        x = self.encoder(x)
+        return self.projection(self.post_layernorm(x[:, 0]))
+
+
+class TextTransformer(nnx.Module):
+    """CLIP's causal text transformer pooled at the EOT token, then projected."""
+
+    def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
+        width = cfg.text_width
+        self.token_embedding = nnx.Embed(
+            cfg.vocab_size, width, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
+        self.position_embedding = nnx.Param(
+            0.01 * jax.random.normal(rngs.params(), (cfg.context_length, width))
+        )
+        self.encoder = Transformer(
+            width, cfg.text_layers, cfg.text_heads, cfg.text_mlp_dim, cfg.hidden_act,
+            cfg.layer_norm_eps, rngs=rngs,
+        )  # fmt: skip
+        self.final_layer_norm = _layer_norm(width, cfg.layer_norm_eps, rngs)
+        self.projection = nnx.Linear(width, cfg.projection_dim, use_bias=False, rngs=rngs)
+
+    def embed_tokens(self, token_ids: jax.Array) -> jax.Array:
+        return self.token_embedding(token_ids)
+
+    def __call__(self, embeddings: jax.Array, token_ids: jax.Array) -> jax.Array:
+        n, length, _ = embeddings.shape
+        max_len = self.position_embedding[...].shape[0]
+        if length > max_len:
+            raise ValueError(f"text length {length} exceeds the context length {max_len}")
+        if token_ids.shape != (n, length):
+            raise ValueError(
+                f"token_ids must have shape {(n, length)} to match embeddings, "
+                f"got {token_ids.shape}"
+            )
+        x = embeddings + self.position_embedding[...][:length]
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        x = self.final_layer_norm(self.encoder(x, causal[None, None]))
+        eot = jnp.argmax(token_ids, axis=-1)  # EOT has the largest id (OpenAI convention)
+        return self.projection(x[jnp.arange(n), eot])
+
+
+class CLIP(nnx.Module):
+    """CLIP with an image and a text tower and a learned ``logit_scale`` (Radford et al. 2021).
+
+    ``model(pixels, token_ids)`` returns ``logits_per_image`` of shape ``(N_img, N_text)``:
+    ``exp(logit_scale) * cos(image_features, text_features)``.
+    """
+
+    def __init__(self, config: CLIPConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.vision_model = VisionTransformer(config, rngs=rngs)
+        self.text_model = TextTransformer(config, rngs=rngs)
+        self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init, jnp.float32))
+
+    def encode_image(self, pixels: ArrayLike) -> jax.Array:
+        """Projected, unnormalised image features of NHWC ``pixels`` (already normalised)."""
+        return self.vision_model(jnp.asarray(pixels, jnp.float32))
+
+    def embed_tokens(self, token_ids: ArrayLike) -> jax.Array:
+        """Token embeddings ``(N, L, text_width)`` of ``token_ids`` (no position embedding)."""
+        return self.text_model.embed_tokens(jnp.asarray(token_ids))
+
+    def encode_text_embeddings(self, embeddings: ArrayLike, token_ids: ArrayLike) -> jax.Array:
+        """Text features from token *embeddings*; ``token_ids`` give the EOT position (argmax)."""
+        return self.text_model(jnp.asarray(embeddings), jnp.asarray(token_ids))
+
+    def encode_text(self, token_ids: ArrayLike) -> jax.Array:
+        """Projected, unnormalised text features of ``token_ids`` ``(N, L)``."""
+        token_ids = jnp.asarray(token_ids)
+        if token_ids.ndim != 2:
+            raise ValueError(f"token_ids must be (N, L), got shape {token_ids.shape}")
+        return self.text_model(self.embed_tokens(token_ids), token_ids)
+
+    def __call__(self, pixels: ArrayLike, token_ids: ArrayLike) -> jax.Array:
+        img = _l2_normalize(self.encode_image(pixels))
+        txt = _l2_normalize(self.encode_text(token_ids))
+        return jnp.exp(self.logit_scale[...]) * img @ txt.T
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs and weight import
+# --------------------------------------------------------------------------------------------
+
+
+def config_from_hf(config: Mapping[str, Any]) -> CLIPConfig:
+    """A :class:`CLIPConfig` from a Hugging Face ``CLIPConfig`` dict (``config.json``)."""
+    for key in ("vision_config", "text_config"):
+        if key not in config:
+            raise ValueError(f"config.json has no {key!r}; is this a CLIP checkpoint?")
+    v, t = config["vision_config"], config["text_config"]
+    acts = {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")}
+    if len(acts) != 1:
+        raise ValueError(f"vision and text towers use different activations: {sorted(acts)}")
+    return CLIPConfig(
+        image_size=v.get("image_size", 224),
+        patch_size=v.get("patch_size", 32),
+        num_channels=v.get("num_channels", 3),
+        vision_width=v.get("hidden_size", 768),
+        vision_layers=v.get("num_hidden_layers", 12),
+        vision_heads=v.get("num_attention_heads", 12),
+        vision_mlp_dim=v.get("intermediate_size", 3072),
+        vocab_size=t.get("vocab_size", 49408),
+        context_length=t.get("max_position_embeddings", 77),
+        text_width=t.get("hidden_size", 512),
+        text_layers=t.get("num_hidden_layers", 12),
+        text_heads=t.get("num_attention_heads", 8),
+        text_mlp_dim=t.get("intermediate_size", 2048),
+        projection_dim=config.get("projection_dim", 512),
+        hidden_act=acts.pop(),
+        layer_norm_eps=v.get("layer_norm_eps", 1e-5),
+        logit_scale_init=config.get("logit_scale_init_value", 2.6592),
+    )
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a ``.safetensors`` file as numpy arrays (no pickle, no torch)."""
+    from safetensors.numpy import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no safetensors file at {path!r}")
+    return dict(load_file(path))
+
+
+def _linear(prefix: str) -> list[tuple[str, tuple[str, ...], Callable]]:
+    t = lambda w: w.T  # torch Linear (out, in) -> Flax kernel (in, out)
+    return [(f"{prefix}.weight", ("kernel",), t), (f"{prefix}.bias", ("bias",), lambda b: b)]
+
+
+def _layer_norm_keys(prefix: str) -> list[tuple[str, tuple[str, ...], Callable]]:
+    ident = lambda a: a
+    return [(f"{prefix}.weight", ("scale",), ident), (f"{prefix}.bias", ("bias",), ident)]
+
+
+def _hf_mapping(cfg: CLIPConfig) -> list[tuple[str, tuple[Any, ...], Callable]]:
+    """``(hf_key, path into our module, transform)`` for every tensor of a HF CLIPModel."""
+    ident = lambda a: a
+    out: list[tuple[str, tuple[Any, ...], Callable]] = []
+
+    def sub(prefix_key, prefix_path, entries):
+        out.extend((f"{prefix_key}{k}", prefix_path + p, f) for k, p, f in entries)
+
+    def blocks(hf_tower, our_tower, layers):
+        for i in range(layers):
+            hk = f"{hf_tower}.encoder.layers.{i}."
+            path = (our_tower, "encoder", "layers", i)
+            for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                sub(hk, path + ("self_attn", name), _linear(f"self_attn.{name}"))
+            sub(hk, path + ("layer_norm1",), _layer_norm_keys("layer_norm1"))
+            sub(hk, path + ("layer_norm2",), _layer_norm_keys("layer_norm2"))
+            sub(hk, path + ("fc1",), _linear("mlp.fc1"))
+            sub(hk, path + ("fc2",), _linear("mlp.fc2"))
+
+    vm, tm = "vision_model", "text_model"
+    # Conv2d weight (width, C, P, P) -> our patch kernel (P, P, C, width).
+    out.append((f"{vm}.embeddings.patch_embedding.weight", (vm, "patch_embedding"),
+                lambda w: w.transpose(2, 3, 1, 0)))  # fmt: skip
+    out.append((f"{vm}.embeddings.class_embedding", (vm, "class_embedding"), ident))
+    out.append((f"{vm}.embeddings.position_embedding.weight", (vm, "position_embedding"), ident))
+    sub(f"{vm}.", (vm, "pre_layrnorm"), _layer_norm_keys("pre_layrnorm"))
+    blocks(vm, vm, cfg.vision_layers)
+    sub(f"{vm}.", (vm, "post_layernorm"), _layer_norm_keys("post_layernorm"))
+    out.append(("visual_projection.weight", (vm, "projection", "kernel"), lambda w: w.T))
+    out.append((f"{tm}.embeddings.token_embedding.weight", (tm, "token_embedding", "embedding"),
+                ident))  # fmt: skip
+    out.append((f"{tm}.embeddings.position_embedding.weight", (tm, "position_embedding"), ident))
+    blocks(tm, tm, cfg.text_layers)
+    sub(f"{tm}.", (tm, "final_layer_norm"), _layer_norm_keys("final_layer_norm"))
+    out.append(("text_projection.weight", (tm, "projection", "kernel"), lambda w: w.T))
+    out.append(("logit_scale", ("logit_scale",), lambda a: a.reshape(())))
+    return out
+
+
+# Buffers some Hugging Face versions save; they carry no weights.
+_IGNORED_HF_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+
+def load_state_dict(model: CLIP, tensors: Mapping[str, ArrayLike], *, strict: bool = True) -> CLIP:
+    """Copy Hugging Face-named ``tensors`` into ``model`` (in place; returns it).
+
+    Raises ``ValueError`` naming the key for a missing key, an unknown key (when ``strict``) or a
+    shape mismatch.
+    """
+    remaining = {k: v for k, v in tensors.items() if k not in _IGNORED_HF_KEYS}
+    for key, path, transform in _hf_mapping(model.config):
+        if key not in remaining:
+            raise ValueError(f"checkpoint is missing key {key!r}")
+        value = transform(np.asarray(remaining.pop(key), dtype=np.float32))
+        node: Any = model
+        for p in path:
+            node = node[p] if isinstance(p, int) else getattr(node, p)
+        if tuple(node.get_value().shape) != tuple(value.shape):
+            raise ValueError(
+                f"checkpoint key {key!r} has shape {tuple(value.shape)} after conversion, "
+                f"the model expects {tuple(node.get_value().shape)}"
+            )
+        node.set_value(jnp.asarray(value))
+    if strict and remaining:
+        raise ValueError(f"checkpoint has unknown keys: {sorted(remaining)[:10]}")
+    return model
+
+
+def _abstract_model(config: CLIPConfig) -> CLIP:
+    return nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
+
+
+def load_pretrained(path: str | os.PathLike, *, strict: bool = True) -> CLIP:
+    """Load a Hugging Face CLIP checkpoint directory (``config.json`` + ``model.safetensors``).
+
+    ``path`` may also be a ``.safetensors`` file holding an OpenAI-format state dict
+    (``visual.conv1.weight`` ...): it is converted with :func:`convert_openai_state_dict` and the
+    architecture is inferred with :func:`config_from_openai_state_dict`.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+        tensors = _read_safetensors(path)
+        if "visual.conv1.weight" in tensors or "token_embedding.weight" in tensors:
+            config = config_from_openai_state_dict(tensors)
+            tensors = convert_openai_state_dict(tensors)
+        else:
+            config_path = os.path.join(os.path.dirname(path), "config.json")
+            config = config_from_hf(_read_json(config_path))
+        return load_state_dict(_abstract_model(config), tensors, strict=strict)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no CLIP checkpoint directory or .safetensors file at {path!r}")
+    config = config_from_hf(_read_json(os.path.join(path, "config.json")))
+    tensors = _read_safetensors(os.path.join(path, "model.safetensors"))
+    return load_state_dict(_abstract_model(config), tensors, strict=strict)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file at {path!r}")
+    with open(path) as f:
+        return json.load(f)
+
+
+# Keys OpenAI's JIT archives carry that are hyper-parameters, not weights.
+_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def config_from_openai_state_dict(sd: Mapping[str, ArrayLike]) -> CLIPConfig:
+    """Infer a ViT :class:`CLIPConfig` from an OpenAI state dict's shapes (as ``build_model``)."""
+    if "visual.proj" not in sd:
+        raise ValueError(
+            "only ViT OpenAI checkpoints are supported: key 'visual.proj' is missing "
+            "(ResNet CLIP has 'visual.attnpool.*')"
+        )
+    shape = lambda k: np.shape(sd[k])
+    vision_width, _, patch, _ = shape("visual.conv1.weight")
+    n_blocks = lambda prefix: len({k.split(".")[len(prefix.split(".")) - 1]
+                                   for k in sd if k.startswith(prefix)})  # fmt: skip
+    vision_layers = n_blocks("visual.transformer.resblocks.")
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
+    text_width = shape("ln_final.weight")[0]
+    text_layers = n_blocks("transformer.resblocks.")
+    return CLIPConfig(
+        image_size=patch * grid,
+        patch_size=patch,
+        num_channels=shape("visual.conv1.weight")[1],
+        vision_width=vision_width,
+        vision_layers=vision_layers,
+        vision_heads=vision_width // 64 if vision_width >= 64 else 1,
+        vision_mlp_dim=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+        vocab_size=shape("token_embedding.weight")[0],
+        context_length=shape("positional_embedding")[0],
+        text_width=text_width,
+        text_layers=text_layers,
+        text_heads=text_width // 64 if text_width >= 64 else 1,
+        text_mlp_dim=shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
+        projection_dim=shape("text_projection")[1],
+    )
+
+
+def convert_openai_state_dict(sd: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    """Rename an OpenAI-format CLIP state dict to Hugging Face key names.
+
+    The fused attention ``in_proj_weight`` ``(3 width, width)`` is split into ``q/k/v_proj``;
+    ``text_projection`` and ``visual.proj`` (``x @ P`` in OpenAI) become the transposed
+    ``text_projection.weight`` / ``visual_projection.weight``; ``ln_1/ln_2/c_fc/c_proj`` become
+    ``layer_norm1/layer_norm2/fc1/fc2``. An unknown key raises ``ValueError`` naming it.
+    """
+    out: dict[str, np.ndarray] = {}
+    block_names = {
+        "ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj",
+    }  # fmt: skip
+    direct = {
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+        "logit_scale": "logit_scale",
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    }
+    for key, value in sd.items():
+        value = np.asarray(value)
+        if key in _OPENAI_META_KEYS:
+            continue
+        if key in direct:
+            out[direct[key]] = value
+        elif key == "text_projection":
+            out["text_projection.weight"] = value.T
+        elif key == "visual.proj":
+            out["visual_projection.weight"] = value.T
+        elif key.startswith(("transformer.resblocks.", "visual.transformer.resblocks.")):
+            tower = "vision_model" if key.startswith("visual.") else "text_model"
+            rest = key.split("transformer.resblocks.", 1)[1]
+            layer, name = rest.split(".", 1)
+            prefix = f"{tower}.encoder.layers.{layer}."
+            if name in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = name.rsplit("_", 1)[1]  # weight / bias
+                for part, chunk in zip(("q", "k", "v"), np.split(value, 3, axis=0)):
+                    out[f"{prefix}self_attn.{part}_proj.{kind}"] = chunk
+                continue
+            module, kind = name.rsplit(".", 1)
+            if module not in block_names:
+                raise ValueError(f"unknown OpenAI CLIP key {key!r}")
+            out[f"{prefix}{block_names[module]}.{kind}"] = value
+        else:
+            raise ValueError(f"unknown OpenAI CLIP key {key!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+class CLIPTokenizer:
+    """OpenAI ``clip.tokenize`` semantics over a ``tokenizers.Tokenizer``.
+
+    ``encode(text)`` returns the ids with start/end tokens; ``__call__(texts)`` returns an int32
+    ``(N, context_length)`` array, zero-padded (the EOT id is the largest, so ``argmax`` finds it).
+    """
+
+    def __init__(self, tokenizer: Any, *, context_length: int = 77,
+                 sot_token: str = "<|startoftext|>", eot_token: str = "<|endoftext|>"):  # fmt: skip
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.sot_id = tokenizer.token_to_id(sot_token)
+        self.eot_id = tokenizer.token_to_id(eot_token)
+        if self.sot_id is None or self.eot_id is None:
+            raise ValueError(f"tokenizer has no {sot_token!r} / {eot_token!r} special tokens")
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.sot_id, *ids, self.eot_id]
+
+    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = np.zeros((len(texts), self.context_length), np.int32)
+        for i, text in enumerate(texts):
+            ids = self.encode(text)
+            if len(ids) > self.context_length:
+                raise ValueError(
+                    f"{text!r} is {len(ids)} tokens, longer than the context length "
+                    f"{self.context_length}"
+                )
+            out[i, : len(ids)] = ids
+        return out
+
+
+def load_tokenizer(path: str | os.PathLike, *, context_length: int | None = None) -> CLIPTokenizer:
+    """Load ``tokenizer.json`` from a Hugging Face CLIP directory (or the file itself).
+
+    ``context_length`` defaults to ``text_config.max_position_embeddings`` of a ``config.json``
+    next to it, else 77.
+    """
+    from tokenizers import Tokenizer
+
+    path = os.fspath(path)
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no tokenizer.json at {file!r}")
+    if context_length is None:
+        config_path = os.path.join(os.path.dirname(file), "config.json")
+        context_length = 77
+        if os.path.isfile(config_path):
+            cfg = _read_json(config_path)
+            context_length = cfg.get("text_config", {}).get("max_position_embeddings", 77)
+    return CLIPTokenizer(Tokenizer.from_file(file), context_length=context_length)

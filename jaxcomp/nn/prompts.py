@@ -1,0 +1,453 @@
+"""Prompt learning for CLIP-like models: CoOp and CoCoOp, and the base-to-new protocol.
+
+* CoOp (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022, Sec. 3.2): the
+  prompt fed to the frozen text encoder is ``[SOS][V]_1 ... [V]_M [CLASS]. [EOS]`` where the ``M``
+  context vectors ``[V]_m`` are learned; they are shared by all classes (*unified*) or one set per
+  class (*class-specific*, CSC), and the class token can sit at the ``end``, ``middle`` or
+  ``front`` (Eq. 2-3). Classification is Eq. 1: ``softmax_i(cos(g(t_i), f) / tau)``.
+* CoCoOp (Zhou et al., "Conditional Prompt Learning for Vision-Language Models", CVPR 2022,
+  Sec. 3.2): a light meta-net ``h = Linear(d_vis, d_vis // 16) -> ReLU -> Linear(d_ctx)`` maps the
+  L2-normalised image feature ``x`` to a token ``pi = h(x)`` that is added to every context vector,
+  ``v_m(x) = v_m + pi`` (Eq. 4), so each image gets its own prompts (Eq. 5).
+
+Only the prompt parameters train: they are :class:`PromptParam` variables (not ``nnx.Param``), so
+``nnx.Optimizer(model, tx, wrt=PromptParam)`` / ``nnx.DiffState(0, PromptParam)`` select exactly
+them while the wrapped CLIP stays frozen.
+
+CoCoOp needs ``batch x classes`` text-encoder passes. The reference implementation is limited to
+batch size 1; here the per-image text passes run under ``lax.map`` in chunks of ``chunk_size``
+images, each chunk rematerialised (``jax.checkpoint``), so activation memory is that of
+``chunk_size`` images whatever the batch size.
+
+The CLIP model is duck-typed: it needs ``embed_tokens(ids)``, ``encode_text_embeddings(emb, ids)``
+(EOT located by ``argmax(ids)``), ``encode_image(pixels)``, a ``logit_scale`` variable and
+``config.projection_dim`` / ``config.context_length``, as :class:`jaxcomp.models.clip.CLIP` has.
+
+Base-to-new protocol (CoCoOp Sec. 4.1): :func:`base_new_split`, :func:`k_shot_indices`,
+:func:`harmonic_mean`, and the zero-shot CLIP baseline with prompt templates,
+:func:`zero_shot_classifier` (CLIP Sec. 3.1.4, prompt ensembling).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import ArrayLike
+
+__all__ = [
+    "CoCoOp",
+    "CoOp",
+    "PromptBuffer",
+    "PromptParam",
+    "base_new_split",
+    "harmonic_mean",
+    "k_shot_indices",
+    "zero_shot_classifier",
+]
+
+Tokenize = Callable[[str], Sequence[int]]
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+class PromptParam(nnx.Variable):
+    """A learnable prompt parameter (context vectors, meta-net weights); not an ``nnx.Param``."""
+
+
+class PromptBuffer(nnx.Variable):
+    """A constant of a prompt learner (frozen token embeddings, token ids, index tables)."""
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _token_layout(tokenize: Tokenize) -> tuple[int, int]:
+    """``(sos_id, eos_id)`` of ``tokenize``, which must wrap text as ``[SOS] ... [EOS]``."""
+    empty = list(tokenize(""))
+    if len(empty) != 2:
+        raise ValueError(
+            f"tokenize('') must return exactly [SOS, EOS], got {empty}; pass a tokenizer that "
+            "adds start/end tokens"
+        )
+    return empty[0], empty[1]
+
+
+class _PromptBase(nnx.Module):
+    """Builds the frozen parts of ``[SOS][V]_1..[V]_M [CLASS]{class_suffix}[EOS]`` per class."""
+
+    def __init__(
+        self,
+        clip: Any,
+        classnames: Sequence[str],
+        *,
+        tokenize: Tokenize,
+        n_ctx: int | None,
+        ctx_init: str | None,
+        class_specific: bool,
+        class_token_position: str,
+        class_suffix: str,
+        rngs: nnx.Rngs,
+    ):
+        if len(classnames) == 0:
+            raise ValueError("classnames is empty")
+        if class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(
+                f"class_token_position must be one of {CLASS_TOKEN_POSITIONS}, "
+                f"got {class_token_position!r}"
+            )
+        self.clip = clip
+        self._options = (n_ctx, ctx_init, class_specific, class_token_position, class_suffix)
+        self.classnames = tuple(name.replace("_", " ") for name in classnames)
+        self.n_cls = len(self.classnames)
+        self.class_token_position = class_token_position
+        sos, eos = _token_layout(tokenize)
+        ctx_dim = clip.embed_tokens(jnp.zeros((1, 1), jnp.int32)).shape[-1]
+        context_length = clip.config.context_length
+
+        if ctx_init:
+            init_ids = list(tokenize(ctx_init.replace("_", " ")))[1:-1]
+            if n_ctx is not None and n_ctx != len(init_ids):
+                raise ValueError(
+                    f"n_ctx={n_ctx} but ctx_init {ctx_init!r} is {len(init_ids)} tokens; "
+                    "pass n_ctx=None or a matching number"
+                )
+            n_ctx = len(init_ids)
+            ctx = clip.embed_tokens(jnp.asarray([init_ids], jnp.int32))[0]  # (n_ctx, dim)
+            if class_specific:
+                ctx = jnp.tile(ctx[None], (self.n_cls, 1, 1))
+            placeholder = init_ids
+        else:
+            if n_ctx is None or n_ctx < 1:
+                raise ValueError(f"n_ctx must be a positive int without ctx_init, got {n_ctx}")
+            shape = (self.n_cls, n_ctx, ctx_dim) if class_specific else (n_ctx, ctx_dim)
+            ctx = 0.02 * jax.random.normal(rngs.params(), shape)  # N(0, 0.02), CoOp Sec. 4.1
+            placeholder = [sos] * n_ctx  # any id below EOS: these positions are replaced
+        self.n_ctx = n_ctx
+        self.ctx = PromptParam(jnp.asarray(ctx, jnp.float32))
+
+        rows, name_lens = [], []
+        for name in self.classnames:
+            name_ids = list(tokenize(name))[1:-1]
+            tail = list(tokenize(f"{name}{class_suffix}"))[1:]  # CLASS tokens, suffix, EOS
+            if tail[-1] != eos or tail[: len(name_ids)] != name_ids:
+                raise ValueError(f"tokenize({name!r}) does not end with the EOS token {eos}")
+            ids = [sos, *placeholder, *tail]
+            if len(ids) > context_length:
+                raise ValueError(
+                    f"prompt for class {name!r} is {len(ids)} tokens, more than the text "
+                    f"encoder's context length {context_length}"
+                )
+            rows.append(ids)
+            name_lens.append(len(name_ids))
+        # Pad only to the longest prompt: positions after EOS never reach the EOT feature
+        # (causal mask), so this equals padding to the full context length, and is cheaper.
+        length = max(map(len, rows))
+        ids = np.zeros((self.n_cls, length), np.int32)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        emb = clip.embed_tokens(jnp.asarray(ids))
+        self.token_prefix = PromptBuffer(emb[:, :1])  # SOS
+        self.token_suffix = PromptBuffer(emb[:, 1 + n_ctx :])  # CLASS, suffix, EOS, padding
+        # Permutation of positions that moves the class tokens (CoOp Sec. 3.2, "middle"/"front").
+        order = np.tile(np.arange(length), (self.n_cls, 1))
+        for i, n in enumerate(name_lens):
+            ctx_pos = list(range(1, 1 + n_ctx))
+            name_pos = list(range(1 + n_ctx, 1 + n_ctx + n))
+            if class_token_position == "front":
+                middle = name_pos + ctx_pos
+            elif class_token_position == "middle":
+                half = n_ctx // 2
+                middle = ctx_pos[:half] + name_pos + ctx_pos[half:]
+            else:
+                middle = ctx_pos + name_pos
+            order[i, 1 : 1 + n_ctx + n] = middle
+        self.order = PromptBuffer(jnp.asarray(order, jnp.int32))
+        self.token_ids = PromptBuffer(jnp.asarray(np.take_along_axis(ids, order, axis=1)))
+
+    def _assemble(self, ctx: jax.Array) -> jax.Array:
+        """Prompt embeddings ``(n_cls, L, dim)`` from context ``(n_ctx, dim)`` or per class."""
+        prefix, suffix = self.token_prefix[...], self.token_suffix[...]
+        if ctx.ndim == 2:
+            ctx = jnp.broadcast_to(ctx[None], (self.n_cls, *ctx.shape))
+        full = jnp.concatenate([prefix, ctx.astype(prefix.dtype), suffix], axis=1)
+        if self.class_token_position == "end":
+            return full
+        return jnp.take_along_axis(full, self.order[...][..., None], axis=1)
+
+    def with_classnames(self, classnames: Sequence[str], *, tokenize: Tokenize) -> _PromptBase:
+        """The same learned prompts for other classes (base-to-new evaluation, CoCoOp Sec. 4.1).
+
+        A class-specific context holds one context per class, so it only transfers to the same
+        number of classes; otherwise ``ValueError`` names both counts.
+        """
+        new = self._rebuild(classnames, tokenize)
+        learned = nnx.state(self, PromptParam)
+        target = nnx.state(new, PromptParam)
+        for (path, a), (_, b) in zip(
+            jax.tree.leaves_with_path(learned), jax.tree.leaves_with_path(target)
+        ):
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"class count mismatch: the learned prompt {jax.tree_util.keystr(path)} has "
+                    f"shape {a.shape} for {self.n_cls} classes, {len(classnames)} classes need "
+                    f"{b.shape}"
+                )
+        nnx.update(new, learned)
+        return new
+
+    def _rebuild(self, classnames: Sequence[str], tokenize: Tokenize) -> _PromptBase:
+        raise NotImplementedError
+
+    def _check_features(self, image_features: jax.Array) -> jax.Array:
+        image_features = jnp.asarray(image_features)
+        if image_features.ndim != 2:
+            raise ValueError(
+                f"image_features must be (batch, dim), got shape {image_features.shape}"
+            )
+        return image_features
+
+    def __call__(self, pixels: ArrayLike) -> jax.Array:
+        """Logits ``(batch, n_cls)`` for NHWC ``pixels`` (through the frozen image encoder)."""
+        return self.logits_from_features(self.clip.encode_image(pixels))
+
+    def logits_from_features(self, image_features: ArrayLike) -> jax.Array:
+        raise NotImplementedError
+
+
+class CoOp(_PromptBase):
+    """Context Optimization (CoOp, Zhou et al. IJCV 2022): learned context vectors for CLIP.
+
+    Args:
+      clip: a frozen CLIP model (see module docstring).
+      classnames: class names, in label order (``_`` is read as a space).
+      tokenize: ``text -> ids`` *with* start and end tokens (e.g. ``CLIPTokenizer.encode``).
+      n_ctx: number of context vectors ``M`` (default 16); with ``ctx_init`` it is the number of
+        init tokens, and an explicit different value raises ``ValueError``.
+      ctx_init: words to initialise the context from (e.g. ``"a photo of a"``); otherwise the
+        context is drawn from N(0, 0.02^2).
+      class_specific: one context per class (CSC) instead of a unified context.
+      class_token_position: ``"end"``, ``"middle"`` or ``"front"`` (CoOp Sec. 3.2).
+      class_suffix: text after the class name (the reference appends ``"."``).
+    """
+
+    def __init__(
+        self,
+        clip: Any,
+        classnames: Sequence[str],
+        *,
+        tokenize: Tokenize,
+        n_ctx: int | None = None,
+        ctx_init: str | None = None,
+        class_specific: bool = False,
+        class_token_position: str = "end",
+        class_suffix: str = ".",
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            clip, classnames, tokenize=tokenize, n_ctx=_default_n_ctx(n_ctx, ctx_init, 16),
+            ctx_init=ctx_init, class_specific=class_specific,
+            class_token_position=class_token_position, class_suffix=class_suffix, rngs=rngs,
+        )  # fmt: skip
+
+    def _rebuild(self, classnames: Sequence[str], tokenize: Tokenize) -> CoOp:
+        n_ctx, ctx_init, class_specific, position, suffix = self._options
+        return CoOp(
+            self.clip, classnames, tokenize=tokenize, n_ctx=n_ctx, ctx_init=ctx_init,
+            class_specific=class_specific, class_token_position=position, class_suffix=suffix,
+            rngs=nnx.Rngs(0),
+        )  # fmt: skip
+
+    def prompts(self) -> jax.Array:
+        """Prompt embeddings ``(n_cls, L, dim)`` fed to the text encoder (CoOp Eq. 2)."""
+        return self._assemble(self.ctx[...])
+
+    def text_features(self) -> jax.Array:
+        """Unnormalised class text features ``(n_cls, projection_dim)``."""
+        return self.clip.encode_text_embeddings(self.prompts(), self.token_ids[...])
+
+    def logits_from_features(self, image_features: ArrayLike) -> jax.Array:
+        """CoOp Eq. 1 logits ``exp(logit_scale) cos(f, g(t_i))`` from image features ``f``."""
+        img = _l2_normalize(self._check_features(image_features))
+        txt = _l2_normalize(self.text_features())
+        return jnp.exp(self.clip.logit_scale[...]) * img @ txt.T
+
+
+class CoCoOp(_PromptBase):
+    """Conditional Context Optimization (CoCoOp, Zhou et al. CVPR 2022).
+
+    Unified context ``v_1..v_M`` (class token at the end) shifted per image by the meta-net output
+    ``pi = h(x)``, ``h = Linear(d_vis, d_vis // 16) -> ReLU -> Linear(d_ctx)`` on the normalised
+    image feature ``x`` (Eq. 4-5).
+
+    Args:
+      clip, classnames, tokenize, n_ctx, ctx_init, class_suffix: as in :class:`CoOp` (default
+        ``n_ctx=4``; the paper uses ``ctx_init="a photo of a"``).
+      meta_hidden: hidden width of the meta-net (default ``max(1, d_vis // 16)``).
+      chunk_size: images whose text passes are vectorised together inside ``lax.map``; memory
+        grows with it, not with the batch size.
+      remat: rematerialise each chunk in the backward pass (``jax.checkpoint``).
+    """
+
+    def __init__(
+        self,
+        clip: Any,
+        classnames: Sequence[str],
+        *,
+        tokenize: Tokenize,
+        n_ctx: int | None = None,
+        ctx_init: str | None = None,
+        class_suffix: str = ".",
+        meta_hidden: int | None = None,
+        chunk_size: int = 8,
+        remat: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        super().__init__(
+            clip, classnames, tokenize=tokenize, n_ctx=_default_n_ctx(n_ctx, ctx_init, 4),
+            ctx_init=ctx_init, class_specific=False, class_token_position="end",
+            class_suffix=class_suffix, rngs=rngs,
+        )  # fmt: skip
+        d_vis = clip.config.projection_dim
+        d_ctx = self.ctx[...].shape[-1]
+        hidden = meta_hidden or max(1, d_vis // 16)
+        self.chunk_size = chunk_size
+        self.remat = remat
+        # PyTorch nn.Linear's default init (U(+-1/sqrt(fan_in))), as in the reference meta-net.
+        self.meta_w1 = PromptParam(_uniform(rngs, (d_vis, hidden), d_vis))
+        self.meta_b1 = PromptParam(_uniform(rngs, (hidden,), d_vis))
+        self.meta_w2 = PromptParam(_uniform(rngs, (hidden, d_ctx), hidden))
+        self.meta_b2 = PromptParam(_uniform(rngs, (d_ctx,), hidden))
+
+    def _rebuild(self, classnames: Sequence[str], tokenize: Tokenize) -> CoCoOp:
+        n_ctx, ctx_init, _, _, suffix = self._options
+        return CoCoOp(
+            self.clip, classnames, tokenize=tokenize, n_ctx=n_ctx, ctx_init=ctx_init,
+            class_suffix=suffix, meta_hidden=self.meta_w1[...].shape[1],
+            chunk_size=self.chunk_size, remat=self.remat, rngs=nnx.Rngs(0),
+        )  # fmt: skip
+
+    def meta_net(self, x: jax.Array) -> jax.Array:
+        """``pi = h(x)`` (CoCoOp Eq. 4) for normalised image features ``x`` ``(batch, d_vis)``."""
+        h = jax.nn.relu(x @ self.meta_w1[...] + self.meta_b1[...])
+        return h @ self.meta_w2[...] + self.meta_b2[...]
+
+    def prompts(self, image_features: ArrayLike) -> jax.Array:
+        """Per-image prompt embeddings ``(batch, n_cls, L, dim)`` (materialises all of them)."""
+        x = _l2_normalize(self._check_features(image_features))
+        ctx = self.ctx[...][None] + self.meta_net(x)[:, None]
+        return jax.vmap(self._assemble)(ctx)
+
+    def logits_from_features(self, image_features: ArrayLike) -> jax.Array:
+        """CoCoOp Eq. 5 logits ``(batch, n_cls)``, text passes chunked over images."""
+        x = _l2_normalize(self._check_features(image_features))
+        ctx = self.ctx[...][None] + self.meta_net(x)[:, None]  # (batch, n_ctx, dim)
+        graphdef, state = nnx.split(self.clip)
+        ids = self.token_ids[...]
+        scale = jnp.exp(self.clip.logit_scale[...])
+
+        def one_image(args):
+            ctx_i, x_i = args
+            clip = nnx.merge(graphdef, state)
+            txt = _l2_normalize(clip.encode_text_embeddings(self._assemble(ctx_i), ids))
+            return scale * txt @ x_i
+
+        if self.remat:
+            one_image = jax.checkpoint(one_image)
+        return jax.lax.map(one_image, (ctx, x), batch_size=self.chunk_size)
+
+
+def _default_n_ctx(n_ctx: int | None, ctx_init: str | None, default: int) -> int | None:
+    return default if n_ctx is None and not ctx_init else n_ctx
+
+
+def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound)
+
+
+# --------------------------------------------------------------------------------------------
+# Zero-shot baseline and the base-to-new protocol
+# --------------------------------------------------------------------------------------------
+
+
+def zero_shot_classifier(
+    clip: Any, classnames: Sequence[str], templates: Sequence[str], *, tokenize: Tokenize
+) -> jax.Array:
+    """Zero-shot CLIP class weights ``(n_cls, projection_dim)``, L2-normalised.
+
+    Each class's text feature is the normalised mean of the normalised features of
+    ``template.format(classname)`` over ``templates`` (CLIP Sec. 3.1.4, prompt ensembling).
+    Logits are ``exp(logit_scale) * normalize(image_features) @ weights.T``.
+    """
+    if not templates:
+        raise ValueError("templates is empty")
+    context_length = clip.config.context_length
+    names = [name.replace("_", " ") for name in classnames]
+    total = 0.0
+    for template in templates:  # one text pass per template over all classes
+        rows = [list(tokenize(template.format(name))) for name in names]
+        for name, r in zip(names, rows):
+            if len(r) > context_length:
+                raise ValueError(
+                    f"prompt {template.format(name)!r} has {len(r)} tokens > {context_length}"
+                )
+        ids = np.zeros((len(rows), max(map(len, rows))), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        total = total + _l2_normalize(_encode_text_jit(clip, jnp.asarray(ids)))
+    return _l2_normalize(total / len(templates))
+
+
+@nnx.jit
+def _encode_text_jit(clip: Any, ids: jax.Array) -> jax.Array:
+    return clip.encode_text_embeddings(clip.embed_tokens(ids), ids)
+
+
+def base_new_split(labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Split classes into base and new (CoCoOp Sec. 4.1).
+
+    The distinct labels are sorted; the first ``ceil(n / 2)`` are *base* (train and test), the
+    rest *new* (test only). Returns ``(base, new)`` int arrays.
+    """
+    classes = np.unique(np.asarray(labels))
+    if classes.size < 2:
+        raise ValueError(f"base-to-new needs at least 2 classes, got {classes.tolist()}")
+    m = math.ceil(classes.size / 2)
+    return classes[:m], classes[m:]
+
+
+def k_shot_indices(labels: ArrayLike, classes: ArrayLike, k: int, *, seed: int) -> np.ndarray:
+    """Indices of ``k`` examples per class of ``classes`` (without replacement), sorted.
+
+    The draw depends only on ``seed`` (the protocol's 3 seeds give 3 different few-shot sets).
+    A class with fewer than ``k`` examples raises ``ValueError`` naming it.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.asarray(classes).tolist():
+        idx = np.flatnonzero(labels == c)
+        if idx.size < k:
+            raise ValueError(f"class {c} has {idx.size} examples, fewer than k={k}")
+        out.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def harmonic_mean(base_acc: float, new_acc: float) -> float:
+    """``H = 2 B N / (B + N)`` of base and new accuracy (CoCoOp Sec. 4.1); 0 when both are 0."""
+    for name, v in (("base_acc", base_acc), ("new_acc", new_acc)):
+        if not 0 <= v <= 100:
+            raise ValueError(f"{name} must be in [0, 100], got {v}")
+    if base_acc + new_acc == 0:
+        return 0.0
+    return 2 * base_acc * new_acc / (base_acc + new_acc)

@@ -1,0 +1,228 @@
+"""CoOp / CoCoOp prompt learners on the tiny golden CLIP, and the base-to-new protocol."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxcomp.models import clip as clip_lib
+from jaxcomp.nn import prompts as P
+
+TINY = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_clip")
+NAMES = ["cat", "dog", "the bird"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return clip_lib.load_pretrained(TINY)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return clip_lib.load_tokenizer(TINY)
+
+
+logits_of = nnx.jit(lambda m, x: m(x))
+features_of = nnx.jit(lambda m, f: m.logits_from_features(f))
+encode_image = nnx.jit(lambda c, x: c.encode_image(x))
+encode_text = nnx.jit(lambda c, t: c.encode_text(t))
+
+
+def _shape(model, n):
+    return nnx.eval_shape(lambda m, x: m(x), model, _pixels(n)).shape
+
+
+def _pixels(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 16, 16, 3)).astype(np.float32)
+
+
+def test_coop_shapes(clip, tok):
+    coop = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    assert coop.ctx[...].shape == (4, 32)
+    assert abs(float(coop.ctx[...].std()) - 0.02) < 0.006  # N(0, 0.02)
+    # Longest prompt: SOS + 4 ctx + "the" "b i r d" "." + EOS = 12 tokens.
+    assert coop.prompts().shape == (3, 12, 32)
+    assert _shape(coop, 5) == (5, 3)
+    csc = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, class_specific=True, rngs=nnx.Rngs(0))
+    assert csc.ctx[...].shape == (3, 4, 32)
+    assert _shape(csc, 2) == (2, 3)
+    init = P.CoOp(clip, NAMES, tokenize=tok.encode, ctx_init="a photo of a", rngs=nnx.Rngs(0))
+    assert init.n_ctx == 9  # byte-level fixture vocabulary: a | p h o t o | o f | a
+    cocoop = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    assert cocoop.meta_w1[...].shape == (16, 1) and cocoop.meta_w2[...].shape == (1, 32)
+    feats = jax.ShapeDtypeStruct((5, 16), jnp.float32)
+    assert nnx.eval_shape(lambda m, f: m.prompts(f), cocoop, feats).shape == (5, 3, 12, 32)
+    assert _shape(cocoop, 5) == (5, 3)
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+def test_word_initialised_prompt_is_the_sentence(clip, tok, position):
+    """With the context at its word initialisation, the learned prompt is that sentence."""
+    coop = P.CoOp(
+        clip, NAMES, tokenize=tok.encode, ctx_init="a photo of a", class_token_position=position,
+        class_specific=position == "middle", rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    ids = coop.token_ids[...]
+    ours = nnx.jit(lambda m: m.text_features())(coop)
+    np.testing.assert_allclose(ours, encode_text(clip, ids), atol=1e-5)
+    sentences = {
+        "end": [f"a photo of a {n}." for n in NAMES],
+        "front": [f"{n} a photo of a." for n in NAMES],
+    }
+    if position in sentences:  # whole words move: compare with the tokenizer's own ids
+        ref = encode_text(clip, tok(sentences[position]))
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+    else:  # middle: first n_ctx // 2 = 4 context tokens, the class, then the rest
+        row = list(ids[0][ids[0] > 0])
+        a_photo = tok.encode("a photo of a")[1:-1]
+        cat, dot = tok.encode("cat")[1:-1], tok.encode(".")[1:-1]
+        assert row == [tok.sot_id, *a_photo[:4], *cat, *a_photo[4:], *dot, tok.eot_id]
+
+
+def _train_step(model, x, y):
+    opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=P.PromptParam)
+
+    @nnx.jit
+    def step(model, opt):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        grads = nnx.grad(loss, argnums=nnx.DiffState(0, P.PromptParam))(model)
+        opt.update(model, grads)
+        return grads
+
+    return step(model, opt)
+
+
+@pytest.mark.parametrize("kind", ["coop", "cocoop"])
+def test_gradients_reach_only_prompt_params(clip, tok, kind):
+    if kind == "coop":
+        model = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(1))
+    else:
+        model = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8,
+                         chunk_size=2, rngs=nnx.Rngs(1))  # fmt: skip
+    frozen_before = jax.tree.map(np.array, nnx.state(model, nnx.Param))
+    buffers_before = jax.tree.map(np.array, nnx.state(model, P.PromptBuffer))
+    prompt_before = jax.tree.map(np.array, nnx.state(model, P.PromptParam))
+    grads = _train_step(model, _pixels(6), jnp.array([0, 1, 2, 0, 1, 2]))
+    # Gradients exist exactly for the prompt parameters, and every one of them is non-zero.
+    grad_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree.leaves_with_path(grads)}
+    prompt_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree.leaves_with_path(prompt_before)}
+    assert grad_paths == prompt_paths
+    assert len(prompt_paths) == (1 if kind == "coop" else 5)
+    for g in jax.tree.leaves(grads):
+        assert np.isfinite(g).all() and np.abs(g).max() > 0
+    # CLIP and the frozen token embeddings did not move; the prompts did.
+    jax.tree.map(np.testing.assert_array_equal, frozen_before, nnx.state(model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, buffers_before, nnx.state(model, P.PromptBuffer))
+    moved = jax.tree.map(lambda a, b: np.abs(a - np.asarray(b)).max(), prompt_before,
+                         nnx.state(model, P.PromptParam))  # fmt: skip
+    assert all(m > 0 for m in jax.tree.leaves(moved))
+
+
+def test_cocoop_batch_equals_single_image_calls(clip, tok):
+    model = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8, chunk_size=3,
+                     rngs=nnx.Rngs(2))  # fmt: skip
+    feats = encode_image(clip, _pixels(7))  # 7 = 2 chunks of 3 + a remainder of 1
+    batched = features_of(model, feats)
+    singles = jnp.concatenate([features_of(model, feats[i : i + 1]) for i in range(7)])
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+
+    # ... and equals the dense computation from the materialised per-image prompts.
+    @nnx.jit
+    def dense_logits(model, clip, feats):
+        prompts = model.prompts(feats)
+        ids = jnp.tile(model.token_ids[...], (7, 1))
+        txt = clip.encode_text_embeddings(prompts.reshape(21, *prompts.shape[2:]), ids)
+        txt = (txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)).reshape(7, 3, -1)
+        img = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
+        return jnp.exp(clip.logit_scale[...]) * jnp.einsum("bd,bcd->bc", img, txt)
+
+    dense = dense_logits(model, clip, feats)
+    np.testing.assert_allclose(batched, dense, atol=1e-5)
+
+    # Chunked + rematerialised gradients equal the unchunked, stored-activation ones.
+    def grads_of(m):
+        def loss(m):
+            logits = m.logits_from_features(feats)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(7) % 3).mean()
+
+        return nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, P.PromptParam)))(m)
+
+    plain = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8, chunk_size=7,
+                     remat=False, rngs=nnx.Rngs(2))  # fmt: skip
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 grads_of(model), grads_of(plain))  # fmt: skip
+
+
+def test_transfer_to_new_classes(clip, tok):
+    coop = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(3))
+    new = coop.with_classnames(["fish", "cow"], tokenize=tok.encode)
+    np.testing.assert_array_equal(new.ctx[...], coop.ctx[...])
+    assert _shape(new, 2) == (2, 2)
+    cocoop = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(3))
+    moved = cocoop.with_classnames(["fish", "cow"], tokenize=tok.encode)
+    np.testing.assert_array_equal(moved.meta_w2[...], cocoop.meta_w2[...])
+    csc = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, class_specific=True, rngs=nnx.Rngs(3))
+    with pytest.raises(ValueError, match="class count mismatch.*3 classes, 2 classes"):
+        csc.with_classnames(["fish", "cow"], tokenize=tok.encode)
+
+
+def test_zero_shot_classifier(clip, tok):
+    templates = ["a photo of a {}.", "the {}"]
+    w = P.zero_shot_classifier(clip, NAMES, templates, tokenize=tok.encode)
+    assert w.shape == (3, 16)
+    feats = encode_text(clip, tok([t.format("dog") for t in templates]))
+    feats = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
+    mean = feats.mean(0)
+    np.testing.assert_allclose(w[1], mean / jnp.linalg.norm(mean), atol=1e-5)
+
+
+def test_base_new_split_k_shot_and_h():
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 20))
+    base, new = P.base_new_split(labels)
+    np.testing.assert_array_equal(base, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(new, [5, 6, 7, 8, 9])
+    base, new = P.base_new_split([7, 3, 9, 3, 1])  # ceil(4 / 2) = 2 base classes
+    np.testing.assert_array_equal(base, [1, 3])
+    np.testing.assert_array_equal(new, [7, 9])
+    base, new = P.base_new_split([4, 2, 0])  # odd: ceil(3 / 2) = 2
+    np.testing.assert_array_equal(base, [0, 2])
+
+    idx = P.k_shot_indices(labels, [0, 1, 2], 4, seed=0)
+    assert idx.size == 12 and len(set(idx.tolist())) == 12
+    np.testing.assert_array_equal(np.bincount(labels[idx], minlength=10)[:3], [4, 4, 4])
+    assert set(labels[idx].tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(idx, P.k_shot_indices(labels, [0, 1, 2], 4, seed=0))
+    assert not np.array_equal(idx, P.k_shot_indices(labels, [0, 1, 2], 4, seed=1))
+
+    assert P.harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert P.harmonic_mean(70.0, 70.0) == pytest.approx(70.0)
+    assert P.harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_bad_inputs(clip, tok):
+    with pytest.raises(ValueError, match="n_ctx=4 but ctx_init 'a photo of a' is 9 tokens"):
+        P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, ctx_init="a photo of a",
+               rngs=nnx.Rngs(0))  # fmt: skip
+    with pytest.raises(ValueError, match="n_ctx=2 but ctx_init"):
+        P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=2, ctx_init="a photo", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="class_token_position.*'back'"):
+        P.CoOp(clip, NAMES, tokenize=tok.encode, class_token_position="back", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="context length 32"):
+        P.CoOp(clip, ["x" * 30], tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"tokenize\(''\)"):
+        P.CoOp(clip, NAMES, tokenize=lambda s: [1, 2, 3], rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="class 2 has 1 examples, fewer than k=2"):
+        P.k_shot_indices([0, 0, 1, 1, 2], [0, 1, 2], 2, seed=0)
+    with pytest.raises(ValueError, match="base_acc must be in"):
+        P.harmonic_mean(120.0, 50.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        P.base_new_split([3, 3])
+    coop = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(batch, dim\)"):
+        coop.logits_from_features(np.zeros(16, np.float32))
