@@ -105,17 +105,21 @@ def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Arra
 
     The exact pivots of the Cholesky factor are `>= shift`. When the window is numerically
     rank-deficient (collinear or repeated gradients, `m > d`) and `shift` is below the float32
-    rounding level of the Gram matrix (`m * eps * max diag`), pivots collapse to rounding noise
-    (or NaN) and the solve would be garbage along the null space of `G G^T`. Then we solve with
+    rounding level of a row of the Gram matrix (`m * eps * gram_ii`), that row's pivot collapses
+    to rounding noise (or NaN) and the solve would be garbage along the null space of `G G^T`
+    (empty, all-zero slots are exact and harmless). Then we solve with
     the eigendecomposition of the Gram matrix and drop the numerically-null directions `v`, which
     contribute nothing exactly because `G^T v = 0`. `lax.cond` runs only one branch.
     """
     m = gram.shape[0]
     eye = jnp.eye(m, dtype=gram.dtype)
     factor = jnp.linalg.cholesky(gram + shift * eye)
-    tol = m * jnp.finfo(jnp.float32).eps * jnp.max(jnp.diagonal(gram))
+    # rounding level of row i of the Gram matrix; a pivot below it (and above `shift` only by
+    # noise) means row i is numerically a combination of the rows before it
+    row_tol = m * jnp.finfo(jnp.float32).eps * jnp.diagonal(gram)
     pivots = jnp.diagonal(factor) ** 2
-    healthy = jnp.all(jnp.isfinite(factor)) & jnp.all(pivots > jnp.minimum(tol, shift) * 0.5)
+    healthy = jnp.all(jnp.isfinite(factor)) & jnp.all((pivots > row_tol) | (shift >= row_tol))
+    tol = jnp.max(row_tol)
 
     def fast() -> jax.Array:
         return cho_solve((factor, True), rhs)
