@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax_battery  # noqa: I001  (tests/ is on sys.path)
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -211,86 +212,67 @@ def test_state_bytes_topk_vs_dense():
 
 
 # ------------------------------------------------------------------------------------------------
-# optax battery (extra args, no recompilation, dtype kept, inject_hyperparams, sharding)
+# optax battery: the shared one (tests/optax_battery.py) for mfac and ggt, dense and compressed,
+# plus an Explicit-axes mesh check (sharding in types), which the flattened window must survive
 # ------------------------------------------------------------------------------------------------
 
+
+def _mfac(learning_rate, damping=1e-2, momentum=0.5):
+    return mfac(learning_rate, num_grads=4, damping=damping, momentum=momentum, weight_decay=1e-3)
+
+
+def _mfac_topk(learning_rate):
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=topk(0.1))
+
+
+def _mfac_lowrank(learning_rate):
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=lowrank(2))
+
+
+def _ggt(learning_rate, eps=1e-3, beta1=0.5):
+    return ggt(learning_rate, num_grads=4, eps=eps, beta1=beta1)
+
+
+def _ggt_topk(learning_rate):
+    return ggt(learning_rate, num_grads=4, eps=1e-3, compressor=topk(0.1))
+
+
 BATTERY = {
-    "mfac": lambda **kw: mfac(
-        0.1, num_grads=4, damping=1e-2, momentum=0.5, weight_decay=1e-3, **kw
-    ),
-    "mfac_topk": lambda **kw: mfac(0.1, num_grads=4, damping=1e-2, compressor=topk(0.1), **kw),
-    "mfac_lowrank": lambda **kw: mfac(0.1, num_grads=4, compressor=lowrank(2), **kw),
-    "ggt": lambda **kw: ggt(0.1, num_grads=4, eps=1e-3, beta1=0.9, **kw),
-    "ggt_topk": lambda **kw: ggt(0.1, num_grads=4, compressor=topk(0.1), **kw),
+    "mfac": (_mfac, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
+    "mfac_topk": (_mfac_topk, {"learning_rate": 0.05}),
+    "mfac_lowrank": (_mfac_lowrank, {"learning_rate": 0.05}),
+    "ggt": (_ggt, {"learning_rate": 0.05, "eps": 1e-3, "beta1": 0.5}),
+    "ggt_topk": (_ggt_topk, {"learning_rate": 0.05}),
 }
 
 
-def _battery_params(dtype=jnp.float32):
-    rng = np.random.default_rng(5)
-    return {
-        "kernel": jnp.asarray(rng.normal(size=(16, 8)), dtype),
-        "bias": jnp.asarray(rng.normal(size=(8,)), dtype),
-    }
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", sorted(BATTERY))
-def test_battery_jit_no_recompile_extra_args_dtype(name, dtype):
-    tx = BATTERY[name]()
-    params = _battery_params(dtype)
-    grads = jax.tree.map(lambda p: (p * 0.5 + 1).astype(dtype), params)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    _, state1 = update(grads, state, params)
-    upd2, state2 = update(grads, state1, params)
-    assert update._cache_size() == 1  # no recompilation on the second step
-    assert jax.tree.map(lambda x: x.dtype, upd2) == jax.tree.map(lambda x: x.dtype, params)
-    same = jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype), state, state2)
-    assert all(jax.tree.leaves(same))
-    assert state2.count.dtype == jnp.int32 and int(state2.count) == 2
-    # unknown extra args are accepted and ignored
-    extra = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0), foo="bar"))
-    upd_x, _ = extra(grads, state1, params)
-    for a, b in zip(jax.tree.leaves(upd_x), jax.tree.leaves(upd2)):
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(upd2))
-
-
-@pytest.mark.parametrize("factory", [mfac, ggt], ids=["mfac", "ggt"])
-def test_battery_inject_hyperparams(factory):
-    kw = dict(damping=1e-2, momentum=0.5) if factory is mfac else dict(eps=1e-2, beta1=0.5)
-    injected = optax.inject_hyperparams(factory, static_args=("num_grads",))(
-        learning_rate=0.1, num_grads=4, **kw
-    )
-    plain = factory(0.1, num_grads=4, **kw)
-    params = _battery_params()
-    grads = jax.tree.map(lambda p: p * 0.5 + 1, params)
-    s_inj, s_plain = injected.init(params), plain.init(params)
-    step_inj, step_plain = jax.jit(injected.update), jax.jit(plain.update)
-    for _ in range(2):
-        u_inj, s_inj = step_inj(grads, s_inj, params)
-        u_plain, s_plain = step_plain(grads, s_plain, params)
-    for a, b in zip(jax.tree.leaves(u_inj), jax.tree.leaves(u_plain)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    s_inj.hyperparams["learning_rate"] = jnp.float32(0.2)  # changing it needs no recompilation
-    u_twice, _ = step_inj(grads, s_inj, params)
-    assert step_inj._cache_size() == 1
-    assert np.isfinite(np.asarray(jax.tree.leaves(u_twice)[0])).all()
+def test_battery(name, check):
+    factory, hp = BATTERY[name]
+    check(factory, hp)
 
 
 @pytest.mark.parametrize("name", ["mfac", "mfac_topk", "ggt"])
-def test_battery_state_sharding_unchanged_on_mesh(name):
+def test_state_sharding_unchanged_on_explicit_mesh(name):
+    """Sharding in types: params FSDP-sharded over an Explicit axis, state stays replicated."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
-    params = _battery_params()
+    rng = np.random.default_rng(5)
+    params = {
+        "kernel": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+        "bias": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
     shard = {"kernel": NamedSharding(mesh, P("data", None)), "bias": NamedSharding(mesh, P())}
     params = jax.device_put(params, shard)
     grads = jax.tree.map(lambda p: p * 0.5 + 1, params)
-    tx = BATTERY[name]()
+    factory, hp = BATTERY[name]
+    tx = factory(**hp)
     with jax.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
         update = jax.jit(tx.update)
         upd, state1 = update(grads, state, params)
         _, state2 = update(grads, state1, params)
+    assert update._cache_size() == 1
     assert upd["kernel"].sharding.is_equivalent_to(params["kernel"].sharding, 2)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2)):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
