@@ -38,9 +38,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
-from jaxcomp.optim.utils import Shapes, replicate_on_params_mesh
+from jaxcomp.optim.utils import Shapes, ravel_f32, replicate_on_params_mesh
 
 HIGHEST = lax.Precision.HIGHEST
 _BLOCK = 1 << 16  # block-local top-k indices fit in uint16
@@ -402,3 +403,33 @@ def init_window_fields(
         momentum=jnp.zeros((d if with_momentum else 0,), jnp.float32),
     )
     return replicate_on_params_mesh(fields, params)
+
+
+def push_gradient(
+    compressor: Compressor | None, updates: Any, state: Any, num_grads: int
+) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
+    """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
+    `GGTState`) at slot `count % num_grads`.
+
+    Returns `(integrated, slot, shapes, unravel)`; `unravel` maps a flat update back to the
+    gradient pytree (shapes and dtypes).
+    """
+    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(updates))
+    g, unravel = ravel_f32(updates)
+    slot = state.count % num_grads
+    new = integrate_gradient(
+        compressor, g, state.window, state.gram, state.error, state.compressor_state, slot, shapes
+    )
+    return new, slot, shapes, unravel
+
+
+def next_window_fields(state: Any, new: Integrated, momentum: jax.Array) -> dict[str, Any]:
+    """The fields of the next `MFACState` / `GGTState` after `push_gradient`."""
+    return dict(
+        count=optax.safe_int32_increment(state.count),
+        window=new.window,
+        gram=new.gram,
+        error=new.error,
+        compressor_state=new.aux,
+        momentum=momentum,
+    )

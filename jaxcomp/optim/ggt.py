@@ -38,15 +38,14 @@ from jaxcomp.optim.compress import (
     Compressor,
     identity,
     init_window_fields,
-    integrate_gradient,
+    next_window_fields,
+    push_gradient,
 )
 from jaxcomp.optim.utils import (
     check_int_at_least,
     check_nonnegative,
     check_positive,
     is_static_zero,
-    leaf_shapes,
-    ravel_f32,
     resolve_learning_rate,
 )
 
@@ -159,19 +158,7 @@ def ggt(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, GGTState]:
         del params, extra_args
-        shapes = leaf_shapes(updates)
-        g, unravel = ravel_f32(updates)
-        slot = state.count % r
-        new = integrate_gradient(
-            compressor,
-            g,
-            state.window,
-            state.gram,
-            state.error,
-            state.compressor_state,
-            slot,
-            shapes,
-        )
+        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r)
         combine = lambda w: ops.window_combine(new.window, w, shapes)
         x = new.c
         if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
@@ -181,12 +168,7 @@ def ggt(
         else:  # x is the row that just entered the window
             u = window_row_sqrt_direction(new.gram, slot, combine, eps)
         new_state = GGTState(
-            count=optax.safe_int32_increment(state.count),
-            window=new.window,
-            gram=new.gram,
-            error=new.error,
-            compressor_state=new.aux,
-            momentum=x if use_momentum else state.momentum,
+            **next_window_fields(state, new, x if use_momentum else state.momentum)
         )
         return unravel(-resolve_learning_rate(learning_rate, state.count) * u), new_state
 

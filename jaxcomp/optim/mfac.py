@@ -33,14 +33,14 @@ from jaxcomp.optim.compress import (
     Compressor,
     identity,
     init_window_fields,
-    integrate_gradient,
+    next_window_fields,
+    push_gradient,
 )
 from jaxcomp.optim.utils import (
     check_int_at_least,
     check_nonnegative,
     check_positive,
     is_static_zero,
-    leaf_shapes,
     ravel_f32,
     resolve_learning_rate,
 )
@@ -190,19 +190,7 @@ def mfac(
         del extra_args
         if use_weight_decay and params is None:
             raise ValueError("mfac with weight_decay > 0 needs params, got params=None")
-        shapes = leaf_shapes(updates)
-        g, unravel = ravel_f32(updates)
-        slot = state.count % m
-        new = integrate_gradient(
-            compressor,
-            g,
-            state.window,
-            state.gram,
-            state.error,
-            state.compressor_state,
-            slot,
-            shapes,
-        )
+        new, slot, shapes, unravel = push_gradient(compressor, updates, state, m)
         u = window_row_direction(
             new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), damping
         )
@@ -213,14 +201,7 @@ def mfac(
         step = resolve_learning_rate(learning_rate, state.count) * u
         if use_weight_decay:
             step = step + weight_decay * ravel_f32(params)[0]
-        new_state = MFACState(
-            count=optax.safe_int32_increment(state.count),
-            window=new.window,
-            gram=new.gram,
-            error=new.error,
-            compressor_state=new.aux,
-            momentum=v,
-        )
+        new_state = MFACState(**next_window_fields(state, new, v))
         return unravel(-step), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
