@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.epochs = 4
     c.batch_size = 100
     c.seed = 0
+    c.bn_images = 1000  # training images to re-estimate BatchNorm statistics before testing
     c.optimizers = ("sgd", "adam", "mfac", "mfac_topk", "mfac_lowrank", "ggt")
     # baselines
     c.sgd_lr = 0.1
