@@ -106,9 +106,14 @@ def test_lowrank_window_products_match_dense():
     )
     np.testing.assert_allclose(np.asarray(dots), dense @ x, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(comb), w @ dense, rtol=1e-4, atol=1e-4)
+
     # the factored scalar product (used for the Gram row) agrees with the dense one
-    payload, c, _ = comp.compress(jnp.asarray(x, jnp.float32), comp.init(SMALL), SMALL)
-    fact = comp.window_dots(window, c, payload, SMALL)
+    @jax.jit
+    def factored(window, x):
+        payload, c, _ = comp.compress(x, comp.init(SMALL), SMALL)
+        return comp.window_dots(window, c, payload, SMALL), c
+
+    fact, c = factored(window, jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(np.asarray(fact), dense @ np.asarray(c), rtol=1e-4, atol=1e-4)
     # (12,20) and (36,6) are stored as rank-2 factors, the vector and (2,50) stay dense
     assert [len(leaf) if isinstance(leaf, tuple) else 0 for leaf in window] == [2, 2, 0, 0]
