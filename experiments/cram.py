@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from jaxcomp.data import load_mnist5k
 from jaxcomp.data import tfds as jtfds
 from jaxcomp.models import ResNet18, ResNet20, ResNet50, SmallCNN
-from jaxcomp.train import plot_lines
+from jaxcomp.train import initialize_distributed, plot_lines
 from jaxcomp.train.recipes import (
     make_optimizer,
     one_shot_sweep,
@@ -129,6 +129,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
 
 def main(argv):
     del argv
+    initialize_distributed()
     results = run(_CONFIG.value, _WORKDIR.value)
     print(results["table"])
 

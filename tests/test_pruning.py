@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxcomp import pruning
 from jaxcomp.models import ResNet20, SmallCNN
@@ -209,3 +211,19 @@ def test_recalibrate_batch_stats_equals_average_of_batch_stats():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(make_params())
+
+
+_topk_jit = jax.jit(lambda w, s: pruning.topk_mask({"d": {"kernel": w}}, s)["d"]["kernel"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(st.integers(-4, 4), min_size=64, max_size=64),
+    sparsity=st.floats(0.0, 0.99),
+)
+def test_topk_property_against_argsort(data, sparsity):
+    """Heavily tied integer-valued weights, any (traced) sparsity: exactly the argsort top-k."""
+    w = jnp.asarray(np.array(data, np.float32).reshape(32, 2))
+    mask = _topk_jit(w, sparsity)
+    (ref,) = np_topk([w], int(pruning.keep_count(w.size, jnp.float32(sparsity))))
+    np.testing.assert_array_equal(mask, ref)

@@ -91,6 +91,21 @@ def test_checkpoint_resume_equals_straight_run(digits, tmp_path):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
 
 
+def test_make_train_step_with_a_mesh_derives_shardings(digits):
+    x, y = digits
+    tx = optax.sgd(0.1)
+    step_ref, p, s, o, _ = setup(tx)
+    mesh = make_mesh(data=2, fsdp=4)
+    model = SmallCNN(rngs=nnx.Rngs(0), widths=(8, 16), hidden=32, input_hw=(8, 8))
+    graphdef, _, p2, s2 = split_model(model)
+    step = make_train_step(classification_loss(graphdef), tx, mesh, rules=[("fc/kernel", "fsdp")])
+    batch = DataStream(x, y, 32).batch(0)
+    ref = step_ref(p, s, o, batch)
+    out = step(p2, s2, tx.init(p2), batch)
+    assert out[0]["fc"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    np.testing.assert_allclose(out[0]["fc"]["kernel"], ref[0]["fc"]["kernel"], rtol=1e-5, atol=1e-6)
+
+
 def test_trains_and_evaluates(digits):
     x, y = digits
     xt, yt = load_digits("test")

@@ -4,6 +4,7 @@ from jaxcomp.train.checkpoint import Checkpointer, restore_latest
 from jaxcomp.train.loop import fit
 from jaxcomp.train.mesh import (
     batch_sharding,
+    initialize_distributed,
     make_mesh,
     param_shardings,
     replicated,
@@ -29,6 +30,7 @@ __all__ = [
     "classification_loss",
     "evaluate",
     "fit",
+    "initialize_distributed",
     "make_eval_step",
     "make_mesh",
     "make_train_step",

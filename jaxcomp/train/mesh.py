@@ -146,3 +146,16 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Place this process's share of a global batch on the mesh (multi-host safe)."""
     sh = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sh, np.asarray(x)), batch)
+
+
+def initialize_distributed() -> bool:
+    """``jax.distributed.initialize()`` when this is one process of a multi-process run (a TPU pod
+    slice with several workers, or ``JAX_COORDINATOR_ADDRESS`` set); a no-op on a single host.
+    Call it first thing in an entry point, before any other JAX call. Returns whether it ran."""
+    import os
+
+    multi_worker_tpu = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    if multi_worker_tpu or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+        return True
+    return False

@@ -65,8 +65,9 @@ def shard_train_state(
 def make_train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
-    shardings: TrainShardings | None = None,
+    shardings: TrainShardings | Mesh | None = None,
     *,
+    rules: Sequence[mesh_lib.Rule] = (),
     donate: bool = True,
 ) -> Callable[[Any, Any, Any, Any], tuple[Any, Any, Any, dict[str, jax.Array]]]:
     """``step(params, model_state, opt_state, batch) -> (params, model_state, opt_state, metrics)``.
@@ -76,7 +77,8 @@ def make_train_step(
     ``optax.with_extra_args_support`` and ignore ``grad_fn``). With ``shardings`` (from
     ``shard_train_state``) the step is jitted with those in/out shardings, so params, model state
     and optimizer state keep their sharding step after step; they are donated unless
-    ``donate=False``. Metrics are a flat dict of replicated scalars, including ``loss`` and
+    ``donate=False``. Given a ``Mesh`` instead, the shardings are derived from ``rules`` (see
+    ``param_shardings``) on the first call and the inputs are placed accordingly. Metrics are a flat dict of replicated scalars, including ``loss`` and
     ``grad_norm``.
     """
     tx = optax.with_extra_args_support(tx)
@@ -98,13 +100,33 @@ def make_train_step(
     donate_argnums = (0, 1, 2) if donate else ()
     if shardings is None:
         return jax.jit(step, donate_argnums=donate_argnums)
-    s = shardings
-    return jax.jit(
-        step,
-        in_shardings=(s.params, s.model_state, s.opt_state, s.batch),
-        out_shardings=(s.params, s.model_state, s.opt_state, s.metrics),
-        donate_argnums=donate_argnums,
-    )
+
+    def jitted(s: TrainShardings):
+        return jax.jit(
+            step,
+            in_shardings=(s.params, s.model_state, s.opt_state, s.batch),
+            out_shardings=(s.params, s.model_state, s.opt_state, s.metrics),
+            donate_argnums=donate_argnums,
+        )
+
+    if isinstance(shardings, TrainShardings):
+        return jitted(shardings)
+    mesh, cache = shardings, {}
+
+    def step_on_mesh(params, model_state, opt_state, batch):
+        if "fn" not in cache:
+            *_, cache["sh"] = shard_train_state(mesh, params, model_state, opt_state, rules)
+            cache["fn"] = jitted(cache["sh"])
+        s = cache["sh"]
+        put = jax.device_put
+        return cache["fn"](
+            put(params, s.params),
+            put(model_state, s.model_state),
+            put(opt_state, s.opt_state),
+            put(batch, s.batch),
+        )
+
+    return step_on_mesh
 
 
 def classification_loss(graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0) -> LossFn:

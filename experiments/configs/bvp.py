@@ -1,0 +1,14 @@
+"""Config for experiments/bvp.py: Galerkin vs compact FD4 vs Galerkin + residual correction."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Names from jaxcomp.numerics.examples.classic_problems().
+    config.problems = ["dirichlet_linear", "robin_linear", "bratu", "cubic", "robin_nonlinear"]
+    config.degrees = [3, 4, 6, 8, 10]  # Bernstein degrees for the Galerkin method
+    config.grid_sizes = [8, 16, 32, 64, 128]  # compact FD4 intervals (alone and for the correction)
+    config.eval_points = 1001  # fine grid on which the Galerkin error is measured
+    config.png = "docs/img/bvp_error_vs_n.png"  # also written to workdir; "" to skip the copy
+    return config
