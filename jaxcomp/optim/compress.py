@@ -1,0 +1,435 @@
+"""Gradient compressors with error feedback, and the sliding windows that store their outputs.
+
+Modoranu et al., "Error Feedback Can Accurately Compress Preconditioners" (EFCP), Section 3:
+the full-matrix preconditioners M-FAC and GGT keep a window of the last `m` gradients, which costs
+`m * d` floats. EFCP stores *compressed* gradients instead and keeps the compression error in an
+error-feedback accumulator (Algorithm 1)::
+
+    a_t = e_{t-1} + g_t        # accumulator
+    c_t = C(a_t)               # compressed gradient: enters the window and is preconditioned
+    e_t = a_t - c_t            # error kept for the next step
+
+A `Compressor` bundles the compression operator `C` with the window format that stores its
+outputs. The preconditioners only ever need two products with the window `G` (rows = stored
+gradients): `G @ x` (`window_dots`, the scalar products) and `G.T @ w` (`window_combine`, a
+linear combination of the stored gradients), so a compressed window never materialises a dense
+`(m, d)` buffer:
+
+* `topk(fraction)`: global magnitude top-k of the flattened accumulator (Section 3.1, "Sparse
+  M-FAC"). The window holds `(m, k)` values and block-local `uint16` indices (plus `(m, d/2^16)`
+  int32 block ends), so one stored gradient costs `6 k` bytes instead of `4 d`; products are
+  gathers and scatter-adds, O(m k).
+* `lowrank(rank)`: PowerSGD-style rank-`r` compression per layer (Section 3.2; Vogels et al.
+  2019): one power iteration per step, warm-started from the previous step's `Q`. Matrices
+  (conv kernels as `(kh*kw*c_in, c_out)`) are stored as factors `P (n, r)`, `Q (l, r)`; vectors
+  (biases, norms) and layers too small to gain are kept dense, as in PowerSGD.
+* `identity()`: the uncompressed window of dense M-FAC / GGT (no error feedback needed).
+
+Everything works on the float32 vector obtained by flattening the gradient pytree
+(`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank compressor
+find the layers inside that vector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxcomp.optim.utils import Shapes, ravel_f32, replicate_on_params_mesh
+
+HIGHEST = lax.Precision.HIGHEST
+_BLOCK = 1 << 16  # block-local top-k indices fit in uint16
+
+
+class Compressor(NamedTuple):
+    """A compression operator `C` together with the window format that stores its outputs.
+
+    Attributes:
+      init: `shapes -> aux` compressor state (e.g. the warm-start `Q` of PowerSGD).
+      compress: `(a, aux, shapes) -> (payload, c, aux)`; `c = C(a)` as a dense vector and
+        `payload` its compact form (what the window stores).
+      window_init: `(m, shapes) -> window`, an all-zero window of `m` slots.
+      window_set: `(window, slot, payload) -> window`, overwrite one slot (ring buffer).
+      window_dots: `(window, x, payload_or_None, shapes) -> (m,)`, the products `G @ x`; when the
+        payload of `x` is given the compressor may use it (low-rank uses the factors).
+      window_combine: `(window, w, shapes) -> (d,)`, the linear combination `G.T @ w`.
+    """
+
+    init: Callable[[Shapes], Any]
+    compress: Callable[[jax.Array, Any, Shapes], tuple[Any, jax.Array, Any]]
+    window_init: Callable[[int, Shapes], Any]
+    window_set: Callable[[Any, jax.Array, Any], Any]
+    window_dots: Callable[[Any, jax.Array, Any, Shapes], jax.Array]
+    window_combine: Callable[[Any, jax.Array, Shapes], jax.Array]
+
+
+def _numel(shapes: Shapes) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+def _set_row(buffer: jax.Array, slot: jax.Array, row: jax.Array) -> jax.Array:
+    return lax.dynamic_update_index_in_dim(buffer, row.astype(buffer.dtype), slot, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# identity: the dense window of uncompressed M-FAC / GGT
+# ----------------------------------------------------------------------------------------------
+
+
+def identity() -> Compressor:
+    """No compression: the window is a dense `(m, d)` float32 matrix (dense M-FAC / GGT)."""
+
+    def compress(a, aux, shapes):
+        del shapes
+        return a, a, aux
+
+    def window_dots(window, x, payload, shapes):
+        del payload, shapes
+        return jnp.matmul(window, x, precision=HIGHEST)
+
+    def window_combine(window, w, shapes):
+        del shapes
+        return jnp.matmul(w, window, precision=HIGHEST)
+
+    return Compressor(
+        init=lambda shapes: (),
+        compress=compress,
+        window_init=lambda m, shapes: jnp.zeros((m, _numel(shapes)), jnp.float32),
+        window_set=_set_row,
+        window_dots=window_dots,
+        window_combine=window_combine,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# top-k
+# ----------------------------------------------------------------------------------------------
+
+
+class TopkWindow(NamedTuple):
+    """`m` sparse vectors with exactly `k` entries each.
+
+    `values[i]` are the kept entries of slot `i`, sorted by coordinate; their coordinates are
+    `hi * 2^16 + low[i]` where `hi` is the number of `block_ends[i, b] <= position`, i.e.
+    `block_ends[i, b]` counts the entries of slot `i` with coordinate `< (b + 1) * 2^16`.
+    """
+
+    values: jax.Array  # (m, k) float32
+    low: jax.Array  # (m, k) uint16
+    block_ends: jax.Array  # (m, ceil(d / 2^16)) int32
+
+
+def topk_size(fraction: float, d: int) -> int:
+    """Number of entries kept by `topk(fraction)` on a `d`-dimensional vector."""
+    return max(1, min(d, int(fraction * d)))
+
+
+def _topk_indices(window: TopkWindow) -> jax.Array:
+    """Global int32 coordinates `(m, k)` of the entries of a `TopkWindow`."""
+    low = window.low.astype(jnp.int32)
+    if window.block_ends.shape[1] == 1:
+        return low
+    pos = jnp.arange(low.shape[1], dtype=jnp.int32)
+    hi = jnp.sum(window.block_ends[:, None, :-1] <= pos[None, :, None], axis=-1, dtype=jnp.int32)
+    return hi * _BLOCK + low
+
+
+def topk(fraction: float = 0.01) -> Compressor:
+    """Global magnitude top-k compressor (EFCP Section 3.1, sparse M-FAC / sparse GGT).
+
+    Keeps exactly `k = max(1, int(fraction * d))` coordinates of largest magnitude of the
+    flattened accumulator (ties broken by `lax.top_k`). Used through `mfac(..., compressor=...)`
+    or `ggt(..., compressor=...)`, which add error feedback.
+
+    Args:
+      fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+
+    def compress(a, aux, shapes):
+        k = topk_size(fraction, _numel(shapes))
+        _, idx = lax.top_k(jnp.abs(a), k)
+        idx = jnp.sort(idx)
+        values = a[idx]
+        c = jnp.zeros_like(a).at[idx].set(values, unique_indices=True)
+        return (values, idx), c, aux
+
+    def window_init(m, shapes):
+        d = _numel(shapes)
+        k = topk_size(fraction, d)
+        blocks = -(-d // _BLOCK)
+        return TopkWindow(
+            values=jnp.zeros((m, k), jnp.float32),
+            low=jnp.zeros((m, k), jnp.uint16),
+            # all entries in block 0 -> coordinate 0 with value 0: a valid, inert empty slot
+            block_ends=jnp.full((m, blocks), k, jnp.int32),
+        )
+
+    def window_set(window, slot, payload):
+        values, idx = payload
+        blocks = window.block_ends.shape[1]
+        bounds = (jnp.arange(blocks, dtype=jnp.int32) + 1) * _BLOCK
+        ends = jnp.searchsorted(idx, bounds, side="left").astype(jnp.int32)
+        return TopkWindow(
+            values=_set_row(window.values, slot, values),
+            low=_set_row(window.low, slot, (idx % _BLOCK).astype(jnp.uint16)),
+            block_ends=_set_row(window.block_ends, slot, ends),
+        )
+
+    def window_dots(window, x, payload, shapes):
+        del payload, shapes
+        return jnp.sum(window.values * x[_topk_indices(window)], axis=1)
+
+    def window_combine(window, w, shapes):
+        contrib = (w[:, None] * window.values).reshape(-1)
+        idx = _topk_indices(window).reshape(-1)
+        return jnp.zeros((_numel(shapes),), jnp.float32).at[idx].add(contrib)
+
+    return Compressor(
+        init=lambda shapes: (),
+        compress=compress,
+        window_init=window_init,
+        window_set=window_set,
+        window_dots=window_dots,
+        window_combine=window_combine,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# low-rank (PowerSGD)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Layer(NamedTuple):
+    offset: int
+    size: int
+    shape: tuple[int, ...]
+    rank: int  # 0: stored densely
+    rows: int
+    cols: int
+
+
+def _lowrank_plan(shapes: Shapes, rank: int) -> list[_Layer]:
+    layers, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        rows, cols = (math.prod(shape[:-1]), shape[-1]) if len(shape) >= 2 else (size, 1)
+        r = min(rank, rows, cols) if len(shape) >= 2 else 0
+        if r * (rows + cols) >= size:  # factors would not be smaller: keep dense
+            r = 0
+        layers.append(_Layer(offset, size, shape, r, rows, cols))
+        offset += size
+    return layers
+
+
+def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
+    """PowerSGD-style per-layer rank-`r` compressor (EFCP Section 3.2; Vogels et al. 2019, Alg. 1).
+
+    Each layer's accumulator is viewed as a matrix `A` of shape `(prod(shape[:-1]), shape[-1])`
+    (for a conv kernel `(kh*kw*c_in, c_out)`). One power iteration per step, warm-started from the
+    previous step's `Q`:  `P = orth(A Q)`, `Q <- A^T P`, `C(A) = P Q^T`. Vectors and layers whose
+    factors would not be smaller than the layer are passed through uncompressed. If `A^T P`
+    vanishes (a zero accumulator), the previous `Q` is kept so the iteration cannot get stuck.
+
+    Args:
+      rank: target rank `r >= 1` (capped per layer at `min(rows, cols)`).
+      seed: seed of the random initial `Q` (standard normal, as in PowerSGD).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+
+    def init(shapes):
+        key = jax.random.PRNGKey(seed)
+        return tuple(
+            jax.random.normal(jax.random.fold_in(key, i), (layer.cols, layer.rank), jnp.float32)
+            for i, layer in enumerate(_lowrank_plan(shapes, rank))
+            if layer.rank
+        )
+
+    def compress(a, aux, shapes):
+        payload, pieces, new_aux, qs = [], [], [], iter(aux)
+        for layer in _lowrank_plan(shapes, rank):
+            flat = a[layer.offset : layer.offset + layer.size]
+            if not layer.rank:
+                payload.append(flat)
+                pieces.append(flat)
+                continue
+            mat = flat.reshape(layer.rows, layer.cols)
+            q_old = next(qs)
+            p, _ = jnp.linalg.qr(jnp.matmul(mat, q_old, precision=HIGHEST))
+            q = jnp.matmul(mat.T, p, precision=HIGHEST)
+            payload.append((p, q))
+            pieces.append(jnp.matmul(p, q.T, precision=HIGHEST).reshape(-1))
+            new_aux.append(jnp.where(jnp.any(q != 0), q, q_old))
+        return tuple(payload), jnp.concatenate(pieces), tuple(new_aux)
+
+    def window_init(m, shapes):
+        return tuple(
+            (
+                jnp.zeros((m, layer.rows, layer.rank), jnp.float32),
+                jnp.zeros((m, layer.cols, layer.rank), jnp.float32),
+            )
+            if layer.rank
+            else jnp.zeros((m, layer.size), jnp.float32)
+            for layer in _lowrank_plan(shapes, rank)
+        )
+
+    def window_set(window, slot, payload):
+        return jax.tree.map(lambda buf, new: _set_row(buf, slot, new), window, payload)
+
+    def window_dots(window, x, payload, shapes):
+        total = 0.0
+        for i, layer in enumerate(_lowrank_plan(shapes, rank)):
+            buf = window[i]
+            if not layer.rank:
+                flat = x[layer.offset : layer.offset + layer.size]
+                total = total + jnp.matmul(buf, flat, precision=HIGHEST)
+            elif payload is not None:  # <P_i Q_i^T, P Q^T> = sum((P_i^T P) * (Q_i^T Q))
+                p, q = payload[i]
+                pp = jnp.einsum("mna,nb->mab", buf[0], p, precision=HIGHEST)
+                qq = jnp.einsum("mla,lb->mab", buf[1], q, precision=HIGHEST)
+                total = total + jnp.sum(pp * qq, axis=(1, 2))
+            else:  # <P_i Q_i^T, X> = sum(P_i * (X Q_i))
+                mat = x[layer.offset : layer.offset + layer.size].reshape(layer.rows, layer.cols)
+                xq = jnp.einsum("nl,mla->mna", mat, buf[1], precision=HIGHEST)
+                total = total + jnp.sum(buf[0] * xq, axis=(1, 2))
+        return total
+
+    def window_combine(window, w, shapes):
+        pieces = []
+        for i, layer in enumerate(_lowrank_plan(shapes, rank)):
+            buf = window[i]
+            if layer.rank:
+                scaled = buf[0] * w[:, None, None]
+                piece = jnp.einsum("mna,mla->nl", scaled, buf[1], precision=HIGHEST)
+            else:
+                piece = jnp.matmul(w, buf, precision=HIGHEST)
+            pieces.append(piece.reshape(-1))
+        return jnp.concatenate(pieces)
+
+    return Compressor(
+        init=init,
+        compress=compress,
+        window_init=window_init,
+        window_set=window_set,
+        window_dots=window_dots,
+        window_combine=window_combine,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# error feedback + window integration (shared by mfac and ggt)
+# ----------------------------------------------------------------------------------------------
+
+
+def error_feedback(
+    compressor: Compressor, g: jax.Array, error: jax.Array, aux: Any, shapes: Shapes
+) -> tuple[Any, jax.Array, jax.Array, Any]:
+    """One error-feedback step (EFCP Algorithm 1): `a = e + g; c = C(a); e = a - c`.
+
+    Returns `(payload, c, new_error, new_aux)`.
+    """
+    a = error + g
+    payload, c, aux = compressor.compress(a, aux, shapes)
+    return payload, c, a - c, aux
+
+
+class Integrated(NamedTuple):
+    """Result of pushing one gradient into a window (see `integrate_gradient`)."""
+
+    c: jax.Array  # the (compressed) gradient that entered the window, dense (d,)
+    dots: jax.Array  # G @ c, (m,), also the new row of the Gram matrix
+    window: Any
+    gram: jax.Array
+    error: jax.Array
+    aux: Any
+
+
+def integrate_gradient(
+    compressor: Compressor | None,
+    g: jax.Array,
+    window: Any,
+    gram: jax.Array,
+    error: jax.Array,
+    aux: Any,
+    slot: jax.Array,
+    shapes: Shapes,
+) -> Integrated:
+    """Write the (error-feedback compressed) gradient into ring-buffer slot `slot`.
+
+    The Gram matrix `G G^T` is kept current with one new row/column per step, O(m d) dense or
+    O(m k) top-k (M-FAC paper, Frantar et al. 2021, Section 3.2 "dynamic algorithm"; the
+    reference's `update_mul`). With `compressor=None` the gradient enters as is and `error` is
+    left untouched.
+    """
+    if compressor is None:
+        compressor = identity()
+        payload, c, aux = compressor.compress(g, aux, shapes)
+    else:
+        payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes)
+    window = compressor.window_set(window, slot, payload)
+    dots = compressor.window_dots(window, c, payload, shapes)
+    m = gram.shape[0]
+    gram = lax.dynamic_update_slice(gram, dots.reshape(1, m), (slot, 0))
+    gram = lax.dynamic_update_slice(gram, dots.reshape(m, 1), (0, slot))
+    return Integrated(c, dots, window, gram, error, aux)
+
+
+def init_window_fields(
+    compressor: Compressor | None, params: Any, num_grads: int, with_momentum: bool
+) -> dict[str, Any]:
+    """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
+
+    `error` (the error-feedback accumulator) and `momentum` have shape `(0,)` when unused.
+    """
+    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
+    d = _numel(shapes)
+    comp = identity() if compressor is None else compressor
+    fields = dict(
+        count=jnp.zeros((), jnp.int32),
+        window=comp.window_init(num_grads, shapes),
+        gram=jnp.zeros((num_grads, num_grads), jnp.float32),
+        error=jnp.zeros((0 if compressor is None else d,), jnp.float32),
+        compressor_state=comp.init(shapes),
+        momentum=jnp.zeros((d if with_momentum else 0,), jnp.float32),
+    )
+    return replicate_on_params_mesh(fields, params)
+
+
+def push_gradient(
+    compressor: Compressor | None, updates: Any, state: Any, num_grads: int
+) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
+    """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
+    `GGTState`) at slot `count % num_grads`.
+
+    Returns `(integrated, slot, shapes, unravel)`; `unravel` maps a flat update back to the
+    gradient pytree (shapes and dtypes).
+    """
+    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(updates))
+    g, unravel = ravel_f32(updates)
+    slot = state.count % num_grads
+    new = integrate_gradient(
+        compressor, g, state.window, state.gram, state.error, state.compressor_state, slot, shapes
+    )
+    return new, slot, shapes, unravel
+
+
+def next_window_fields(state: Any, new: Integrated, momentum: jax.Array) -> dict[str, Any]:
+    """The fields of the next `MFACState` / `GGTState` after `push_gradient`."""
+    return dict(
+        count=optax.safe_int32_increment(state.count),
+        window=new.window,
+        gram=new.gram,
+        error=new.error,
+        compressor_state=new.aux,
+        momentum=momentum,
+    )

@@ -1,0 +1,175 @@
+"""GGT: full-matrix adaptive preconditioning over a gradient window, optionally EFCP-compressed.
+
+Agarwal et al., "Efficient Full-Matrix Adaptive Regularization" (ICML 2019), Algorithm 1, and
+Modoranu et al., "Error Feedback Can Accurately Compress Preconditioners" (EFCP) for the
+compressed window.
+
+With the last `r` (compressed) gradients as the rows of `G` (`r x d`; zeros until filled), GGT
+preconditions with the square root of the windowed outer-product matrix,
+
+    u = (sqrt(G^T G) + eps * I)^{-1} x,
+
+where `G^T G = sum_i g_i g_i^T` is `d x d` (the paper writes the window as `d x r` columns and
+this matrix as `G G^T`). It is computed from the small `r x r` Gram matrix `G G^T = V S^2 V^T`
+(eigendecomposition): `U = G^T V S^{-1}` has orthonormal columns spanning the window and
+`sqrt(G^T G) = U S U^T`, so
+
+    u = U (S + eps)^{-1} U^T x + (x - U U^T x) / eps
+      = x / eps + G^T V diag(-1 / (eps * s_i * (s_i + eps))) V^T (G x).
+
+The component of `x` orthogonal to the window sees eigenvalue 0 of `sqrt(G^T G)` and is scaled
+by `1 / eps`, exactly as in the reference (`update = Ur diag Ur^T g + g / eps`). Directions of
+the Gram matrix with eigenvalue `<= r * float32_eps * max eigenvalue` (numerically outside the
+window's span, e.g. empty slots) are treated as eigenvalue 0; the reference instead adds `1e-6 I`
+to the Gram matrix. Without momentum, `x` is the gradient that just entered the window, so its
+orthogonal component is zero up to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcomp.optim.compress import (
+    HIGHEST,
+    Compressor,
+    identity,
+    init_window_fields,
+    next_window_fields,
+    push_gradient,
+)
+from jaxcomp.optim.utils import (
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+    is_static_zero,
+    resolve_learning_rate,
+)
+
+
+class GGTState(NamedTuple):
+    """State of `ggt`.
+
+    Attributes:
+      count: int32 number of steps taken; the next gradient goes to slot `count % r`.
+      window: the last `r` (compressed) gradients, format given by the compressor.
+      gram: `(r, r)` float32 Gram matrix `G G^T` of the window.
+      error: `(d,)` error-feedback accumulator (shape `(0,)` without a compressor).
+      compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
+      momentum: `(d,)` first-moment buffer (shape `(0,)` when `beta1 == 0`).
+    """
+
+    count: jax.Array
+    window: Any
+    gram: jax.Array
+    error: jax.Array
+    compressor_state: Any
+    momentum: jax.Array
+
+
+def inverse_sqrt_product(
+    gram: jax.Array, dots: jax.Array, x: jax.Array, combine: Any, eps: Any
+) -> jax.Array:
+    """`(sqrt(G^T G) + eps I)^{-1} x` from the `r x r` Gram matrix (GGT Alg. 1, see module doc).
+
+    Args:
+      gram: `(r, r)` Gram matrix `G G^T` of the window rows.
+      dots: `(r,)` products `G x`.
+      x: `(d,)` vector to precondition.
+      combine: `w -> G^T w`.
+      eps: `eps > 0`.
+    """
+    keep, s, vecs = _gram_spectrum(gram)
+    coeff = jnp.where(keep, -1.0 / (eps * s * (s + eps)), 0.0)
+    proj = jnp.matmul(vecs.T, dots, precision=HIGHEST)
+    w = jnp.matmul(vecs, coeff * proj, precision=HIGHEST)
+    return x / eps + combine(w)
+
+
+def window_row_sqrt_direction(
+    gram: jax.Array, slot: jax.Array, combine: Any, eps: Any
+) -> jax.Array:
+    """`(sqrt(G^T G) + eps I)^{-1} c` for the window row `c = G^T e_slot`.
+
+    `c` lies in the window's span, so the `1 / eps` orthogonal term vanishes exactly and
+    `u = G^T V diag(1 / (s_i + eps)) V^T e_slot` (since `G^T e = U S V^T e`): no cancellation.
+    """
+    keep, s, vecs = _gram_spectrum(gram)
+    coeff = jnp.where(keep, 1.0 / (s + eps), 0.0)
+    return combine(jnp.matmul(vecs, coeff * vecs[slot], precision=HIGHEST))
+
+
+def _gram_spectrum(gram: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(keep, s, V)`: singular values `s` of the window and the Gram eigenvectors `V`.
+
+    `keep` marks the eigenvalues above `r * float32_eps * max eigenvalue`; the others are
+    treated as exact zeros (`s` is 1 there, to stay finite).
+    """
+    r = gram.shape[0]
+    lam, vecs = jnp.linalg.eigh(gram)
+    lam = jnp.maximum(lam, 0.0)
+    keep = lam > r * jnp.finfo(jnp.float32).eps * jnp.max(lam)
+    return keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), vecs
+
+
+def ggt(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    num_grads: int = 100,
+    eps: float = 1e-5,
+    beta1: float = 0.0,
+    compressor: Compressor | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
+
+    Each step: `c` = the flattened gradient (or, with a compressor, `C(e + g)` with error
+    feedback); `c` enters the ring buffer of `r = num_grads` slots and refreshes one row of the
+    Gram matrix; with `beta1 > 0` the preconditioned vector is the first moment
+    `x = beta1 * x + (1 - beta1) * c` (the reference applies momentum to the gradient after it has
+    entered the window), else `x = c`; the update is `-learning_rate * u` with
+    `u = (sqrt(G^T G) + eps I)^{-1} x` (`inverse_sqrt_product`; for `x = c`, the row that just
+    entered, the equivalent `window_row_sqrt_direction`, which has no `1 / eps` term).
+
+    Args:
+      learning_rate: scalar or optax schedule.
+      num_grads: window size `r >= 1`.
+      eps: `eps > 0`, the regulariser added to the square root.
+      beta1: momentum of the preconditioned vector, in [0, 1).
+      compressor: `jaxcomp.optim.topk(...)` or `jaxcomp.optim.lowrank(...)`, or `None`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
+    """
+    r = check_int_at_least("num_grads", num_grads, 1)
+    check_positive("eps", eps)
+    check_nonnegative("beta1", beta1)
+    if isinstance(beta1, (int, float)) and beta1 >= 1:
+        raise ValueError(f"beta1 must be in [0, 1), got {beta1!r}")
+    use_momentum = not is_static_zero(beta1)
+    ops = identity() if compressor is None else compressor
+
+    def init_fn(params: Any) -> GGTState:
+        return GGTState(**init_window_fields(compressor, params, r, use_momentum))
+
+    def update_fn(
+        updates: Any, state: GGTState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, GGTState]:
+        del params, extra_args
+        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r)
+        combine = lambda w: ops.window_combine(new.window, w, shapes)
+        x = new.c
+        if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
+            x = beta1 * state.momentum + (1.0 - beta1) * new.c
+            dots = ops.window_dots(new.window, x, None, shapes)
+            u = inverse_sqrt_product(new.gram, dots, x, combine, eps)
+        else:  # x is the row that just entered the window
+            u = window_row_sqrt_direction(new.gram, slot, combine, eps)
+        new_state = GGTState(
+            **next_window_fields(state, new, x if use_momentum else state.momentum)
+        )
+        return unravel(-resolve_learning_rate(learning_rate, state.count) * u), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

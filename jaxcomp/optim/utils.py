@@ -1,0 +1,147 @@
+"""Small helpers shared by the optax transforms in `jaxcomp.optim`.
+
+* `state_nbytes` counts the bytes an optimizer state holds (for memory tables).
+* `ravel_f32` flattens a gradient pytree into one float32 vector (the "global" view used by the
+  full-matrix preconditioners M-FAC and GGT) and returns the inverse that restores every leaf's
+  shape *and dtype*.
+* `resolve_learning_rate`, `is_static_zero` and the `check_*` validators keep the transforms free of
+  Python branching on traced values while still failing early on bad static input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
+
+Shapes = tuple[tuple[int, ...], ...]
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes held by the arrays of an optimizer state (any pytree).
+
+    Works on concrete arrays (`jax.Array`, `numpy.ndarray`), on `jax.ShapeDtypeStruct` (so
+    `jax.eval_shape(tx.init, params)` can be measured without allocating) and ignores non-array
+    leaves such as Python scalars.
+    """
+    total = 0
+    for leaf in jax.tree.leaves(state):
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            total += int(math.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def leaf_shapes(tree: Any) -> Shapes:
+    """Static shapes of the leaves of `tree`, in `jax.tree.leaves` order."""
+    return tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def ravel_f32(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
+    """Flatten `tree` into one float32 vector; the returned function inverts it.
+
+    The inverse restores each leaf's original shape and dtype (bf16 gradients give bf16 updates),
+    while all arithmetic on the flat vector happens in float32.
+    """
+    leaves = jax.tree.leaves(tree)
+    dtypes = [leaf.dtype for leaf in leaves]
+    shardings = [_explicit_sharding(leaf) for leaf in leaves]
+    flat, unravel_f32 = ravel_pytree(jax.tree.map(_replicated_f32, tree))
+
+    def unravel(vec: jax.Array) -> Any:
+        out = unravel_f32(vec.astype(jnp.float32))
+        out_leaves, treedef = jax.tree.flatten(out)
+        restored = [
+            (x if sh is None else jax.sharding.reshard(x, sh)).astype(dt)
+            for x, dt, sh in zip(out_leaves, dtypes, shardings)
+        ]
+        return jax.tree.unflatten(treedef, restored)
+
+    return flat, unravel
+
+
+def _explicit_sharding(x: Any) -> NamedSharding | None:
+    """The sharding in `x`'s type if it is sharded over an Explicit mesh axis, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None
+    return sharding if any(p is not None for p in sharding.spec) else None
+
+
+def replicate_on_params_mesh(state: Any, params: Any) -> Any:
+    """Reshard every array of `state` to replicated on the Explicit mesh `params` live on.
+
+    A no-op unless some leaf of `params` is typed with an Explicit-axes mesh. There, arrays
+    created without a mesh cannot be combined with arrays that carry one, so a state built from
+    `jnp.zeros` is placed (replicated) on the params' mesh, and keeps that sharding every step.
+    """
+    mesh = None
+    for leaf in jax.tree.leaves(params):
+        sharding = getattr(jax.typeof(leaf), "sharding", None)
+        if isinstance(sharding, NamedSharding) and not sharding.mesh.empty:
+            if any(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+                mesh = sharding.mesh
+                break
+    if mesh is None:
+        return state
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.sharding.reshard(x, replicated), state)
+
+
+def _replicated_f32(x: Any) -> jax.Array:
+    """float32 copy of `x`, resharded to replicated if it is sharded over Explicit mesh axes.
+
+    With Explicit axis types, operands of a concatenation must share one sharding; the global
+    (flattened) preconditioner works on the replicated vector.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return x
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
+def resolve_learning_rate(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
+    """Value of a constant learning rate or an optax schedule at step `count`."""
+    if callable(learning_rate):
+        return jnp.asarray(learning_rate(count), jnp.float32)
+    return jnp.asarray(learning_rate, jnp.float32)
+
+
+def is_static_zero(value: Any) -> bool:
+    """True iff `value` is a Python/NumPy number equal to zero (never true for traced values).
+
+    Used to drop state buffers (e.g. a momentum accumulator) that are provably unused, while a
+    hyperparameter injected as an array by `optax.inject_hyperparams` keeps them.
+    """
+    return isinstance(value, (int, float, np.number)) and float(value) == 0.0
+
+
+def _is_static_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def check_int_at_least(name: str, value: Any, low: int) -> int:
+    """`value` as an int, or a ValueError naming it if it is not an integer >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: ArrayLike) -> None:
+    """ValueError naming `value` if it is a static number <= 0 (arrays are not checked)."""
+    if _is_static_number(value) and not float(value) > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_nonnegative(name: str, value: ArrayLike) -> None:
+    """ValueError naming `value` if it is a static number < 0 (arrays are not checked)."""
+    if _is_static_number(value) and not float(value) >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")

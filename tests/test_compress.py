@@ -1,0 +1,162 @@
+"""Tests for jaxcomp.optim.compress: top-k / low-rank compressors, error feedback, windows."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcomp.optim import lowrank, state_nbytes, topk
+from jaxcomp.optim.compress import error_feedback, topk_size
+
+# d spans four 2^16 blocks, so the block-local uint16 indices are exercised across boundaries
+BIG = ((3, 65536), (1000,))
+SMALL = ((12, 20), (3, 3, 4, 6), (7,), (2, 50))
+
+
+def _numel(shapes):
+    return sum(int(np.prod(s)) for s in shapes)
+
+
+def _window_roundtrip(comp, shapes, m, steps, seed):
+    """Write `steps` compressed random vectors; return (window, dense rows as numpy)."""
+    rng = np.random.default_rng(seed)
+    d = _numel(shapes)
+    window = comp.window_init(m, shapes)
+    aux = comp.init(shapes)
+    dense = np.zeros((m, d))
+    set_row = jax.jit(comp.window_set)
+    compress = jax.jit(comp.compress, static_argnums=2)
+    for t in range(steps):
+        a = jnp.asarray(rng.normal(size=d), jnp.float32)
+        payload, c, aux = compress(a, aux, shapes)
+        window = set_row(window, jnp.int32(t % m), payload)
+        dense[t % m] = np.asarray(c)
+    return window, dense
+
+
+def test_topk_keeps_exactly_k_largest():
+    rng = np.random.default_rng(0)
+    d = _numel(BIG)
+    a = rng.permutation(np.arange(1, d + 1)).astype(np.float32) * rng.choice([-1, 1], size=d)
+    comp = topk(0.01)
+    (values, idx), c, _ = jax.jit(comp.compress, static_argnums=2)(jnp.asarray(a), (), BIG)
+    k = topk_size(0.01, d)
+    assert k == int(0.01 * d) and values.shape == (k,) and idx.shape == (k,)
+    assert int(jnp.count_nonzero(c)) == k
+    expected = np.sort(np.argsort(-np.abs(a))[:k])
+    np.testing.assert_array_equal(np.asarray(idx), expected)
+    np.testing.assert_array_equal(np.asarray(c)[expected], a[expected])
+
+
+@pytest.mark.parametrize("make", [lambda: topk(0.05), lambda: lowrank(2)], ids=["topk", "lowrank"])
+def test_error_feedback_invariant(make):
+    comp = make()
+    rng = np.random.default_rng(1)
+    d = _numel(SMALL)
+    error = jnp.zeros((d,), jnp.float32)
+    aux = comp.init(SMALL)
+    step = jax.jit(lambda g, e, x: error_feedback(comp, g, e, x, SMALL))
+    total_g, total_c = np.zeros(d), np.zeros(d)
+    for _ in range(5):
+        g = jnp.asarray(rng.normal(size=d), jnp.float32)
+        a = np.asarray(error + g)
+        _, c, error, aux = step(g, error, aux)
+        c, e = np.asarray(c), np.asarray(error)
+        if isinstance(aux, tuple) and aux:  # low-rank: c + (a - c) rounds back to a
+            np.testing.assert_allclose(c + e, a, rtol=0, atol=1e-6 * np.abs(a).max())
+        else:
+            np.testing.assert_array_equal(c + e, a)
+        assert np.linalg.norm(e) > 0  # something was really dropped
+        total_g += np.asarray(g, np.float64)
+        total_c += c
+    # telescoping: the compressed stream equals the gradient stream minus the final error
+    np.testing.assert_allclose(total_c, total_g - e, atol=1e-4)
+
+
+def test_topk_window_products_match_dense():
+    comp = topk(0.001)
+    m = 3
+    window, dense = _window_roundtrip(comp, BIG, m, steps=5, seed=2)  # wraps the ring buffer
+    assert window.low.dtype == jnp.uint16 and window.block_ends.shape == (m, 4)
+    x = np.random.default_rng(3).normal(size=dense.shape[1])
+    w = np.array([0.5, -2.0, 1.5])
+    dots = jax.jit(comp.window_dots, static_argnums=3)(
+        window, jnp.asarray(x, jnp.float32), None, BIG
+    )
+    comb = jax.jit(comp.window_combine, static_argnums=2)(window, jnp.asarray(w, jnp.float32), BIG)
+    np.testing.assert_allclose(np.asarray(dots), dense @ x, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(comb), w @ dense, rtol=1e-5, atol=1e-5)
+    # storage: 4 bytes of value + 2 bytes of index per kept entry (+ tiny block table)
+    k = topk_size(0.001, dense.shape[1])
+    assert state_nbytes(window) == m * (6 * k + 4 * 4)
+
+
+def test_lowrank_window_products_match_dense():
+    comp = lowrank(2)
+    m = 4
+    window, dense = _window_roundtrip(comp, SMALL, m, steps=6, seed=4)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=dense.shape[1])
+    w = rng.normal(size=m)
+    dots = jax.jit(comp.window_dots, static_argnums=3)(
+        window, jnp.asarray(x, jnp.float32), None, SMALL
+    )
+    comb = jax.jit(comp.window_combine, static_argnums=2)(
+        window, jnp.asarray(w, jnp.float32), SMALL
+    )
+    np.testing.assert_allclose(np.asarray(dots), dense @ x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(comb), w @ dense, rtol=1e-4, atol=1e-4)
+
+    # the factored scalar product (used for the Gram row) agrees with the dense one
+    @jax.jit
+    def factored(window, x):
+        payload, c, _ = comp.compress(x, comp.init(SMALL), SMALL)
+        return comp.window_dots(window, c, payload, SMALL), c
+
+    fact, c = factored(window, jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(fact), dense @ np.asarray(c), rtol=1e-4, atol=1e-4)
+    # (12,20) and (36,6) are stored as rank-2 factors, the vector and (2,50) stay dense
+    assert [len(leaf) if isinstance(leaf, tuple) else 0 for leaf in window] == [2, 2, 0, 0]
+
+
+def test_lowrank_error_shrinks_with_warm_started_power_iteration():
+    rng = np.random.default_rng(6)
+    u, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    v, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    spectrum = 0.6 ** np.arange(30)
+    mat = (u[:, :30] * spectrum) @ v.T
+    shapes = ((40, 30),)
+    comp = lowrank(3)
+    aux = comp.init(shapes)
+    compress = jax.jit(comp.compress, static_argnums=2)
+    a = jnp.asarray(mat.reshape(-1), jnp.float32)
+    errors = []
+    for _ in range(12):
+        _, c, aux = compress(a, aux, shapes)
+        errors.append(np.linalg.norm(mat.reshape(-1) - np.asarray(c)))
+    optimal = np.sqrt(np.sum(spectrum[3:] ** 2))  # Eckart-Young
+    assert errors[-1] < 0.7 * errors[0]
+    assert all(e2 <= e1 * (1 + 1e-4) for e1, e2 in zip(errors, errors[1:]))
+    assert errors[-1] == pytest.approx(optimal, rel=1e-2)
+
+
+def test_lowrank_is_exact_on_rank_r_matrices():
+    rng = np.random.default_rng(7)
+    mat = rng.normal(size=(16, 2)) @ rng.normal(size=(2, 9))
+    comp = lowrank(2)
+    _, c, _ = comp.compress(
+        jnp.asarray(mat.reshape(-1), jnp.float32), comp.init(((16, 9),)), ((16, 9),)
+    )
+    np.testing.assert_allclose(np.asarray(c), mat.reshape(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_topk_rejects_bad_fraction(bad):
+    with pytest.raises(ValueError, match="fraction"):
+        topk(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_lowrank_rejects_bad_rank(bad):
+    with pytest.raises(ValueError, match=f"rank must be an integer >= 1, got {bad!r}"):
+        lowrank(bad)

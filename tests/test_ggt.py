@@ -1,0 +1,92 @@
+"""Tests for jaxcomp.optim.ggt against the explicit matrix square root (the optax battery for
+ggt runs in tests/test_mfac.py, parametrised over both EFCP transforms)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcomp.optim import GGTState, ggt, topk
+
+D = 120
+
+
+def _sqrt_solve(window, x, eps):
+    """(sqrt(sum_i g_i g_i^T) + eps I)^{-1} x with the d x d matrix built densely (float64)."""
+    window = np.asarray(window, np.float64)
+    lam, vecs = np.linalg.eigh(window.T @ window)
+    root = (vecs * np.sqrt(np.clip(lam, 0, None))) @ vecs.T
+    return np.linalg.solve(root + eps * np.eye(window.shape[1]), x)
+
+
+def _topk_np(a, k):
+    c = np.zeros_like(a)
+    idx = np.argsort(-np.abs(a))[:k]
+    c[idx] = a[idx]
+    return c
+
+
+@pytest.mark.parametrize(
+    "eps, beta1, compressed",
+    [(1e-5, 0.0, False), (1e-1, 0.0, False), (1e-1, 0.7, False), (1e-5, 0.0, True)],
+    ids=["eps1e-5", "eps0.1", "momentum", "topk"],
+)
+def test_direction_matches_explicit_matrix_square_root(eps, beta1, compressed):
+    r = 6
+    tx = ggt(1.0, num_grads=r, eps=eps, beta1=beta1, compressor=topk(0.1) if compressed else None)
+    state = tx.init(jnp.zeros((D,)))
+    assert isinstance(state, GGTState)
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(0)
+    window, error, x = np.zeros((r, D)), np.zeros(D), np.zeros(D)
+    for t in range(9):  # wraps the ring buffer
+        g = rng.normal(size=D).astype(np.float32)
+        upd, state = update(jnp.asarray(g), state)
+        c = g.astype(np.float64)
+        if compressed:
+            a = error + g
+            c = _topk_np(a, 12)
+            error = a - c
+        window[t % r] = c
+        x = beta1 * x + (1 - beta1) * c if beta1 else c
+        expected = _sqrt_solve(window, x, eps)
+        # with momentum, x leaves the window's span and its orthogonal part is scaled by 1/eps
+        tol = 1e-5 if beta1 == 0 else 1e-5 / eps
+        np.testing.assert_allclose(-np.asarray(upd), expected, atol=tol * np.abs(expected).max())
+
+
+def test_general_formula_matches_in_window_formula():
+    from jaxcomp.optim.ggt import inverse_sqrt_product, window_row_sqrt_direction
+
+    rng = np.random.default_rng(1)
+    window = jnp.asarray(rng.normal(size=(5, D)), jnp.float32)
+    gram = jnp.matmul(window, window.T, precision="highest")
+    combine = lambda w: jnp.matmul(w, window, precision="highest")
+    eps = 0.5  # keeps the 1/eps cancellation of the general formula benign in float32
+    general = inverse_sqrt_product(gram, gram[2], window[2], combine, eps)
+    in_window = window_row_sqrt_direction(gram, 2, combine, eps)
+    np.testing.assert_allclose(np.asarray(general), np.asarray(in_window), rtol=1e-4, atol=1e-5)
+    expected = _sqrt_solve(window, np.asarray(window[2], np.float64), eps)
+    np.testing.assert_allclose(np.asarray(in_window), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_zero_gradient_gives_zero_update():
+    tx = ggt(1.0, num_grads=3)
+    upd, state = jax.jit(tx.update)(jnp.zeros((D,)), tx.init(jnp.zeros((D,))))
+    np.testing.assert_array_equal(np.asarray(upd), 0.0)
+    assert int(state.count) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_grads=0), "num_grads must be an integer >= 1, got 0"),
+        (dict(eps=0.0), "eps must be > 0, got 0.0"),
+        (dict(eps=-1.0), "eps must be > 0, got -1.0"),
+        (dict(beta1=1.0), "beta1 must be in \\[0, 1\\), got 1.0"),
+        (dict(beta1=-0.1), "beta1 must be >= 0, got -0.1"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ggt(0.1, **kwargs)

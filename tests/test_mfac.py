@@ -1,0 +1,288 @@
+"""Tests for jaxcomp.optim.mfac (dense and EFCP-compressed), plus the optax battery for EFCP."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax_battery  # noqa: I001  (tests/ is on sys.path)
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxcomp.optim import MFACState, ggt, lowrank, mfac, state_nbytes, topk
+
+SHAPES = {"b": (50,), "w": (10, 15)}  # d = 200; ravel order: "b" then "w"
+D = 200
+
+
+def _tree(vec):
+    vec = np.asarray(vec, np.float32)
+    return {"b": jnp.asarray(vec[:50]), "w": jnp.asarray(vec[50:].reshape(10, 15))}
+
+
+def _vec(tree):
+    return np.concatenate(
+        [np.asarray(tree["b"], np.float64).ravel(), np.asarray(tree["w"]).ravel()]
+    )
+
+
+def _fisher(window, damping):
+    window = np.asarray(window, np.float64)
+    return damping * np.eye(window.shape[1]) + window.T @ window / window.shape[0]
+
+
+def _topk_np(a, k):
+    c = np.zeros_like(a)
+    idx = np.argsort(-np.abs(a))[:k]
+    c[idx] = a[idx]
+    return c
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "topk"])
+def test_direction_matches_dense_solve_before_and_after_wrap(compressed):
+    m, damping = 8, 1e-2
+    tx = mfac(1.0, num_grads=m, damping=damping, compressor=topk(0.1) if compressed else None)
+    state = tx.init(_tree(np.zeros(D)))
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(0)
+    window, error = np.zeros((m, D)), np.zeros(D)
+    for t in range(13):  # wraps the ring buffer (m = 8)
+        g = rng.normal(size=D).astype(np.float32)
+        upd, state = update(_tree(g), state)
+        c = g.astype(np.float64)
+        if compressed:  # error feedback with exact top-k (k = 20)
+            a = error + g
+            c = _topk_np(a, 20)
+            error = a - c
+        window[t % m] = c
+        expected = np.linalg.solve(_fisher(window, damping), c)
+        np.testing.assert_allclose(-_vec(upd), expected, atol=2e-5 * np.abs(expected).max())
+    assert int(state.count) == 13
+    if compressed:
+        np.testing.assert_allclose(np.asarray(state.error), error, atol=1e-5)
+
+
+def test_lowrank_direction_matches_dense_solve():
+    m, damping = 4, 1e-1
+    comp = lowrank(2)
+    tx = mfac(1.0, num_grads=m, damping=damping, compressor=comp)
+    state = tx.init(_tree(np.zeros(D)))
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(1)
+    window = np.zeros((m, D))
+    for t in range(6):
+        g = rng.normal(size=D).astype(np.float32)
+        a = np.asarray(state.error) + g
+        upd, state = update(_tree(g), state)
+        c = a - np.asarray(state.error)  # what entered the window (error-feedback invariant)
+        window[t % m] = c
+        w = c[50:].reshape(10, 15)
+        assert np.linalg.matrix_rank(w, tol=1e-4) == 2  # the matrix leaf really is rank 2
+        np.testing.assert_array_equal(c[:50], a[:50])  # the vector leaf is passed through
+        expected = np.linalg.solve(_fisher(window, damping), c)
+        np.testing.assert_allclose(-_vec(upd), expected, atol=2e-5 * np.abs(expected).max())
+
+
+def test_momentum_and_decoupled_weight_decay_follow_reference():
+    m, damping, lr, mom, wd = 4, 1e-1, 0.3, 0.9, 0.01
+    tx = mfac(lr, num_grads=m, damping=damping, momentum=mom, weight_decay=wd)
+    rng = np.random.default_rng(2)
+    params = rng.normal(size=D)
+    state = tx.init(_tree(params))
+    update = jax.jit(tx.update)
+    window, v = np.zeros((m, D)), np.zeros(D)
+    for t in range(5):
+        g = rng.normal(size=D)
+        upd, state = update(_tree(g), state, _tree(params))
+        window[t % m] = g
+        v = mom * v + np.linalg.solve(_fisher(window, damping), g)
+        expected_params = (1 - wd) * params - lr * v  # reference: p.mul_(1 - wd); p.add_(v, -lr)
+        new_params = params + _vec(upd)
+        np.testing.assert_allclose(new_params, expected_params, atol=1e-5 * np.abs(v).max())
+        params = expected_params
+
+
+def test_update_is_exactly_minus_direction_with_unit_lr():
+    from jaxcomp.optim.mfac import inverse_fisher_product, window_row_direction
+
+    m, damping = 3, 1e-1
+    tx = mfac(1.0, num_grads=m, damping=damping)
+    g = np.random.default_rng(3).normal(size=D).astype(np.float32)
+    upd, state = jax.jit(tx.update)(_tree(g), tx.init(_tree(g)))
+    window = state.window
+    combine = lambda w: jnp.matmul(w, window, precision="highest")
+    u = jax.jit(window_row_direction, static_argnums=2)(state.gram, 0, combine, damping)
+    np.testing.assert_array_equal(-_vec(upd).astype(np.float32), np.asarray(u))
+    # the Woodbury form of M-FAC eq. 3 gives the same vector
+    gj = jnp.asarray(g)
+    woodbury = inverse_fisher_product(state.gram, window @ gj, gj, combine, damping)
+    np.testing.assert_allclose(np.asarray(woodbury), np.asarray(u), rtol=1e-4, atol=1e-6)
+
+
+def noisy_quadratic(dim=8, cond=1e3, seed=4):
+    """Ill-conditioned quadratic `0.5 x^T H x` whose stochastic gradients have noise covariance H.
+
+    This is the regime in which the empirical Fisher of a gradient window approximates the
+    Hessian (gradient noise dominates and is proportional to the curvature), as for a
+    well-specified least-squares model near its optimum. The start lies in the two flattest
+    directions, where SGD, limited to steps < 2 / L, is slowest.
+    """
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    ev = np.logspace(0, np.log10(cond), dim)
+    h = jnp.asarray((q * ev) @ q.T, jnp.float32)
+    h_sqrt = jnp.asarray((q * np.sqrt(ev)) @ q.T, jnp.float32)
+    x0 = jnp.asarray(10 * q[:, 0] + 10 * q[:, 1], jnp.float32)
+
+    def run(tx, steps=200):
+        def body(carry, key):
+            x, st = carry
+            g = h @ x + h_sqrt @ jax.random.normal(key, x.shape)
+            upd, st = tx.update(g, st, x)
+            return (optax.apply_updates(x, upd), st), None
+
+        keys = jax.random.split(jax.random.PRNGKey(0), steps)
+        (x, _), _ = jax.jit(lambda: jax.lax.scan(body, (x0, tx.init(x0)), keys))()
+        return float(0.5 * x @ h @ x)
+
+    return run
+
+
+def test_converges_on_ill_conditioned_quadratic_faster_than_sgd():
+    run = noisy_quadratic()
+    sgd = run(optax.sgd(1.9e-3))  # the best SGD: the largest stable step is 2 / L = 2e-3
+    assert sgd > 30  # SGD is still far from the optimum (initial loss 184)
+    for tx in (
+        mfac(3.0, num_grads=16, damping=100.0),
+        mfac(3.0, num_grads=16, damping=100.0, compressor=topk(0.5)),
+        ggt(0.3, num_grads=16, eps=0.1),
+    ):
+        loss = run(tx)
+        assert loss < 0.2 * sgd, (loss, sgd)
+
+
+def test_rank_deficient_window_falls_back_to_eigh():
+    """m > d with tiny damping: float32 Cholesky is garbage/NaN, the eigh fallback is accurate."""
+    m, damping, d = 8, 1e-6, 4
+    rng = np.random.default_rng(8)
+    tx = mfac(1.0, num_grads=m, damping=damping)
+    state = tx.init({"x": jnp.zeros((d,))})
+    update = jax.jit(tx.update)
+    for _ in range(m + 3):
+        g = (1e3 * rng.normal(size=d)).astype(np.float32)
+        upd, state = update({"x": jnp.asarray(g)}, state)
+    window = np.asarray(state.window, np.float64)
+    expected = np.linalg.solve(_fisher(window, damping), g.astype(np.float64))
+    np.testing.assert_allclose(-np.asarray(upd["x"]), expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_grads=0), "num_grads must be an integer >= 1, got 0"),
+        (dict(num_grads=2.5), "num_grads must be an integer >= 1, got 2.5"),
+        (dict(damping=0.0), "damping must be > 0, got 0.0"),
+        (dict(damping=-1e-3), "damping must be > 0, got -0.001"),
+        (dict(momentum=-0.5), "momentum must be >= 0, got -0.5"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mfac(0.1, **kwargs)
+
+
+def test_weight_decay_without_params_raises():
+    tx = mfac(0.1, num_grads=2, weight_decay=1e-4)
+    g = _tree(np.ones(D))
+    with pytest.raises(ValueError, match="params"):
+        tx.update(g, tx.init(g))
+
+
+def test_state_bytes_topk_vs_dense():
+    params = {"w": jnp.zeros((1000, 300))}  # d = 300k, five 2^16 blocks
+    dense = state_nbytes(jax.eval_shape(mfac(0.1, num_grads=64).init, params))
+    sparse = state_nbytes(
+        jax.eval_shape(mfac(0.1, num_grads=64, compressor=topk(0.01)).init, params)
+    )
+    assert isinstance(jax.eval_shape(mfac(0.1).init, params), MFACState)
+    # window: 64 * 3000 * (4 + 2) bytes; + gram, error buffer and block table
+    assert sparse == 64 * 3000 * 6 + 64 * 64 * 4 + 300_000 * 4 + 64 * 5 * 4 + 4
+    assert dense == 64 * 300_000 * 4 + 64 * 64 * 4 + 4
+    assert dense / sparse > 30
+
+
+# ------------------------------------------------------------------------------------------------
+# optax battery: the shared one (tests/optax_battery.py) for mfac and ggt, dense and compressed,
+# plus an Explicit-axes mesh check (sharding in types), which the flattened window must survive
+# ------------------------------------------------------------------------------------------------
+
+
+def _mfac(learning_rate, damping=1e-2, momentum=0.5):
+    return mfac(learning_rate, num_grads=4, damping=damping, momentum=momentum, weight_decay=1e-3)
+
+
+def _mfac_topk(learning_rate):
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=topk(0.1))
+
+
+def _mfac_lowrank(learning_rate):
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=lowrank(2))
+
+
+def _ggt(learning_rate, eps=0.1, beta1=0.5):
+    return ggt(learning_rate, num_grads=4, eps=eps, beta1=beta1)
+
+
+def _ggt_topk(learning_rate):
+    return ggt(learning_rate, num_grads=4, eps=1e-3, compressor=topk(0.1))
+
+
+BATTERY = {
+    "mfac": (_mfac, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
+    "mfac_topk": (_mfac_topk, {"learning_rate": 0.05}),
+    "mfac_lowrank": (_mfac_lowrank, {"learning_rate": 0.05}),
+    # with momentum, x leaves the window's span and its orthogonal part is scaled by 1/eps: for a
+    # nearly collinear window (this battery's small least-squares problem) a small eps amplifies
+    # float32 rounding, so compiled variants would differ by more than the battery's 1e-5
+    "ggt": (_ggt, {"learning_rate": 0.05, "eps": 0.1, "beta1": 0.5}),
+    "ggt_topk": (_ggt_topk, {"learning_rate": 0.05}),
+}
+
+
+# the full battery for dense M-FAC, top-k M-FAC and GGT; the other two variants share all code
+# paths but the compressor, so (to keep the suite fast) they run the dtype check only
+FULL = ("mfac", "mfac_topk", "ggt")
+CASES = [(n, c) for n in FULL for c in optax_battery.CHECKS] + [
+    (n, optax_battery.check_dtype_kept) for n in sorted(set(BATTERY) - set(FULL))
+]
+
+
+@pytest.mark.parametrize("name, check", CASES, ids=lambda c: getattr(c, "__name__", c))
+def test_battery(name, check):
+    factory, hp = BATTERY[name]
+    check(factory, hp)
+
+
+@pytest.mark.parametrize("name", ["mfac_topk", "ggt"])
+def test_state_sharding_unchanged_on_explicit_mesh(name):
+    """Sharding in types: params FSDP-sharded over an Explicit axis, state stays replicated."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    rng = np.random.default_rng(5)
+    params = {
+        "kernel": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+        "bias": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+    shard = {"kernel": NamedSharding(mesh, P("data", None)), "bias": NamedSharding(mesh, P())}
+    params = jax.device_put(params, shard)
+    grads = jax.tree.map(lambda p: p * 0.5 + 1, params)
+    factory, hp = BATTERY[name]
+    tx = factory(**hp)
+    with jax.set_mesh(mesh):
+        state = jax.jit(tx.init)(params)
+        update = jax.jit(tx.update)
+        upd, state1 = update(grads, state, params)
+        _, state2 = update(grads, state1, params)
+    assert update._cache_size() == 1
+    assert upd["kernel"].sharding.is_equivalent_to(params["kernel"].sharding, 2)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2)):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
