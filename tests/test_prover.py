@@ -1,4 +1,4 @@
-"""GNTP / NTP prover: scores vs a brute-force recursive reference, greedy vs exhaustive, training."""
+"""GNTP/NTP prover: scores vs a brute-force recursive reference, greedy vs exhaustive, training."""
 
 import itertools
 
@@ -106,8 +106,9 @@ def _params(kb, dim=4, seed=0, scale=0.6):
 
 
 # ---------------------------------------------------------------- tests
-@pytest.mark.parametrize("depth,unification", [(0, "classic"), (1, "classic"), (1, "joint"),
-                                               (2, "classic")])
+@pytest.mark.parametrize(
+    "depth,unification", [(0, "classic"), (1, "classic"), (1, "joint"), (2, "classic")]
+)
 def test_exhaustive_matches_bruteforce_reference(depth, unification):
     kb = _tiny_kb()
     params = _params(kb)
@@ -202,8 +203,11 @@ def test_explain_returns_the_best_proof():
                 p, s, o = goals[b]
                 ks = [
                     np.exp(-slope * np.linalg.norm(np.asarray(params[n])[i] - e[f]))
-                    for n, i, e in (("predicates", p, fp), ("constants", s, fs),
-                                    ("constants", o, fo))
+                    for n, i, e in (
+                        ("predicates", p, fp),
+                        ("constants", s, fs),
+                        ("constants", o, fo),
+                    )
                 ]
                 assert pr.score == pytest.approx(min(ks), rel=1e-4)
 

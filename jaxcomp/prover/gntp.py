@@ -322,8 +322,9 @@ def explain(
         for n, sc in enumerate(all_scores):
             sc = np.asarray(sc[i])
             flat = int(np.argmax(sc))
-            if float(sc.reshape(-1)[flat]) > best_score:
-                best_score, best = float(sc.reshape(-1)[flat]), (n, np.unravel_index(flat, sc.shape))
+            top = float(sc.reshape(-1)[flat])
+            if top > best_score:
+                best_score, best = top, (n, np.unravel_index(flat, sc.shape))
         n, pos = best
         steps = []
         for axis, ((kind, t), idx) in enumerate(zip(kinds[n], all_idx[n])):

@@ -107,7 +107,8 @@ def _parse_atom(text: str, lineno: int) -> Atom:
     for a in args:
         if not is_variable(a):
             raise ValueError(
-                f"line {lineno}: template arguments must be variables, got {a!r} in {text.strip()!r}"
+                f"line {lineno}: template arguments must be variables, "
+                f"got {a!r} in {text.strip()!r}"
             )
     if args[0] == args[1]:
         raise ValueError(f"line {lineno}: repeated variable inside one atom: {text.strip()!r}")
@@ -136,7 +137,9 @@ def _split_atoms(text: str, lineno: int) -> list[str]:
 
 def _parse_clause(text: str, count: int, lineno: int) -> Template:
     if ":-" not in text:
-        raise ValueError(f"line {lineno}: a template needs ':-' (head :- body), got {text.strip()!r}")
+        raise ValueError(
+            f"line {lineno}: a template needs ':-' (head :- body), got {text.strip()!r}"
+        )
     head_txt, body_txt = text.split(":-", 1)
     head = _parse_atom(head_txt, lineno)
     body = tuple(_parse_atom(a, lineno) for a in _split_atoms(body_txt, lineno))

@@ -88,7 +88,9 @@ def nearest_neighbours(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] (number of keys), got {k}")
     if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
-        raise ValueError(f"queries (Q, D) and keys (N, D) needed, got {queries.shape}, {keys.shape}")
+        raise ValueError(
+            f"queries (Q, D) and keys (N, D) needed, got {queries.shape}, {keys.shape}"
+        )
     if exclude is None:
         exclude = jnp.full((queries.shape[0],), -1, jnp.int32)
     exclude = jnp.asarray(exclude, jnp.int32)
@@ -105,5 +107,6 @@ def nearest_neighbours(
 
     if chunk_size is None or queries.shape[0] <= chunk_size:
         return search(queries, exclude)
-    return lax.map(lambda a: search(a[0][None], a[1][None])[0], (queries, exclude),
-                   batch_size=chunk_size)
+    return lax.map(
+        lambda a: search(a[0][None], a[1][None])[0], (queries, exclude), batch_size=chunk_size
+    )
