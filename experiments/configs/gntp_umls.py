@@ -1,0 +1,10 @@
+"""GNTP on Umls (pykeen's bundled splits), the paper's templates; a few CPU minutes."""
+
+from experiments.configs.gntp_base import UMLS_TEMPLATES, base_config
+
+
+def get_config():
+    c = base_config()
+    c.dataset = "umls"
+    c.templates = UMLS_TEMPLATES
+    return c
