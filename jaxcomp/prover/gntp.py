@@ -105,7 +105,7 @@ def _resolve(term, subs: dict):
 
 
 class _Prover:
-    def __init__(self, params, kb: KBArrays, templates, cfg: ProverConfig, mask):
+    def __init__(self, params, kb: KBArrays, templates, cfg: ProverConfig, mask, reduce=True):
         self.cfg = cfg
         self.templates = templates
         self.rules = params["rules"]
@@ -114,6 +114,7 @@ class _Prover:
         self.n_facts = self.facts[0].shape[0]
         self.mask = mask  # (B,) int32 fact index to hide from each goal, or None
         self._fresh = itertools.count()
+        self.reduce = reduce
 
     def kernel_from_d2(self, d2_list):
         if self.cfg.unification == "joint":
@@ -143,7 +144,7 @@ class _Prover:
         return idx.reshape(*shape, k)
 
     # OR over facts (Rocktaschel & Riedel 2017, Sec. 3.2; GNTP Sec. 3.1 when k_facts is set)
-    def or_facts(self, goal, st: _State) -> _State:
+    def or_facts(self, goal, st: _State, terminal: bool = False) -> _State:
         shape = st.scores.shape
         nd = len(shape) - 1
         ground = [i for i in range(3) if not isinstance(goal[i], str)]
@@ -155,6 +156,24 @@ class _Prover:
         if self.mask is not None:
             mask = self.mask.reshape((-1,) + (1,) * nd)  # (B, 1..1)
         subs = self._lift_subs(st.subs)
+        if (k is None or k >= n) and terminal and self.reduce:
+            # last OR of a proof, exhaustive: find the best fact without gradients (fused
+            # (B, d1..dn, N) reduction), then recompute its score differentiably; equal in value
+            # and (sub)gradient to max_n min(score, k_n), in O(B d1..dn) memory
+            with jax.named_scope("ntp_terminal_or"):
+                fg = [jax.lax.stop_gradient(f) for f in self.facts]
+                gg = [jax.lax.stop_gradient(goal[i]) for i in ground]
+                d2 = [U.pairwise_sq_dist(g, fg[i]) for g, i in zip(gg, ground)]
+                sim = self.kernel_from_d2(d2)
+                if mask is not None:
+                    sim = jnp.where(jnp.arange(n) == mask[..., None], 0.0, sim)
+                best = jnp.argmax(jnp.minimum(jax.lax.stop_gradient(st.scores)[..., None], sim), -1)
+                best = jnp.broadcast_to(best, shape)
+            d2 = [U.sq_dist(goal[i], self.facts[i][best]) for i in ground]
+            sim = self.kernel_from_d2(d2)
+            if mask is not None:
+                sim = jnp.where(best == mask, 0.0, sim)
+            return _State(jnp.minimum(st.scores, sim), {}, st.trace)
         if k is None or k >= n:
             d2 = [U.pairwise_sq_dist(goal[i], self.facts[i]) for i in ground]
             sim = self.kernel_from_d2(d2)
@@ -175,11 +194,15 @@ class _Prover:
             for i in range(3):
                 if i not in ground:
                     subs[goal[i]] = self.facts[i][idx]
+        if terminal and self.reduce:
+            # the last OR of a proof: max over its facts now (same result as the final max
+            # in `prove`), so the (B, d1..dn, N) array is reduced in a fused loop
+            return _State(jnp.max(jnp.minimum(st.scores[..., None], sim), -1), {}, st.trace)
         scores = jnp.minimum(st.scores[..., None], sim)
         return _State(scores, subs, st.trace + (("fact", -1, idx),))
 
     # OR over the rules of template t, then AND over its body (NTP Sec. 3.2-3.3)
-    def or_rule(self, t: int, goal, st: _State, depth: int) -> list[_State]:
+    def or_rule(self, t: int, goal, st: _State, depth: int, terminal: bool = False) -> list[_State]:
         tpl: Template = self.templates[t]
         theta = self.rules[t]  # (R, slots, E)
         r = theta.shape[0]
@@ -209,7 +232,8 @@ class _Prover:
             subs[ren[hv]] = g if isinstance(g, str) else _lift(g)
         scores = jnp.minimum(st.scores[..., None], sim)
         states = [_State(scores, subs, st.trace + (("rule", t, idx),))]
-        for atom in tpl.body:
+        for a, atom in enumerate(tpl.body):
+            last = terminal and a == len(tpl.body) - 1
             nxt = []
             for s in states:
                 sub_goal = [
@@ -217,21 +241,21 @@ class _Prover:
                     _resolve(ren[atom.args[0]], s.subs),
                     _resolve(ren[atom.args[1]], s.subs),
                 ]
-                nxt += self.or_(sub_goal, s, depth - 1)
+                nxt += self.or_(sub_goal, s, depth - 1, last)
             states = nxt
         return states
 
-    def or_(self, goal, st: _State, depth: int) -> list[_State]:
-        out = [self.or_facts(goal, st)]
+    def or_(self, goal, st: _State, depth: int, terminal: bool = False) -> list[_State]:
+        out = [self.or_facts(goal, st, terminal)]
         if depth > 0:
             for t in range(len(self.templates)):
-                out += self.or_rule(t, goal, st, depth)
+                out += self.or_rule(t, goal, st, depth, terminal)
         return out
 
     def run(self, goal_emb) -> list[_State]:
         b = goal_emb[0].shape[0]
         st = _State(jnp.ones((b,), goal_emb[0].dtype), {}, ())
-        return self.or_(list(goal_emb), st, self.cfg.depth)
+        return self.or_(list(goal_emb), st, self.cfg.depth, terminal=True)
 
 
 def prove(
@@ -310,7 +334,8 @@ def explain(
     kinds = []
 
     def run(params, kb, goals, mask):
-        states = _Prover(params, kb, tuple(templates), cfg, mask).run(embed_goals(params, goals))
+        prover = _Prover(params, kb, tuple(templates), cfg, mask, reduce=False)
+        states = prover.run(embed_goals(params, goals))
         kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
         return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
 
