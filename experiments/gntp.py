@@ -155,7 +155,11 @@ def main(argv):
         if cfg.max_test:
             test = test[: cfg.max_test]
         all_true = np.concatenate([kb.facts, kb.index(valid_t), kb.index(test_t)])
-        results.update(evaluate_ranking(score_fn, test, all_true.tolist(), len(kb.constants)))
+        results.update(
+            evaluate_ranking(
+                score_fn, test, all_true.tolist(), len(kb.constants), other_ties=("average",)
+            )
+        )
         results["num_test_triples"] = len(test)
         ex_goals = test[:5]
     results["eval_seconds"] = time.time() - t0

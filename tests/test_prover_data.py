@@ -137,6 +137,13 @@ def test_evaluate_ranking_both_sides_by_hand():
     assert m["mrr"] == pytest.approx(0.5) and m["hits@1"] == 0.0 and m["hits@3"] == 1.0
     m = evaluate_ranking(score_fn, test, [(0, 0, 2), (0, 0, 1)], 3)
     assert m["mrr"] == pytest.approx(0.75) and m["hits@1"] == 0.5
+    # ties: object row [0.5, 0.5, 0.5] -> pessimistic rank 3, optimistic 1, average 2
+    flat = np.full((3, 3), 0.5)
+    m = evaluate_ranking(
+        lambda g: flat[g[:, 1], g[:, 2]], test, [(0, 0, 2)], 3, other_ties=("optimistic", "average")
+    )
+    assert m["mrr"] == pytest.approx(1 / 3) and m["mrr[optimistic]"] == 1.0
+    assert m["mrr[average]"] == pytest.approx(0.5)
 
 
 def test_auc_pr_by_hand_and_vs_sklearn():

@@ -56,15 +56,18 @@ def evaluate_ranking(
     *,
     tie: str = "pessimistic",
     hits=(1, 3, 10),
+    other_ties: tuple[str, ...] = (),
 ) -> dict:
     """Filtered MRR/Hits@k over both sides of every test triple ``(p, s, o)``.
 
     ``score_fn(goals int (B, 3)) -> (B,)`` is called with the ``num_constants`` subject
-    corruptions and object corruptions of one test triple at a time.
+    corruptions and object corruptions of one test triple at a time. Metrics for each tie policy
+    in ``other_ties`` are added under ``"<metric>[<tie>]"`` keys (same scores).
     """
     known = set(map(tuple, np.asarray(list(all_true)).reshape(-1, 3).tolist()))
     cands = np.arange(num_constants)
-    ranks = []
+    ties = (tie, *other_ties)
+    ranks: dict[str, list] = {t: [] for t in ties}
     for p, s, o in np.asarray(test).tolist():
         subj = np.stack([np.full_like(cands, p), cands, np.full_like(cands, o)], 1)
         obj = np.stack([np.full_like(cands, p), np.full_like(cands, s), cands], 1)
@@ -72,9 +75,13 @@ def evaluate_ranking(
         sc_s, sc_o = sc[:num_constants], sc[num_constants:]
         f_s = [c for c in range(num_constants) if c != s and (p, c, o) in known]
         f_o = [c for c in range(num_constants) if c != o and (p, s, c) in known]
-        ranks.append(filtered_rank(sc_s, s, f_s, tie))
-        ranks.append(filtered_rank(sc_o, o, f_o, tie))
-    return ranking_metrics(ranks, hits)
+        for t in ties:
+            ranks[t].append(filtered_rank(sc_s, s, f_s, t))
+            ranks[t].append(filtered_rank(sc_o, o, f_o, t))
+    out = ranking_metrics(ranks[tie], hits)
+    for t in other_ties:
+        out.update({f"{k}[{t}]": v for k, v in ranking_metrics(ranks[t], hits).items()})
+    return out
 
 
 def auc_pr(scores: np.ndarray, labels: np.ndarray) -> float:
