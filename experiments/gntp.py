@@ -74,8 +74,8 @@ def load_data(cfg):
 def train(cfg, kb, templates, log_every=20):
     prover = ProverConfig(
         depth=cfg.depth,
-        k_facts=cfg.k_facts,
-        k_rules=cfg.k_rules,
+        k_facts=cfg.k_facts or None,
+        k_rules=cfg.k_rules or None,
         unification=cfg.unification,
         train_slope=cfg.train_slope,
     )
@@ -170,10 +170,15 @@ def main(argv):
     names_f = [
         f"{kb.predicates[p]}({kb.constants[s]}, {kb.constants[o]})" for p, s, o in kb.facts
     ] + [f"mention#{i}" for i in range(len(kb.mentions))]
+    rule_text = {
+        tr: f"{text} [{conf:.2f}]"
+        for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
+    }
     exps = []
     for g, pr in zip(ex_goals, explain(params, arr, ex_goals, templates, prover)):
         steps = [
-            names_f[i] if kind == "fact" else f"template {t} rule {i}" for kind, t, i in pr.steps
+            names_f[i] if kind == "fact" else f"rule t{t}.{i}: {rule_text[(t, i)]}"
+            for kind, t, i in pr.steps
         ]
         goal = f"{kb.predicates[g[0]]}({kb.constants[g[1]]}, {kb.constants[g[2]]})"
         exps.append({"goal": goal, "score": pr.score, "proof": steps})

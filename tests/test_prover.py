@@ -298,3 +298,20 @@ def test_config_validation():
         ProverConfig(unification="soft")
     with pytest.raises(ValueError, match="k_facts"):
         ProverConfig(k_facts=0)
+
+
+def test_nnx_module_matches_pure_functions():
+    from flax import nnx
+
+    from jaxcomp.prover import GNTP, RuleEmbedding
+
+    kb = _tiny_kb()
+    cfg = ProverConfig(depth=1, k_facts=3)
+    model = GNTP(kb, TEMPLATES, 4, config=cfg, rngs=nnx.Rngs(0))
+    goals = jnp.asarray(kb.facts)
+    want = score_triples(model.params(), kb.arrays(), goals, TEMPLATES, cfg)
+    np.testing.assert_allclose(model(goals), want, rtol=1e-6)
+    rules = nnx.state(model, RuleEmbedding)
+    assert len(jax.tree.leaves(rules)) == len(TEMPLATES)
+    grads = nnx.grad(lambda m: jnp.sum(m(goals)), argnums=nnx.DiffState(0, RuleEmbedding))(model)
+    assert len(jax.tree.leaves(grads)) == len(TEMPLATES)

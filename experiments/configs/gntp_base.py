@@ -27,14 +27,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.slope = 1.0
     c.train_slope = False
     c.depth = 1
-    c.k_facts = 10
-    c.k_rules = 5
+    c.k_facts = 10  # 0 = all facts (exhaustive NTP)
+    c.k_rules = 5  # 0 = all rules of each template
     c.unification = "joint"
-    c.epochs = 10
+    c.epochs = 15
     c.only_rules_epochs = 0
     c.batch_size = 64
     c.num_negatives = 1
-    c.learning_rate = 0.01
+    c.learning_rate = 0.03
     c.l2 = 0.0
     c.seed = 0
     c.eval_k_facts = 0  # 0 = same k as training

@@ -13,7 +13,7 @@ def get_config():
     c.templates = ""
     c.dim = 20
     c.k_facts = 5
-    c.k_rules = None
+    c.k_rules = 0
     c.epochs = 60
     c.batch_size = 32
     c.unification = "classic"

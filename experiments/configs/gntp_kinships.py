@@ -6,5 +6,6 @@ from experiments.configs.gntp_base import NATIONS_TEMPLATES, base_config
 def get_config():
     c = base_config()
     c.dataset = "kinships"
+    c.epochs = 3  # CPU budget: a few minutes on a shared 2-core machine
     c.templates = NATIONS_TEMPLATES
     return c

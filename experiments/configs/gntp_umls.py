@@ -6,5 +6,6 @@ from experiments.configs.gntp_base import UMLS_TEMPLATES, base_config
 def get_config():
     c = base_config()
     c.dataset = "umls"
+    c.epochs = 5  # CPU budget: a few minutes on a shared 2-core machine
     c.templates = UMLS_TEMPLATES
     return c

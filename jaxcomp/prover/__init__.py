@@ -2,8 +2,10 @@
 and the exhaustive Neural Theorem Prover (Rocktaschel & Riedel, NeurIPS 2017) it speeds up."""
 
 from jaxcomp.prover.gntp import (
+    GNTP,
     Proof,
     ProverConfig,
+    RuleEmbedding,
     corrupt_triples,
     decode_rules,
     explain,
@@ -25,6 +27,8 @@ from jaxcomp.prover.templates import (
 from jaxcomp.prover.unify import nearest_neighbours, rbf_kernel
 
 __all__ = [
+    "GNTP",
+    "RuleEmbedding",
     "Atom",
     "KBArrays",
     "KnowledgeBase",

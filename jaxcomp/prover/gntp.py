@@ -27,12 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxcomp.prover import unify as U
-from jaxcomp.prover.kb import KBArrays, embed_goals, fact_embeddings
+from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
 from jaxcomp.prover.templates import Template
 
 __all__ = [
+    "GNTP",
+    "RuleEmbedding",
     "ProverConfig",
     "prove",
     "score_triples",
@@ -461,11 +464,13 @@ def decode_rules(
     predicate_names: Sequence[str],
     *,
     top: int | None = None,
-) -> list[tuple[float, str]]:
+    with_index: bool = False,
+) -> list[tuple]:
     """Induced rules in readable form: each template slot -> its nearest KB predicate.
 
     Returns ``(confidence, "p(X, Y) :- q(Y, X)")`` sorted by confidence (the minimum, over the
-    rule's slots, of the kernel between the slot and its nearest predicate; NTP Sec. 4.2).
+    rule's slots, of the kernel between the slot and its nearest predicate; NTP Sec. 4.2);
+    ``with_index=True`` appends ``(template, rule)`` to each tuple.
     """
     pred = np.asarray(params["predicates"])
     slope = float(params["slope"])
@@ -481,6 +486,55 @@ def decode_rules(
             def fmt(a, name=name, tpl=tpl):
                 return f"{name[tpl.slot(a)]}({a.args[0]}, {a.args[1]})"
 
-            out.append((conf, f"{fmt(tpl.head)} :- " + ", ".join(fmt(a) for a in tpl.body)))
+            text = f"{fmt(tpl.head)} :- " + ", ".join(fmt(a) for a in tpl.body)
+            out.append((conf, text, (t, r)) if with_index else (conf, text))
     out.sort(key=lambda x: -x[0])
     return out[:top] if top else out
+
+
+class RuleEmbedding(nnx.Param):
+    """Predicate embeddings of instantiated rule templates (so ``wrt=RuleEmbedding`` trains
+    only the rules, as in the only-rules warm-up)."""
+
+
+class GNTP(nnx.Module):
+    """Thin Flax NNX wrapper: embeddings as ``nnx.Param``, scoring by :func:`prove`.
+
+    ``GNTP(kb, templates, dim, config=ProverConfig(...), rngs=nnx.Rngs(0))(goals, mask=None)``
+    returns proof scores ``(B,)`` for int goals ``(p, s, o)``; :meth:`params` gives the pytree
+    used by the pure functions (:func:`gntp_loss`, :func:`explain`, :func:`decode_rules`).
+    """
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        templates: Sequence[Template],
+        dim: int,
+        *,
+        config: ProverConfig = ProverConfig(),
+        init_scale: float = 1.0,
+        slope: float = 1.0,
+        rngs: nnx.Rngs,
+    ):
+        p = init_params(rngs.params(), kb, templates, dim, init_scale=init_scale, slope=slope)
+        self.templates = tuple(templates)
+        self.config = config
+        self.kb = nnx.data(kb.arrays())
+        self.predicates = nnx.Param(p["predicates"])
+        self.constants = nnx.Param(p["constants"])
+        self.tokens = nnx.Param(p["tokens"])
+        self.rules = nnx.List([RuleEmbedding(r) for r in p["rules"]])
+        self.slope = nnx.Param(p["slope"])
+
+    def params(self) -> dict:
+        return {
+            "predicates": self.predicates[...],
+            "constants": self.constants[...],
+            "tokens": self.tokens[...],
+            "rules": [r[...] for r in self.rules],
+            "slope": self.slope[...],
+        }
+
+    def __call__(self, goals: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        p = self.params()
+        return prove(p, self.kb, embed_goals(p, goals), self.templates, self.config, mask=mask)
