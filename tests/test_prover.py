@@ -315,3 +315,19 @@ def test_nnx_module_matches_pure_functions():
     assert len(jax.tree.leaves(rules)) == len(TEMPLATES)
     grads = nnx.grad(lambda m: jnp.sum(m(goals)), argnums=nnx.DiffState(0, RuleEmbedding))(model)
     assert len(jax.tree.leaves(grads)) == len(TEMPLATES)
+
+
+def test_text_mention_proves_a_kb_goal_when_pattern_matches_predicate():
+    kb = _tiny_kb()  # mention: a "lives near" d; the KB has no r(a, d)
+    params = _params(kb)
+    r, a, d = kb.predicates.index("r"), kb.constants.index("a"), kb.constants.index("d")
+    goal = np.array([[r, a, d]], np.int32)
+    cfg = ProverConfig(depth=0, k_facts=2)
+    before = float(score_triples(params, kb.arrays(), goal, TEMPLATES, cfg)[0])
+    tok = np.asarray(params["tokens"]).copy()
+    tok[1] = 2 * np.asarray(params["predicates"])[r] - tok[0]  # mean of the 2 tokens = r
+    params = {**params, "tokens": jnp.asarray(tok)}
+    after = float(score_triples(params, kb.arrays(), goal, TEMPLATES, cfg)[0])
+    assert after == pytest.approx(np.exp(-1.3 * 1e-3), rel=1e-4) and before < 0.9
+    (proof,) = explain(params, kb.arrays(), goal, TEMPLATES, cfg)
+    assert proof.facts == (len(kb.facts),)  # the mention
