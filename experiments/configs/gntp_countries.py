@@ -15,6 +15,7 @@ def get_config():
     c.k_facts = 5
     c.k_rules = 0
     c.epochs = 60
+    c.learning_rate = 0.01
     c.batch_size = 32
     c.unification = "classic"
     return c
