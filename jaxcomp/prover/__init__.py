@@ -1,0 +1,58 @@
+"""Differentiable theorem proving: the Greedy Neural Theorem Prover (Minervini et al., AAAI 2020)
+and the exhaustive Neural Theorem Prover (Rocktaschel & Riedel, NeurIPS 2017) it speeds up."""
+
+from jaxcomp.prover.gntp import (
+    GNTP,
+    Proof,
+    ProverConfig,
+    RuleEmbedding,
+    corrupt_triples,
+    decode_rules,
+    explain,
+    gntp_loss,
+    logistic_loss,
+    make_train_step,
+    prove,
+    score_triples,
+)
+from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
+from jaxcomp.prover.metrics import auc_pr, evaluate_ranking, filtered_rank, ranking_metrics
+from jaxcomp.prover.templates import (
+    Atom,
+    Template,
+    format_template,
+    load_templates,
+    parse_templates,
+)
+from jaxcomp.prover.unify import nearest_neighbours, rbf_kernel
+
+__all__ = [
+    "GNTP",
+    "RuleEmbedding",
+    "Atom",
+    "KBArrays",
+    "KnowledgeBase",
+    "Proof",
+    "ProverConfig",
+    "Template",
+    "auc_pr",
+    "corrupt_triples",
+    "decode_rules",
+    "embed_goals",
+    "evaluate_ranking",
+    "explain",
+    "fact_embeddings",
+    "filtered_rank",
+    "format_template",
+    "gntp_loss",
+    "init_params",
+    "load_templates",
+    "logistic_loss",
+    "make_train_step",
+    "nearest_neighbours",
+    "parse_templates",
+    "prove",
+    "ranking_metrics",
+    "rbf_kernel",
+    "score_triples",
+]

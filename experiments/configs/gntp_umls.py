@@ -1,0 +1,12 @@
+"""GNTP on Umls (pykeen's bundled splits), the paper's templates; a few CPU minutes."""
+
+from experiments.configs.gntp_base import UMLS_TEMPLATES, base_config
+
+
+def get_config():
+    c = base_config()
+    c.dataset = "umls"
+    c.epochs = 2  # CPU budget: a few minutes on a shared 2-core machine
+    c.max_test = 200  # first 200 test triples (both sides), to bound evaluation time
+    c.templates = UMLS_TEMPLATES
+    return c

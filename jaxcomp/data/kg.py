@@ -1,0 +1,137 @@
+"""Knowledge-graph files: TSV triple splits, text mentions, the NTP Countries layout, and the
+Nations/UMLS/Kinships splits bundled inside the ``pykeen`` package (read, never imported).
+
+Every loader returns plain Python/NumPy data; malformed lines raise ``ValueError`` naming the file
+and the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+__all__ = [
+    "load_triples",
+    "load_mentions",
+    "load_nl_facts",
+    "load_countries",
+    "pykeen_dataset_dir",
+    "load_pykeen_dataset",
+    "PYKEEN_DATASETS",
+]
+
+PYKEEN_DATASETS = ("nations", "umls", "kinships")
+_NL_RE = re.compile(r"^\s*([^\s(),]+)\s*\(\s*([^\s(),]+)\s*,\s*([^\s(),]+)\s*\)\s*\.\s*$")
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {str(path)!r}")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def load_triples(path: str | Path) -> list[tuple[str, str, str]]:
+    """Reads ``s<TAB>p<TAB>o`` lines (blank lines skipped) -> list of ``(s, p, o)``."""
+    out = []
+    for i, ln in enumerate(_read_lines(path), 1):
+        if not ln.strip():
+            continue
+        parts = ln.rstrip("\n\r").split("\t")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise ValueError(
+                f"{path}: line {i}: expected 3 tab-separated fields 's<TAB>p<TAB>o', got {ln!r}"
+            )
+        out.append(tuple(p.strip() for p in parts))
+    return out  # type: ignore[return-value]
+
+
+def load_mentions(path: str | Path) -> list[tuple[str, str, str]]:
+    """Text mentions ``s<TAB>surface pattern<TAB>o`` (GNTP Sec. 4) -> ``(s, pattern, o)``."""
+    return load_triples(path)
+
+
+def load_nl_facts(path: str | Path) -> list[tuple[str, str, str]]:
+    """NTP ``.nl`` facts ``p(s, o).`` (one per line, ``%`` comments) -> ``(s, p, o)``."""
+    out = []
+    for i, ln in enumerate(_read_lines(path), 1):
+        if not ln.strip() or ln.strip().startswith("%"):
+            continue
+        m = _NL_RE.match(ln)
+        if m is None:
+            raise ValueError(f"{path}: line {i}: expected a binary fact 'p(s, o).', got {ln!r}")
+        out.append((m.group(2), m.group(1), m.group(3)))
+    return out
+
+
+def _read_names(path: Path) -> list[str]:
+    return [ln.strip() for ln in _read_lines(path) if ln.strip()]
+
+
+def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
+    """The NTP Countries layout (Bouchard et al. 2015; NTP Sec. 5.1).
+
+    ``data_dir`` holds ``countries_{variant}.nl`` (training facts ``locatedIn``/``neighborOf``),
+    ``countries_{variant}.nlt`` (templates; optional), ``countries.nl`` (the full KB, giving the
+    test countries' true regions), ``regions.txt``, ``dev.txt`` and ``test.txt`` (country names).
+
+    Returns a dict with ``train`` (triples), ``templates_path`` (or ``None``), ``regions``,
+    ``dev``/``test`` (country lists) and ``dev_labels``/``test_labels`` (country -> set of true
+    regions among ``regions``).
+    """
+    d = Path(data_dir)
+    if variant not in ("S1", "S2", "S3"):
+        raise ValueError(f"variant must be 'S1', 'S2' or 'S3', got {variant!r}")
+    if not d.is_dir():
+        raise FileNotFoundError(f"Countries directory not found: {str(d)!r}")
+    train = load_nl_facts(d / f"countries_{variant}.nl")
+    regions = _read_names(d / "regions.txt")
+    dev = _read_names(d / "dev.txt")
+    test = _read_names(d / "test.txt")
+    full = load_nl_facts(d / "countries.nl")
+    region_set = set(regions)
+    gold: dict[str, set[str]] = {}
+    for s, p, o in full:
+        if p == "locatedIn" and o in region_set:
+            gold.setdefault(s, set()).add(o)
+    for c in dev + test:
+        if c not in gold:
+            raise ValueError(f"country {c!r} has no locatedIn(_, region) fact in countries.nl")
+    held = set(dev + test)
+    leaked = [(s, o) for s, p, o in train if p == "locatedIn" and s in held and o in region_set]
+    if leaked:
+        raise ValueError(f"training facts reveal held-out regions, e.g. {leaked[0]!r}")
+    tpl = d / f"countries_{variant}.nlt"
+    return {
+        "train": train,
+        "templates_path": str(tpl) if tpl.is_file() else None,
+        "regions": regions,
+        "dev": dev,
+        "test": test,
+        "dev_labels": {c: gold[c] for c in dev},
+        "test_labels": {c: gold[c] for c in test},
+    }
+
+
+def pykeen_dataset_dir(name: str) -> Path:
+    """Directory of pykeen's bundled ``{train,valid,test}.txt`` for ``name``, without importing
+    pykeen (found with ``importlib.util.find_spec``)."""
+    if name not in PYKEEN_DATASETS:
+        raise ValueError(f"dataset must be one of {PYKEEN_DATASETS}, got {name!r}")
+    spec = importlib.util.find_spec("pykeen")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "package 'pykeen' not found; install it with `pip install --no-deps pykeen`"
+        )
+    for loc in spec.submodule_search_locations:
+        d = Path(loc) / "datasets" / name
+        if (d / "train.txt").is_file():
+            return d
+    raise FileNotFoundError(f"pykeen is installed but has no datasets/{name}/train.txt")
+
+
+def load_pykeen_dataset(name: str) -> dict[str, list[tuple[str, str, str]]]:
+    """``{"train", "valid", "test"}`` triple lists of Nations, UMLS or Kinships."""
+    d = pykeen_dataset_dir(name)
+    return {split: load_triples(d / f"{split}.txt") for split in ("train", "valid", "test")}

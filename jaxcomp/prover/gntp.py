@@ -1,0 +1,540 @@
+"""Greedy Neural Theorem Prover (Minervini et al., AAAI 2020) and the exhaustive NTP it speeds up.
+
+Backward chaining with soft unification (Rocktaschel & Riedel 2017, Sec. 3): the OR module unifies
+a goal with every fact and every rule head in the KB, the AND module proves a rule's body atoms in
+sequence; a proof's score is the minimum of its unification scores (AND) and the goal's score the
+maximum over its proofs (OR), for proofs up to ``depth`` rule applications.
+
+GNTP (Sec. 3.1) keeps, at each OR step, only the ``k_facts`` facts (and ``k_rules`` rule heads per
+template) nearest to the goal's ground part; exact nearest neighbours by batched distances +
+``lax.top_k`` (:func:`jaxcomp.prover.unify.nearest_neighbours`). ``k_facts=None`` is the
+exhaustive NTP.
+
+The proof tree's shape is static (templates and depth are Python data), so the recursion runs at
+trace time; each OR step appends one "branch" axis to the proof-score array ``(B, d1, ..., dn)``.
+Template variables are renamed apart at every rule application (standard SLD resolution), so a
+template can be applied recursively when ``depth > 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcomp.prover import unify as U
+from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
+from jaxcomp.prover.templates import Template
+
+__all__ = [
+    "GNTP",
+    "RuleEmbedding",
+    "ProverConfig",
+    "prove",
+    "score_triples",
+    "explain",
+    "Proof",
+    "logistic_loss",
+    "gntp_loss",
+    "make_train_step",
+    "corrupt_triples",
+    "decode_rules",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProverConfig:
+    """Static prover options (hashable; pass as a static argument).
+
+    Attributes:
+      depth: maximum number of nested rule applications (0 = facts only).
+      k_facts: facts kept per OR step (GNTP); ``None`` = all facts (exhaustive NTP).
+      k_rules: rule instantiations kept per template per OR step; ``None`` = all.
+      unification: ``"classic"`` (min of one kernel per argument position, NTP Eq. 3) or
+        ``"joint"`` (one kernel on the concatenated ground positions, GNTP Sec. 3.1).
+      approx: use ``lax.approx_min_k`` for the neighbour search (accelerators).
+      chunk_size: query chunk for the neighbour search (bounds its memory); ``None`` = one shot.
+      train_slope: let gradients reach the kernel slope.
+    """
+
+    depth: int = 1
+    k_facts: int | None = 10
+    k_rules: int | None = None
+    unification: str = "classic"
+    approx: bool = False
+    chunk_size: int | None = None
+    train_slope: bool = False
+
+    def __post_init__(self):
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if self.k_facts is not None and self.k_facts < 1:
+            raise ValueError(f"k_facts must be >= 1 or None, got {self.k_facts}")
+        if self.k_rules is not None and self.k_rules < 1:
+            raise ValueError(f"k_rules must be >= 1 or None, got {self.k_rules}")
+        if self.unification not in ("classic", "joint"):
+            raise ValueError(f"unification must be 'classic' or 'joint', got {self.unification!r}")
+
+
+@dataclasses.dataclass
+class _State:
+    """A batch of partial proofs: scores ``(B, d1..dn)``, substitutions, and the proof trace.
+
+    Every array in ``subs`` has rank ``n + 2`` (``(B, d1..dn, E)``, size-1 axes broadcast); a
+    string value is an alias to another variable. ``trace`` has one entry per branch axis:
+    ``(kind, template, idx)`` with ``idx`` the fact/rule ids along that axis (``None`` = arange).
+    """
+
+    scores: jax.Array
+    subs: dict
+    trace: tuple
+
+
+def _lift(x: jax.Array) -> jax.Array:
+    return x[..., None, :]
+
+
+def _resolve(term, subs: dict):
+    while isinstance(term, str) and term in subs:
+        term = subs[term]
+    return term
+
+
+class _Prover:
+    def __init__(self, params, kb: KBArrays, templates, cfg: ProverConfig, mask, reduce=True):
+        self.cfg = cfg
+        self.templates = templates
+        self.rules = params["rules"]
+        self.slope = params["slope"] if cfg.train_slope else jax.lax.stop_gradient(params["slope"])
+        self.facts = fact_embeddings(params, kb)
+        self.n_facts = self.facts[0].shape[0]
+        self.mask = mask  # (B,) int32 fact index to hide from each goal, or None
+        self._fresh = itertools.count()
+        self.reduce = reduce
+
+    def kernel_from_d2(self, d2_list):
+        if self.cfg.unification == "joint":
+            return U.rbf_from_sq_dist(sum(d2_list), self.slope)
+        out = None
+        for d2 in d2_list:
+            s = U.rbf_from_sq_dist(d2, self.slope)
+            out = s if out is None else jnp.minimum(out, s)
+        return out
+
+    def _lift_subs(self, subs):
+        return {k: (_lift(v) if not isinstance(v, str) else v) for k, v in subs.items()}
+
+    def _search(self, queries, keys, k, exclude):
+        """queries: list of (S..., E) arrays broadcast to ``shape``; returns idx (S..., k)."""
+        shape = queries[0].shape[:-1]
+        q = jnp.concatenate(queries, -1).reshape(-1, queries[0].shape[-1] * len(queries))
+        ex = None if exclude is None else exclude.reshape(-1)
+        idx = U.nearest_neighbours(
+            q,
+            jnp.concatenate(keys, -1),
+            k,
+            exclude=ex,
+            approx=self.cfg.approx,
+            chunk_size=self.cfg.chunk_size,
+        )
+        return idx.reshape(*shape, k)
+
+    # OR over facts (Rocktaschel & Riedel 2017, Sec. 3.2; GNTP Sec. 3.1 when k_facts is set)
+    def or_facts(self, goal, st: _State, terminal: bool = False) -> _State:
+        shape = st.scores.shape
+        nd = len(shape) - 1
+        ground = [i for i in range(3) if not isinstance(goal[i], str)]
+        if not ground:
+            raise ValueError("cannot unify a goal with no ground position against facts")
+        k = self.cfg.k_facts
+        n = self.n_facts
+        mask = None
+        if self.mask is not None:
+            mask = self.mask.reshape((-1,) + (1,) * nd)  # (B, 1..1)
+        subs = self._lift_subs(st.subs)
+        if (k is None or k >= n) and terminal and self.reduce:
+            # last OR of a proof, exhaustive: find the best fact without gradients (fused
+            # (B, d1..dn, N) reduction), then recompute its score differentiably; equal in value
+            # and (sub)gradient to max_n min(score, k_n), in O(B d1..dn) memory
+            with jax.named_scope("ntp_terminal_or"):
+                fg = [jax.lax.stop_gradient(f) for f in self.facts]
+                gg = [jax.lax.stop_gradient(goal[i]) for i in ground]
+                d2 = [U.pairwise_sq_dist(g, fg[i]) for g, i in zip(gg, ground)]
+                sim = self.kernel_from_d2(d2)
+                if mask is not None:
+                    sim = jnp.where(jnp.arange(n) == mask[..., None], 0.0, sim)
+                best = jnp.argmax(jnp.minimum(jax.lax.stop_gradient(st.scores)[..., None], sim), -1)
+                best = jnp.broadcast_to(best, shape)
+            d2 = [U.sq_dist(goal[i], self.facts[i][best]) for i in ground]
+            sim = self.kernel_from_d2(d2)
+            if mask is not None:
+                sim = jnp.where(best == mask, 0.0, sim)
+            return _State(jnp.minimum(st.scores, sim), {}, st.trace)
+        if k is None or k >= n:
+            d2 = [U.pairwise_sq_dist(goal[i], self.facts[i]) for i in ground]
+            sim = self.kernel_from_d2(d2)
+            if mask is not None:
+                sim = jnp.where(jnp.arange(n) == mask[..., None], 0.0, sim)
+            for i in range(3):
+                if i not in ground:
+                    subs[goal[i]] = self.facts[i].reshape((1,) * (nd + 1) + self.facts[i].shape)
+            idx = None
+        else:
+            qs = [jnp.broadcast_to(goal[i], shape + goal[i].shape[-1:]) for i in ground]
+            ex = None if mask is None else jnp.broadcast_to(mask, shape)
+            idx = self._search(qs, [self.facts[i] for i in ground], k, ex)
+            d2 = [U.sq_dist(_lift(goal[i]), self.facts[i][idx]) for i in ground]
+            sim = self.kernel_from_d2(d2)
+            if mask is not None:
+                sim = jnp.where(idx == mask[..., None], 0.0, sim)
+            for i in range(3):
+                if i not in ground:
+                    subs[goal[i]] = self.facts[i][idx]
+        if terminal and self.reduce:
+            # the last OR of a proof: max over its facts now (same result as the final max
+            # in `prove`), so the (B, d1..dn, N) array is reduced in a fused loop
+            return _State(jnp.max(jnp.minimum(st.scores[..., None], sim), -1), {}, st.trace)
+        scores = jnp.minimum(st.scores[..., None], sim)
+        return _State(scores, subs, st.trace + (("fact", -1, idx),))
+
+    # OR over the rules of template t, then AND over its body (NTP Sec. 3.2-3.3)
+    def or_rule(self, t: int, goal, st: _State, depth: int, terminal: bool = False) -> list[_State]:
+        tpl: Template = self.templates[t]
+        theta = self.rules[t]  # (R, slots, E)
+        r = theta.shape[0]
+        shape = st.scores.shape
+        nd = len(shape) - 1
+        if isinstance(goal[0], str):
+            raise ValueError("goal predicate must be ground to unify with a rule head")
+        tag = next(self._fresh)
+        ren = {v: f"{v}#{tag}" for v in tpl.variables}
+        pred_key = [f"%{t}.{j}#{tag}" for j in range(len(tpl.predicates))]
+        subs = self._lift_subs(st.subs)
+        h = tpl.slot(tpl.head)
+        k = self.cfg.k_rules
+        if k is None or k >= r:
+            sim = U.rbf_from_sq_dist(U.pairwise_sq_dist(goal[0], theta[:, h]), self.slope)
+            for j in range(theta.shape[1]):
+                subs[pred_key[j]] = theta[:, j].reshape((1,) * (nd + 1) + theta[:, j].shape)
+            idx = None
+        else:
+            q = jnp.broadcast_to(goal[0], shape + goal[0].shape[-1:])
+            idx = self._search([q], [theta[:, h]], k, None)
+            sel = theta[idx]  # (B, d.., k, slots, E)
+            sim = U.rbf_from_sq_dist(U.sq_dist(_lift(goal[0]), sel[..., h, :]), self.slope)
+            for j in range(theta.shape[1]):
+                subs[pred_key[j]] = sel[..., j, :]
+        for hv, g in zip(tpl.head.args, goal[1:]):
+            subs[ren[hv]] = g if isinstance(g, str) else _lift(g)
+        scores = jnp.minimum(st.scores[..., None], sim)
+        states = [_State(scores, subs, st.trace + (("rule", t, idx),))]
+        for a, atom in enumerate(tpl.body):
+            last = terminal and a == len(tpl.body) - 1
+            nxt = []
+            for s in states:
+                sub_goal = [
+                    _resolve(pred_key[tpl.slot(atom)], s.subs),
+                    _resolve(ren[atom.args[0]], s.subs),
+                    _resolve(ren[atom.args[1]], s.subs),
+                ]
+                nxt += self.or_(sub_goal, s, depth - 1, last)
+            states = nxt
+        return states
+
+    def or_(self, goal, st: _State, depth: int, terminal: bool = False) -> list[_State]:
+        out = [self.or_facts(goal, st, terminal)]
+        if depth > 0:
+            for t in range(len(self.templates)):
+                out += self.or_rule(t, goal, st, depth, terminal)
+        return out
+
+    def run(self, goal_emb) -> list[_State]:
+        b = goal_emb[0].shape[0]
+        st = _State(jnp.ones((b,), goal_emb[0].dtype), {}, ())
+        return self.or_(list(goal_emb), st, self.cfg.depth, terminal=True)
+
+
+def prove(
+    params: dict,
+    kb: KBArrays,
+    goal_emb: tuple[jax.Array, jax.Array, jax.Array],
+    templates: Sequence[Template],
+    cfg: ProverConfig,
+    *,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Proof scores ``(B,)`` for goals given as embeddings ``(p, s, o)``, each ``(B, E)``.
+
+    ``score = max over proofs of min over the proof's unification scores`` (NTP Eq. 4-6), with
+    the greedy OR of GNTP Sec. 3.1 when ``cfg.k_facts``/``cfg.k_rules`` are set.
+    ``mask[b]`` is a KB fact index hidden from goal ``b`` (its own fact during training, so it
+    must be proven by rules: GNTP Sec. 3.2 / NTP Sec. 5.1); ``-1`` hides nothing.
+    """
+    states = _Prover(params, kb, tuple(templates), cfg, mask).run(goal_emb)
+    best = [s.scores.reshape(s.scores.shape[0], -1).max(-1) for s in states]
+    return jnp.max(jnp.stack(best), axis=0)
+
+
+def score_triples(
+    params: dict,
+    kb: KBArrays,
+    goals: jax.Array,
+    templates: Sequence[Template],
+    cfg: ProverConfig,
+    *,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`prove` for int ``(B, 3)`` goals ``(p, s, o)`` (jitted; templates/cfg static)."""
+    return _score_jit(params, kb, jnp.asarray(goals), tuple(templates), cfg, mask)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _score_jit(params, kb, goals, templates, cfg, mask):
+    return prove(params, kb, embed_goals(params, goals), templates, cfg, mask=mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proof:
+    """The highest-scoring proof of one goal: its score and its steps in proof order.
+
+    ``steps`` holds ``("rule", template_index, rule_index)`` and ``("fact", -1, fact_index)``
+    (fact indices >= number of KB facts are text mentions).
+    """
+
+    score: float
+    steps: tuple[tuple[str, int, int], ...]
+
+    @property
+    def facts(self) -> tuple[int, ...]:
+        return tuple(i for kind, _, i in self.steps if kind == "fact")
+
+    @property
+    def rules(self) -> tuple[tuple[int, int], ...]:
+        return tuple((t, i) for kind, t, i in self.steps if kind == "rule")
+
+
+def explain(
+    params: dict,
+    kb: KBArrays,
+    goals: jax.Array,
+    templates: Sequence[Template],
+    cfg: ProverConfig,
+    *,
+    mask: jax.Array | None = None,
+) -> list[Proof]:
+    """For each int goal ``(p, s, o)``, the best proof (rules and facts used, score).
+
+    Runs the same prover as :func:`prove` and reads back the argmax branch of the proof tree.
+    """
+    goals = jnp.asarray(goals)
+    kinds = []
+
+    def run(params, kb, goals, mask):
+        prover = _Prover(params, kb, tuple(templates), cfg, mask, reduce=False)
+        states = prover.run(embed_goals(params, goals))
+        kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
+        return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
+
+    all_scores, all_idx = jax.jit(run)(params, kb, goals, mask)
+    b = goals.shape[0]
+    out = []
+    for i in range(b):
+        best_score, best = -1.0, None
+        for n, sc in enumerate(all_scores):
+            sc = np.asarray(sc[i])
+            flat = int(np.argmax(sc))
+            top = float(sc.reshape(-1)[flat])
+            if top > best_score:
+                best_score, best = top, (n, np.unravel_index(flat, sc.shape))
+        n, pos = best
+        steps = []
+        for axis, ((kind, t), idx) in enumerate(zip(kinds[n], all_idx[n])):
+            if idx is None:
+                j = int(pos[axis])
+            else:
+                sel = (min(i, idx.shape[0] - 1),) + tuple(
+                    min(int(p), d - 1) for p, d in zip(pos[: axis + 1], idx.shape[1:])
+                )
+                j = int(np.asarray(idx)[sel])
+            steps.append((kind, int(t), j))
+        out.append(Proof(best_score, tuple(steps)))
+    return out
+
+
+def logistic_loss(scores: jax.Array, targets: jax.Array, eps: float = 1e-10) -> jax.Array:
+    """Binary cross-entropy on proof scores in (0, 1] (NTP Sec. 4, GNTP Sec. 3.2), per example."""
+    s = jnp.clip(scores, eps, 1.0)
+    s1 = jnp.clip(1.0 - scores, eps, 1.0)
+    return -(targets * jnp.log(s) + (1.0 - targets) * jnp.log(s1))
+
+
+def gntp_loss(
+    params: dict,
+    kb: KBArrays,
+    goals: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    templates: Sequence[Template],
+    cfg: ProverConfig,
+    *,
+    l2: float = 0.0,
+) -> jax.Array:
+    """Mean logistic loss of the proof scores of ``goals`` (positives and corruptions).
+
+    ``mask`` hides each positive's own fact (``-1`` for negatives); ``l2`` adds
+    ``l2 * sum ||theta||^2`` over embeddings.
+    """
+    scores = score_triples(params, kb, goals, templates, cfg, mask=mask)
+    loss = jnp.mean(logistic_loss(scores, targets))
+    if l2:
+        emb = [params["predicates"], params["constants"], params["tokens"], *params["rules"]]
+        loss = loss + l2 * sum(jnp.sum(x * x) for x in emb)
+    return loss
+
+
+def make_train_step(
+    templates: Sequence[Template],
+    cfg: ProverConfig,
+    tx: optax.GradientTransformation,
+    *,
+    l2: float = 0.0,
+):
+    """Jitted ``step(params, opt_state, kb, goals, targets, mask, only_rules) -> (p, s, loss)``.
+
+    ``only_rules`` (static) zeroes the updates of every parameter but the rule-template
+    embeddings (the reference's ``--only-rules-epochs`` warm-up).
+    """
+    templates = tuple(templates)
+
+    def step(params, opt_state, kb, goals, targets, mask, only_rules=False):
+        loss, grads = jax.value_and_grad(gntp_loss)(
+            params, kb, goals, targets, mask, templates, cfg, l2=l2
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        if only_rules:
+            updates = {
+                k: (v if k == "rules" else jax.tree.map(jnp.zeros_like, v))
+                for k, v in updates.items()
+            }
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, static_argnames=("only_rules",))
+
+
+def corrupt_triples(
+    rng: np.random.Generator,
+    triples: np.ndarray,
+    num_constants: int,
+    known: set,
+    num_negatives: int = 1,
+    *,
+    max_tries: int = 100,
+) -> np.ndarray:
+    """Negatives by corrupting subject and object (GNTP Sec. 3.2), host side.
+
+    For each ``(p, s, o)`` returns ``num_negatives`` subject- and ``num_negatives``
+    object-corruptions, each resampled until it is not in ``known`` (a set of ``(p, s, o)``
+    tuples); shape ``(n * 2 * num_negatives, 3)``, ordered per triple
+    ``[subj_1..subj_m, obj_1..obj_m]``.
+    """
+    triples = np.asarray(triples)
+    out = np.repeat(triples, 2 * num_negatives, axis=0).reshape(len(triples), 2, num_negatives, 3)
+    for i, (p, s, o) in enumerate(triples):
+        for side in (0, 1):
+            for j in range(num_negatives):
+                for _ in range(max_tries):
+                    c = int(rng.integers(num_constants))
+                    cand = (int(p), c, int(o)) if side == 0 else (int(p), int(s), c)
+                    if cand not in known:
+                        break
+                out[i, side, j] = cand
+    return out.reshape(-1, 3)
+
+
+def decode_rules(
+    params: dict,
+    templates: Sequence[Template],
+    predicate_names: Sequence[str],
+    *,
+    top: int | None = None,
+    with_index: bool = False,
+) -> list[tuple]:
+    """Induced rules in readable form: each template slot -> its nearest KB predicate.
+
+    Returns ``(confidence, "p(X, Y) :- q(Y, X)")`` sorted by confidence (the minimum, over the
+    rule's slots, of the kernel between the slot and its nearest predicate; NTP Sec. 4.2);
+    ``with_index=True`` appends ``(template, rule)`` to each tuple.
+    """
+    pred = np.asarray(params["predicates"])
+    slope = float(params["slope"])
+    out = []
+    for t, tpl in enumerate(templates):
+        theta = np.asarray(params["rules"][t])
+        for r in range(theta.shape[0]):
+            d = np.sqrt(((theta[r][:, None, :] - pred[None]) ** 2).sum(-1))  # (slots, P)
+            near = d.argmin(1)
+            conf = float(np.exp(-slope * d[np.arange(len(near)), near]).min())
+            name = [predicate_names[j] for j in near]
+
+            def fmt(a, name=name, tpl=tpl):
+                return f"{name[tpl.slot(a)]}({a.args[0]}, {a.args[1]})"
+
+            text = f"{fmt(tpl.head)} :- " + ", ".join(fmt(a) for a in tpl.body)
+            out.append((conf, text, (t, r)) if with_index else (conf, text))
+    out.sort(key=lambda x: -x[0])
+    return out[:top] if top else out
+
+
+class RuleEmbedding(nnx.Param):
+    """Predicate embeddings of instantiated rule templates (so ``wrt=RuleEmbedding`` trains
+    only the rules, as in the only-rules warm-up)."""
+
+
+class GNTP(nnx.Module):
+    """Thin Flax NNX wrapper: embeddings as ``nnx.Param``, scoring by :func:`prove`.
+
+    ``GNTP(kb, templates, dim, config=ProverConfig(...), rngs=nnx.Rngs(0))(goals, mask=None)``
+    returns proof scores ``(B,)`` for int goals ``(p, s, o)``; :meth:`params` gives the pytree
+    used by the pure functions (:func:`gntp_loss`, :func:`explain`, :func:`decode_rules`).
+    """
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        templates: Sequence[Template],
+        dim: int,
+        *,
+        config: ProverConfig = ProverConfig(),
+        init_scale: float = 1.0,
+        slope: float = 1.0,
+        rngs: nnx.Rngs,
+    ):
+        p = init_params(rngs.params(), kb, templates, dim, init_scale=init_scale, slope=slope)
+        self.templates = tuple(templates)
+        self.config = config
+        self.kb = nnx.data(kb.arrays())
+        self.predicates = nnx.Param(p["predicates"])
+        self.constants = nnx.Param(p["constants"])
+        self.tokens = nnx.Param(p["tokens"])
+        self.rules = nnx.List([RuleEmbedding(r) for r in p["rules"]])
+        self.slope = nnx.Param(p["slope"])
+
+    def params(self) -> dict:
+        return {
+            "predicates": self.predicates[...],
+            "constants": self.constants[...],
+            "tokens": self.tokens[...],
+            "rules": [r[...] for r in self.rules],
+            "slope": self.slope[...],
+        }
+
+    def __call__(self, goals: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        p = self.params()
+        return prove(p, self.kb, embed_goals(p, goals), self.templates, self.config, mask=mask)

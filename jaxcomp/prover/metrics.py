@@ -1,0 +1,107 @@
+"""Link-prediction metrics: filtered ranks, MRR, Hits@k (both sides) and AUC-PR (Countries).
+
+Filtered setting (Bordes et al. 2013): when ranking the true object ``o`` of ``(s, p, o)`` against
+every constant ``o'``, candidates ``(s, p, o')`` that are known true (train/dev/test) are removed;
+likewise for subjects. MRR and Hits@k average over both sides (GNTP Sec. 5, Table 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+__all__ = ["filtered_rank", "ranking_metrics", "evaluate_ranking", "auc_pr"]
+
+
+def filtered_rank(scores: np.ndarray, true_index: int, filtered: Iterable[int], tie="pessimistic"):
+    """Rank (1 = best) of ``scores[true_index]`` ignoring candidates in ``filtered``.
+
+    ``tie``: ``"pessimistic"`` (ties rank above the true answer), ``"optimistic"`` or
+    ``"average"``.
+    """
+    scores = np.asarray(scores, np.float64)
+    keep = np.ones(scores.shape[0], bool)
+    keep[list(filtered)] = False
+    keep[true_index] = True
+    target = scores[true_index]
+    others = scores[keep]
+    greater = int(np.sum(others > target))
+    equal = int(np.sum(others == target)) - 1
+    if tie == "pessimistic":
+        return 1 + greater + equal
+    if tie == "optimistic":
+        return 1 + greater
+    if tie == "average":
+        return 1 + greater + equal / 2
+    raise ValueError(f"tie must be 'pessimistic', 'optimistic' or 'average', got {tie!r}")
+
+
+def ranking_metrics(ranks: Iterable[float], hits=(1, 3, 10)) -> dict:
+    """``{"mrr", "hits@k"...}`` from a list of ranks."""
+    r = np.asarray(list(ranks), np.float64)
+    if r.size == 0:
+        raise ValueError("no ranks given")
+    out = {"mrr": float(np.mean(1.0 / r))}
+    for k in hits:
+        out[f"hits@{k}"] = float(np.mean(r <= k))
+    return out
+
+
+def evaluate_ranking(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    test: np.ndarray,
+    all_true: Iterable[tuple[int, int, int]],
+    num_constants: int,
+    *,
+    tie: str = "pessimistic",
+    hits=(1, 3, 10),
+    other_ties: tuple[str, ...] = (),
+) -> dict:
+    """Filtered MRR/Hits@k over both sides of every test triple ``(p, s, o)``.
+
+    ``score_fn(goals int (B, 3)) -> (B,)`` is called with the ``num_constants`` subject
+    corruptions and object corruptions of one test triple at a time. Metrics for each tie policy
+    in ``other_ties`` are added under ``"<metric>[<tie>]"`` keys (same scores).
+    """
+    known = set(map(tuple, np.asarray(list(all_true)).reshape(-1, 3).tolist()))
+    cands = np.arange(num_constants)
+    ties = (tie, *other_ties)
+    ranks: dict[str, list] = {t: [] for t in ties}
+    for p, s, o in np.asarray(test).tolist():
+        subj = np.stack([np.full_like(cands, p), cands, np.full_like(cands, o)], 1)
+        obj = np.stack([np.full_like(cands, p), np.full_like(cands, s), cands], 1)
+        sc = np.asarray(score_fn(np.concatenate([subj, obj])))
+        sc_s, sc_o = sc[:num_constants], sc[num_constants:]
+        f_s = [c for c in range(num_constants) if c != s and (p, c, o) in known]
+        f_o = [c for c in range(num_constants) if c != o and (p, s, c) in known]
+        for t in ties:
+            ranks[t].append(filtered_rank(sc_s, s, f_s, t))
+            ranks[t].append(filtered_rank(sc_o, o, f_o, t))
+    out = ranking_metrics(ranks[tie], hits)
+    for t in other_ties:
+        out.update({f"{k}[{t}]": v for k, v in ranking_metrics(ranks[t], hits).items()})
+    return out
+
+
+def auc_pr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as average precision (step interpolation).
+
+    ``AP = sum_n (R_n - R_{n-1}) P_n`` over decreasing thresholds (tied scores form one
+    threshold); the Countries metric of NTP Sec. 5.1 / GNTP Table 1.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        raise ValueError("auc_pr needs at least one positive label")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each threshold
+    precision = tp[last] / (tp[last] + fp[last])
+    recall = tp[last] / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

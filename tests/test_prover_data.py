@@ -1,0 +1,160 @@
+"""Template parser, KG loaders (TSV, Countries layout, pykeen files) and ranking/AUC-PR metrics."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcomp.data import kg
+from jaxcomp.prover.metrics import auc_pr, evaluate_ranking, filtered_rank, ranking_metrics
+from jaxcomp.prover.templates import format_template, load_templates, parse_templates
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+NLT = """3   #1(X, Y) :- #1(Y, X).
+
+20   #1(X, Y) :-
+        #2(X, Z),
+        #3(Z, Y).
+"""
+
+CLAUSES = """p1(X, Y) :- p2(X, Y)    <20>
+p3(X, Y) :- p4(Y, X)    <20>
+p(X, Y) :- q(X, Z), q(Z, Y) <3>
+"""
+
+
+def test_parse_nlt_multiline_and_shared_placeholders():
+    ts = parse_templates(NLT)
+    assert [t.count for t in ts] == [3, 20]
+    assert ts[0].predicates == ("#1",) and ts[0].body[0].args == ("Y", "X")
+    assert ts[1].predicates == ("#1", "#2", "#3") and len(ts[1].body) == 2
+    assert ts[1].variables == ("X", "Y", "Z")
+
+
+@pytest.mark.parametrize("text,fmt", [(NLT, "nlt"), (CLAUSES, "clauses")])
+def test_template_round_trip(text, fmt):
+    ts = parse_templates(text, fmt)
+    for out_fmt in ("nlt", "clauses"):
+        again = parse_templates("\n".join(format_template(t, out_fmt) for t in ts), out_fmt)
+        assert again == ts
+    assert parse_templates(CLAUSES)[2].predicates == ("p", "q")
+
+
+@pytest.mark.parametrize(
+    "text,fmt,line,msg",
+    [
+        ("3 #1(X, Y) :- #1(Y, X).\n3 #1(X, Y) :- #2(X, Z, W).\n", "nlt", 2, "binary"),
+        ("p(X, Y) :- q(Y, X) <2>\n\np(X, Y) :- q(Y, X), <2>\n", "clauses", 3, "atom"),
+        ("p(X, Y) :- q(Y, X) <2>\np(X, Y) <2>\n", "clauses", 2, ":-"),
+        ("p(X, Y) :- q(Y, Z) <2>\n", "clauses", 1, "head variable"),
+        ("p(X, Y) :- q(Y, X) <x>\n", "clauses", 1, "weight"),
+        ("3 #1(X, Y) :- #1(Y, X).\n\n3 #1(X, Y) :- #1(Y, X)\n", "nlt", 3, "unterminated"),
+        ("3 #1(X, Y) :- #1(Y, a).\n", "nlt", 1, "variables"),
+    ],
+)
+def test_malformed_templates_name_the_line(text, fmt, line, msg):
+    with pytest.raises(ValueError, match=rf"line {line}:.*{msg}"):
+        parse_templates(text, fmt)
+
+
+def test_load_templates_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.nlt"):
+        load_templates(tmp_path / "nope.nlt")
+
+
+def test_tsv_loader_and_malformed_line(tmp_path):
+    p = tmp_path / "t.tsv"
+    p.write_text("a\tr\tb\n\nb\tr\tc\n")
+    assert kg.load_triples(p) == [("a", "r", "b"), ("b", "r", "c")]
+    p.write_text("a\tr\tb\nb r c\n")
+    with pytest.raises(ValueError, match="line 2"):
+        kg.load_triples(p)
+    p.write_text("a\tr\tb\na\t\tc\n")
+    with pytest.raises(ValueError, match="line 2"):
+        kg.load_triples(p)
+    with pytest.raises(FileNotFoundError):
+        kg.load_triples(tmp_path / "missing.tsv")
+
+
+def test_nl_loader_malformed_line(tmp_path):
+    p = tmp_path / "k.nl"
+    p.write_text("locatedIn(a,b).\nlocatedIn(a b).\n")
+    with pytest.raises(ValueError, match="line 2"):
+        kg.load_nl_facts(p)
+
+
+def test_countries_layout_fixture():
+    for v, n_train in (("S1", 96), ("S2", 90), ("S3", 78)):
+        d = kg.load_countries(FIXTURES / "countries_tiny", v)
+        assert len(d["train"]) == n_train
+        assert d["regions"] == ["europe", "asia", "africa"]
+        assert d["test_labels"]["asia0_c0"] == {"asia"}
+        train = set(d["train"])
+        assert ("asia0_c0", "locatedIn", "asia") not in train
+        assert (("asia0_c0", "locatedIn", "asia_sub0") in train) == (v == "S1")
+    assert kg.load_countries(FIXTURES / "countries_tiny")["templates_path"].endswith(".nlt")
+    with pytest.raises(ValueError, match="variant"):
+        kg.load_countries(FIXTURES / "countries_tiny", "S4")
+
+
+def test_pykeen_files_found_without_import():
+    import sys
+
+    d = kg.pykeen_dataset_dir("nations")
+    assert (d / "test.txt").is_file()
+    assert "pykeen" not in sys.modules
+    data = kg.load_pykeen_dataset("nations")
+    assert (len(data["train"]), len(data["valid"]), len(data["test"])) == (1592, 199, 201)
+    with pytest.raises(ValueError, match="fb15k"):
+        kg.pykeen_dataset_dir("fb15k")
+
+
+def test_filtered_rank_by_hand():
+    s = np.array([0.9, 0.8, 0.95, 0.8, 0.1])
+    # true = 1 (0.8): above it 0.9, 0.95; tie with 3
+    assert filtered_rank(s, 1, []) == 4
+    assert filtered_rank(s, 1, [], tie="optimistic") == 3
+    assert filtered_rank(s, 1, [], tie="average") == 3.5
+    assert filtered_rank(s, 1, [2]) == 3  # 0.95 is another true answer: filtered
+    assert filtered_rank(s, 1, [2, 3, 0]) == 1
+    m = ranking_metrics([1, 2, 4, 20])
+    assert m["mrr"] == pytest.approx((1 + 0.5 + 0.25 + 0.05) / 4)
+    assert (m["hits@1"], m["hits@3"], m["hits@10"]) == (0.25, 0.5, 0.75)
+
+
+def test_evaluate_ranking_both_sides_by_hand():
+    # 3 constants; score = fixed table over (s, o) for predicate 0
+    table = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.8], [0.7, 0.6, 0.4]])
+
+    def score_fn(g):
+        return table[g[:, 1], g[:, 2]]
+
+    test = np.array([[0, 0, 2]])  # true (s=0, o=2)
+    # object side: row 0 = [0.1, 0.9, 0.5] -> o=2 has rank 2 (0.9 above); subject side:
+    # column 2 = [0.5, 0.8, 0.4] -> s=0 has rank 2. With (0,0,1) known true: object rank 1.
+    m = evaluate_ranking(score_fn, test, [(0, 0, 2)], 3)
+    assert m["mrr"] == pytest.approx(0.5) and m["hits@1"] == 0.0 and m["hits@3"] == 1.0
+    m = evaluate_ranking(score_fn, test, [(0, 0, 2), (0, 0, 1)], 3)
+    assert m["mrr"] == pytest.approx(0.75) and m["hits@1"] == 0.5
+    # ties: object row [0.5, 0.5, 0.5] -> pessimistic rank 3, optimistic 1, average 2
+    flat = np.full((3, 3), 0.5)
+    m = evaluate_ranking(
+        lambda g: flat[g[:, 1], g[:, 2]], test, [(0, 0, 2)], 3, other_ties=("optimistic", "average")
+    )
+    assert m["mrr"] == pytest.approx(1 / 3) and m["mrr[optimistic]"] == 1.0
+    assert m["mrr[average]"] == pytest.approx(0.5)
+
+
+def test_auc_pr_by_hand_and_vs_sklearn():
+    # ranking: + - + -  -> precision at recalls 0.5, 1.0 = 1, 2/3 -> AP = 0.5 + 0.5 * 2/3
+    assert auc_pr([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx(0.5 + 1 / 3)
+    assert auc_pr([0.9, 0.8], [1, 0]) == 1.0
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 6, 50) / 5.0  # with ties
+    y = rng.integers(0, 2, 50)
+    assert auc_pr(s, y) == pytest.approx(average_precision_score(y, s))
+    with pytest.raises(ValueError, match="positive"):
+        auc_pr([0.1], [0])
