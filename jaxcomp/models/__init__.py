@@ -1,0 +1,1 @@
+from jaxcomp.models import bert, weights  # noqa: F401

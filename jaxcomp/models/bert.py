@@ -32,6 +32,7 @@ __all__ = [
     "BertLayer",
     "BertModel",
     "encode_sentences",
+    "hf_state_dict",
     "load_pretrained",
     "load_tokenizer",
     "mean_pool",
@@ -235,6 +236,15 @@ def _normalise_keys(tensors: dict) -> dict:
             )
         out[k] = v
     return out
+
+
+def hf_state_dict(model: BertModel) -> dict[str, np.ndarray]:
+    """The model's weights as a flat dict with Hugging Face key names and layouts (the inverse of
+    :func:`load_pretrained`), e.g. for ``safetensors.numpy.save_file``."""
+    return {
+        k: np.ascontiguousarray(np.asarray(v.value).T if t else np.asarray(v.value))
+        for k, (v, t) in _hf_parameter_table(model).items()
+    }
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:

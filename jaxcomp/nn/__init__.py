@@ -1,0 +1,1 @@
+from jaxcomp.nn.losparse import LoSparseLinear, convert, losparse_pruning  # noqa: F401
