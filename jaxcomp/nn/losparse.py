@@ -90,20 +90,21 @@ def decompose(kernel: ArrayLike, rank: int) -> tuple[jax.Array, jax.Array, jax.A
       rank: ``r`` in ``[0, min(in, out)]``.
 
     Returns:
-      ``(A, B, S)`` in the kernel's dtype (the SVD itself runs in float32 or wider).
+      ``(A, B, S)`` in the kernel's dtype (the SVD runs in float64 with NumPy, eagerly).
     """
-    w = jnp.asarray(kernel)
+    w = np.asarray(kernel)
     if w.ndim != 2:
         raise ValueError(f"kernel must be 2-D (in, out), got shape {w.shape}")
     if not 0 <= rank <= min(w.shape):
         raise ValueError(f"rank must be in [0, {min(w.shape)}] for kernel {w.shape}, got {rank}")
-    wf = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-    u, s, vt = jnp.linalg.svd(wf, full_matrices=False)
-    root = jnp.sqrt(s[:rank])
+    wf = w.astype(np.float64)  # one-off initialisation: exact SVD on the host
+    u, s, vt = np.linalg.svd(wf, full_matrices=False)
+    root = np.sqrt(s[:rank])
     a = u[:, :rank] * root[None, :]
     b = root[:, None] * vt[:rank, :]
     sparse = wf - a @ b
-    return a.astype(w.dtype), b.astype(w.dtype), sparse.astype(w.dtype)
+    dtype = jnp.asarray(kernel).dtype
+    return jnp.asarray(a, dtype), jnp.asarray(b, dtype), jnp.asarray(sparse, dtype)
 
 
 class LoSparseLinear(nnx.Module):
