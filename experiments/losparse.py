@@ -261,12 +261,9 @@ def main(argv):
             }
             logging.info("%s", row)
             results.append(row)
+            summary = {"config": cfg.to_dict(), "dense_params": dense, "results": results}
             with open(os.path.join(workdir, "results.json"), "w") as f:
-                json.dump(
-                    {"config": cfg.to_dict(), "dense_params": dense, "results": results},
-                    f,
-                    indent=1,
-                )
+                json.dump(summary, f, indent=1)
     plot(results, dense, os.path.join(workdir, "losparse.png"))
 
 
