@@ -81,13 +81,13 @@ def encoder_linear_params(model: nnx.Module) -> int:
     n = 0
     for _, m in nnx.iter_modules(model):
         if isinstance(m, nnx.Linear) and m is not getattr(model, "pooler", None):
-            n += m.kernel.value.size
+            n += m.kernel[...].size
         elif isinstance(m, ls.LoSparseLinear):
-            n += m.A.value.size + m.B.value.size
+            n += m.A[...].size + m.B[...].size
             if m.S is not None:
-                n += int(np.any(np.asarray(m.S.value) != 0, axis=0).sum()) * m.in_features
+                n += int(np.any(np.asarray(m.S[...]) != 0, axis=0).sum()) * m.in_features
         elif isinstance(m, ls.LoSparseExported):
-            n += m.A.value.size + m.B.value.size + (0 if m.S is None else m.S.value.size)
+            n += m.A[...].size + m.B[...].size + (0 if m.S is None else m.S[...].size)
     return n
 
 
@@ -101,8 +101,8 @@ def make_student(teacher: nnx.Module, method: str, ratio: float, lowrank_share: 
     rank_ratio = 0.0 if method == "sparse" else lowrank_share * ratio
     ls.convert(student, rank_ratio)
     layers = [m for _, m in nnx.iter_modules(student) if isinstance(m, ls.LoSparseLinear)]
-    lowrank = sum(m.A.value.size + m.B.value.size for m in layers)
-    s_total = sum(m.S.value.size for m in layers)
+    lowrank = sum(m.A[...].size + m.B[...].size for m in layers)
+    s_total = sum(m.S[...].size for m in layers)
     keep = (ratio * dense - lowrank) / s_total
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"lowrank_share={lowrank_share} leaves no S budget at ratio {ratio}")

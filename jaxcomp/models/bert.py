@@ -242,7 +242,7 @@ def hf_state_dict(model: BertModel) -> dict[str, np.ndarray]:
     """The model's weights as a flat dict with Hugging Face key names and layouts (the inverse of
     :func:`load_pretrained`), e.g. for ``safetensors.numpy.save_file``."""
     return {
-        k: np.ascontiguousarray(np.asarray(v.value).T if t else np.asarray(v.value))
+        k: np.ascontiguousarray(np.asarray(v[...]).T if t else np.asarray(v[...]))
         for k, (v, t) in _hf_parameter_table(model).items()
     }
 
@@ -266,13 +266,13 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:
     model = nnx.eval_shape(lambda: BertModel(cfg, rngs=nnx.Rngs(0)))
     table = _hf_parameter_table(model)
     shapes = {
-        k: (tuple(reversed(v.value.shape)) if t else tuple(v.value.shape))
+        k: (tuple(reversed(v.get_value().shape)) if t else tuple(v.get_value().shape))
         for k, (v, t) in table.items()
     }
     arrays = validate_checkpoint(tensors, shapes, ignore=IGNORED_KEYS)
     for key, (var, transpose) in table.items():
         a = np.asarray(arrays[key])
-        var.value = jnp.asarray(a.T if transpose else a, dtype=dtype)
+        var.set_value(jnp.asarray(a.T if transpose else a, dtype=dtype))
     return model
 
 

@@ -160,21 +160,22 @@ class LoSparseLinear(nnx.Module):
             rngs=nnx.Rngs(0),
         )
         a, b, s = decompose(kernel, rank)
-        layer.A.value, layer.B.value = a, b
+        layer.A.set_value(a)
+        layer.B.set_value(b)
         if sparse:
-            layer.S.value = s
+            layer.S.set_value(s)
         if bias is not None:
-            layer.bias.value = jnp.asarray(bias)
+            layer.bias.set_value(jnp.asarray(bias))
         return layer
 
     def kernel(self) -> jax.Array:
         """The effective dense kernel ``A @ B + S``."""
-        w = self.A.value @ self.B.value
-        return w if self.S is None else w + self.S.value
+        w = self.A[...] @ self.B[...]
+        return w if self.S is None else w + self.S[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x @ self.kernel()
-        return y if self.bias is None else y + self.bias.value
+        return y if self.bias is None else y + self.bias[...]
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +224,8 @@ def convert(
     for path, m in targets:
         if not isinstance(m, nnx.Linear):
             raise ValueError(f"select picked {'/'.join(map(str, path))}, which is not nnx.Linear")
-        kernel = m.kernel.value
-        bias = None if m.bias is None else m.bias.value
+        kernel = m.kernel[...]
+        bias = None if m.bias is None else m.bias[...]
         new = LoSparseLinear.from_kernel(
             kernel, bias, rank_for_ratio(kernel.shape, rank_ratio), sparse=sparse
         )
@@ -493,13 +494,13 @@ class LoSparseExported(nnx.Module):
         self.bias = nnx.Param(jnp.asarray(bias)) if bias is not None else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.A.value.shape[1] > 0:
-            y = (x @ self.A.value) @ self.B.value
+        if self.A[...].shape[1] > 0:
+            y = (x @ self.A[...]) @ self.B[...]
         else:
             y = jnp.zeros((*x.shape[:-1], self.out_features), x.dtype)
         if self.S is not None:
-            y = y.at[..., self.index.value].add(x @ self.S.value)
-        return y if self.bias is None else y + self.bias.value
+            y = y.at[..., self.index[...]].add(x @ self.S[...])
+        return y if self.bias is None else y + self.bias[...]
 
 
 def export(model: nnx.Module) -> nnx.Module:
@@ -512,17 +513,17 @@ def export(model: nnx.Module) -> nnx.Module:
         raise ValueError("export found no LoSparseLinear layer in the model")
     for path, m in targets:
         if m.S is not None:
-            s = np.asarray(m.S.value)
+            s = np.asarray(m.S[...])
             index = np.flatnonzero(np.any(s != 0, axis=0))
             s_kept = s[:, index]
         else:
             index, s_kept = np.zeros((0,), np.int32), None
         new = LoSparseExported(
-            m.A.value,
-            m.B.value,
+            m.A[...],
+            m.B[...],
             s_kept,
             index,
-            None if m.bias is None else m.bias.value,
+            None if m.bias is None else m.bias[...],
             m.out_features,
         )
         parent = model
