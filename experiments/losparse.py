@@ -246,7 +246,6 @@ def main(argv):
         for method in cfg.methods:
             t0 = time.time()
             student, final_sparsity = make_student(teacher, method, ratio, cfg.lowrank_share)
-            before = metrics(embed_all(student, held_batches), teacher_emb)
             student, losses = distill(student, final_sparsity, train_tok, train_emb, cfg, cfg.seed)
             deploy = ls.export(student)
             row = {
@@ -255,7 +254,6 @@ def main(argv):
                 "params": encoder_linear_params(deploy),
                 "final_s_sparsity": final_sparsity,
                 **metrics(embed_all(deploy, held_batches), teacher_emb),
-                "cosine_before_training": before["cosine"],
                 "final_loss": float(np.mean(losses[-10:])),
                 "seconds": round(time.time() - t0, 1),
             }
