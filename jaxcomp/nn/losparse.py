@@ -1,11 +1,11 @@
 """LoSparse: low-rank plus sparse approximation of linear layers (Li et al., ICML 2023).
 
-Each weight matrix is written as ``W = A B + S`` (paper §3, Eq. (2); kernel layout ``(in, out)``):
-a low-rank part ``A B`` of rank ``r`` initialised from the top-``r`` singular vectors of ``W``
-(§3, Eq. (3)), and a sparse residual ``S = W - A B`` that is pruned *structurally* (whole output
-neurons, i.e. columns of the kernel) during training with the sensitivity-based importance of
-PLATON (Zhang et al., 2022), smoothed by an exponential moving average and optionally an
-uncertainty term (§3, Eq. (5)-(7)), under a cubic sparsity schedule (§3, Algorithm 1).
+Each weight matrix is written as ``W = A B + S`` (paper §3; kernel layout ``(in, out)``): a
+low-rank part ``A B`` of rank ``r`` initialised from the top-``r`` singular vectors of ``W`` (§3,
+SVD initialisation), and a sparse residual ``S = W - A B`` that is pruned *structurally* (whole
+output neurons, i.e. columns of the kernel) during training with the sensitivity-based importance
+of PLATON (Zhang et al., 2022), smoothed by an exponential moving average and optionally an
+uncertainty term (§3), under a cubic sparsity schedule (§3, Algorithm 1).
 
 Pieces:
 
@@ -82,7 +82,7 @@ def rank_for_ratio(shape: Sequence[int], ratio: float) -> int:
 
 
 def decompose(kernel: ArrayLike, rank: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """SVD initialisation (paper §3, Eq. (3)): ``A = U_r sqrt(s_r)``, ``B = sqrt(s_r) V_r^T``,
+    """SVD initialisation (paper §3): ``A = U_r sqrt(s_r)``, ``B = sqrt(s_r) V_r^T``,
     ``S = W - A B``, so ``A @ B + S == W`` and the converted layer equals the dense one.
 
     Args:
@@ -108,7 +108,7 @@ def decompose(kernel: ArrayLike, rank: int) -> tuple[jax.Array, jax.Array, jax.A
 
 
 class LoSparseLinear(nnx.Module):
-    """``y = x @ (A @ B + S) + b`` (paper §3, Eq. (2)), kernel layout ``(in, out)``.
+    """``y = x @ (A @ B + S) + b`` (paper §3), kernel layout ``(in, out)``.
 
     Args:
       in_features, out_features: kernel shape.
@@ -279,8 +279,8 @@ class LoSparseState(NamedTuple):
 
     count: jax.Array  # int32 step counter t
     ipt: tuple  # I within the current delta_t window (running mean of |S * grad S|)
-    exp_avg_ipt: tuple  # EMA of I (beta1), paper Eq. (6)
-    exp_avg_unc: tuple  # EMA of |I - EMA(I)| (beta2), paper Eq. (7); unused when beta2 == 1
+    exp_avg_ipt: tuple  # EMA of I (beta1), paper §3 (PLATON smoothing)
+    exp_avg_unc: tuple  # EMA of |I - EMA(I)| (beta2), PLATON uncertainty; unused if beta2 == 1
     keep: tuple  # bool (out,) mask of the kept output neurons
     inner_state: Any
 
@@ -347,14 +347,15 @@ def losparse_pruning(
 
     At step ``t`` (after the optimizer step ``S' = S + u``), with ``g`` the gradient of ``S``:
 
-    * importance ``I = |S' * g|`` (Eq. (5)), averaged over a window of ``delta_t`` steps;
+    * importance ``I = |S' * g|`` (sensitivity), averaged over a window of ``delta_t`` steps;
     * every ``delta_t`` steps the window mean enters the EMA ``Ibar <- beta1 Ibar + (1-beta1) I``
-      (Eq. (6)) and, for ``0 < beta2 < 1``, the uncertainty ``U <- beta2 U + (1-beta2)|I - Ibar|``
-      (Eq. (7)); the score is ``Ibar`` (``beta2 == 1``), ``Ibar * U`` (``0 < beta2 < 1``) or
+      and, for ``0 < beta2 < 1``, the uncertainty ``U <- beta2 U + (1-beta2)|I - Ibar|``;
+      the score is ``Ibar`` (``beta2 == 1``), ``Ibar * U`` (``0 < beta2 < 1``) or
       ``Ibar * |I - Ibar|`` (``beta2 == 0``), as in the reference ``Pruner``;
     * every ``delta_t`` steps each output neuron (column of ``S``) is scored by its column mean and
       one global threshold over all ``S`` keeps a ``1 - schedule(t)`` fraction of the ``S``
-      parameters (whole neurons, exact count);
+      parameters (whole neurons, exact count). The final sparsity is reached at the first
+      refresh in the schedule's final phase, so that phase should last at least ``delta_t`` steps;
     * the emitted update of a pruned column is ``-S``, so ``optax.apply_updates`` leaves it exactly
       zero, and it stays zero until a later refresh revives the neuron. ``A``, ``B``, ``S`` and
       all other parameters are trained by ``inner``.
