@@ -241,9 +241,18 @@ def main(argv):
     held_batches = batched(held_tok, cfg.eval_batch_size)
     teacher_emb = embed_all(teacher, held_batches)
     dense = encoder_linear_params(teacher)
-    results = []
+    results, done = [], set()
+    results_file = os.path.join(workdir, "results.json")
+    if os.path.exists(results_file):  # resume: keep finished settings of the same config
+        with open(results_file) as f:
+            previous = json.load(f)
+        if previous["config"] == json.loads(json.dumps(cfg.to_dict())):
+            results = previous["results"]
+            done = {(r["method"], r["ratio"]) for r in results}
     for ratio in cfg.ratios:
         for method in cfg.methods:
+            if (method, ratio) in done:
+                continue
             t0 = time.time()
             student, final_sparsity = make_student(teacher, method, ratio, cfg.lowrank_share)
             student, losses = distill(student, final_sparsity, train_tok, train_emb, cfg, cfg.seed)
@@ -260,7 +269,7 @@ def main(argv):
             logging.info("%s", row)
             results.append(row)
             summary = {"config": cfg.to_dict(), "dense_params": dense, "results": results}
-            with open(os.path.join(workdir, "results.json"), "w") as f:
+            with open(results_file, "w") as f:
                 json.dump(summary, f, indent=1)
     plot(results, dense, os.path.join(workdir, "losparse.png"))
 

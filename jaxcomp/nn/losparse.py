@@ -134,7 +134,8 @@ class LoSparseLinear(nnx.Module):
             raise ValueError(f"rank must be in [0, {min(in_features, out_features)}], got {rank}")
         init = jax.nn.initializers.lecun_normal()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.A = LoSparseA(init(rngs.params(), (in_features, rank), dtype))
+        a_std = 1.0 / math.sqrt(in_features)  # LeCun normal; also valid for rank 0
+        self.A = LoSparseA(a_std * jax.random.normal(rngs.params(), (in_features, rank), dtype))
         self.B = LoSparseB(jnp.zeros((rank, out_features), dtype))
         self.S = (
             LoSparseS(init(rngs.params(), (in_features, out_features), dtype)) if sparse else None
