@@ -242,3 +242,33 @@ def test_nnx_state_training_and_export_equals_masked_model(tiny_bert):
     rep_export = ls.parameter_report(exported, ls.LoSparseS)
     assert rep_masked["params"] == total_s and rep_export["params"] == kept_params
     assert rep_export["bytes"] == 4 * kept_params
+
+
+def test_sparse_only_and_lowrank_only_layers_export():
+    w = jax.random.normal(jax.random.key(1), (6, 5))
+    b = jnp.arange(5.0)
+    x = jax.random.normal(jax.random.key(2), (3, 6))
+
+    class Net(nnx.Module):
+        def __init__(self, layer):
+            self.layer = layer
+
+        def __call__(self, x):
+            return self.layer(x)
+
+    sparse_only = ls.LoSparseLinear.from_kernel(w, b, 0)  # rank 0: S == W
+    np.testing.assert_allclose(sparse_only(x), x @ w + b, atol=1e-5)
+    sparse_only.S.set_value(sparse_only.S[...].at[:, jnp.array([1, 3])].set(0.0))
+    net = Net(sparse_only)
+    exported = ls.export(net)
+    np.testing.assert_allclose(exported(x), net(x), atol=1e-5)
+    assert exported.layer.S[...].shape == (6, 3)
+    np.testing.assert_array_equal(exported.layer.index[...], [0, 2, 4])
+
+    lowrank = Net(ls.LoSparseLinear.from_kernel(w, b, 2, sparse=False))
+    u, s, vt = np.linalg.svd(np.asarray(w), full_matrices=False)
+    best = (u[:, :2] * s[:2]) @ vt[:2]
+    np.testing.assert_allclose(lowrank(x), x @ best + b, atol=1e-5)
+    exported = ls.export(lowrank)
+    np.testing.assert_allclose(exported(x), lowrank(x), atol=1e-5)
+    assert ls.parameter_report(exported)["params"] == 6 * 2 + 2 * 5 + 5
