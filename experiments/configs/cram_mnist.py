@@ -1,0 +1,34 @@
+"""CrAM vs SGD on the bundled MNIST-5k (4000 train / 1000 test digits).
+
+A small model is redundant enough on MNIST that SGD survives 80-90% one-shot sparsity, so CrAM
+trains with high levels (0.8, 0.9, 0.95, 0.98) and the sweep goes up to 99%.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = "mnist5k"
+    c.data_dir = ""
+    c.test_split = "test"
+    c.num_classes = 10
+    c.model = "smallcnn"  # "resnet20" for the paper's architecture (slower on CPU)
+    c.batch_norm = True
+    c.batch_size = 128
+    c.epochs = 25
+    c.learning_rate = 0.05
+    c.momentum = 0.9
+    c.weight_decay = 5e-4
+    c.warmup_epochs = 1
+    c.augment = ""
+    c.optimizers = ("sgd", "cram_plus_multi")
+    c.rho = 0.1
+    c.sparsities = (0.8, 0.9, 0.95, 0.98)
+    c.compression = "global"
+    c.eval_sparsities = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+    c.eval_nm = ((2, 4),)
+    c.calibration_images = 1000
+    c.ckpt_every = 0
+    c.seed = 0
+    return c

@@ -1,0 +1,142 @@
+"""CrAM: the Compression-Aware Minimizer (Peste et al., ICLR 2023) as an optax transform.
+
+CrAM looks for parameters whose loss stays low after a compression step ``C`` (here magnitude
+top-k or N:M pruning). One step (Sec. 3.2, Eq. 3-4; Algorithm 1):
+
+1. ``theta_tilde = theta + rho * g`` with ``g = grad L(theta)`` (an *un-normalised* ascent step,
+   unlike SAM; ``normalize=True`` uses ``rho * g / ||g||``);
+2. draw a sparsity ``s`` uniformly from ``sparsities`` (CrAM-Multi, Sec. 3.3) — or, for N:M,
+   2:4 or 4:8 with probability 1/2 — from a PRNG key folded with the step count;
+3. ``mask = TopK_s(theta_tilde)`` and ``g_hat = grad L(mask * theta_tilde)``;
+4. ``sparse_grad``: ``g_hat = mask * g_hat`` (the masked gradient of the paper's CIFAR/ImageNet
+   runs); ``plus`` (CrAM+, Eq. 5): ``d = g_hat + g``, else ``d = g_hat``;
+5. ``base.update(d, base_state, params)`` (SGD with momentum in the paper).
+
+The extra forward/backward pass comes in as ``grad_fn(params) -> grads`` on the same batch (the
+way ``optax.contrib.sam``'s opaque mode does it). ``jaxcomp.train.make_train_step`` builds it so
+the compressed pass never moves BatchNorm running statistics. CrAM+-Multi
+(``plus=True, sparse_grad=True, sparsities=(0.5, 0.7, 0.9)``) is the recommended setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxcomp.pruning.masks import _is_concrete, apply_mask, check_sparsity, nm_mask, topk_mask
+from jaxcomp.pruning.select import Where, nm_where, select
+
+NM_LEVELS = ((2, 4), (4, 8))
+
+
+class CrAMState(NamedTuple):
+    """``count``: steps taken; ``key``: raw uint32 PRNG key (folded with ``count`` each step);
+    ``level``: index of the compression level drawn at the last step (into ``sparsities``, or
+    into ``NM_LEVELS`` = (2:4, 4:8)); ``sparsity``: that level's sparsity (for logging);
+    ``base_state``: the wrapped optimizer's state."""
+
+    count: jax.Array
+    key: jax.Array
+    level: jax.Array
+    sparsity: jax.Array
+    base_state: optax.OptState
+
+
+def _check(rho: Any, sparsities: Sequence[float], compression: str) -> None:
+    if _is_concrete(rho) and (float(rho) < 0 or float(rho) != float(rho)):
+        raise ValueError(f"rho must be >= 0, got {rho}")
+    if compression not in ("global", "layer", "nm"):
+        raise ValueError(f"compression must be 'global', 'layer' or 'nm', got {compression!r}")
+    if compression != "nm":
+        if len(sparsities) == 0:
+            raise ValueError("sparsities must be a non-empty sequence, got ()")
+        for s in sparsities:
+            check_sparsity(s, "every sparsity in sparsities")
+
+
+def cram(
+    base: optax.GradientTransformation,
+    *,
+    rho: float | jax.Array,
+    sparsities: Sequence[float] = (0.5, 0.7, 0.9),
+    compression: Literal["global", "layer", "nm"] = "global",
+    plus: bool = False,
+    sparse_grad: bool = False,
+    normalize: bool = False,
+    where: Where | str | None = None,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """CrAM / CrAM+ / CrAM-Multi wrapped around ``base`` (see the module docstring).
+
+    ``update(grads, state, params, *, grad_fn)`` needs ``params`` and ``grad_fn``; other extra
+    args are ignored. With ``compression="nm"``, leaves whose input dimension is not divisible by
+    8 stay dense (``jaxcomp.pruning.nm_where``). ``rho`` may be injected (``optax.inject_hyperparams``). One compiled program
+    serves every sparsity level: the level is drawn inside the step.
+    """
+    sparsities = tuple(float(s) for s in sparsities)
+    _check(rho, sparsities, compression)
+    if compression == "nm":  # 2:4 and 4:8 both need the input dimension divisible by 8
+        where = nm_where(8, where)
+    levels = jnp.asarray(sparsities if compression != "nm" else [1 - n / m for n, m in NM_LEVELS])
+
+    def init_fn(params):
+        select(params, where)  # fail early on a where that selects nothing
+        return CrAMState(
+            count=jnp.zeros((), jnp.int32),
+            key=jax.random.PRNGKey(seed),
+            level=jnp.zeros((), jnp.int32),
+            sparsity=jnp.zeros((), jnp.float32),
+            base_state=base.init(params),
+        )
+
+    def compress(theta: Any, idx: jax.Array) -> Any:
+        if compression == "nm":
+            branches = [lambda t, n=n, m=m: nm_mask(t, n, m, where=where) for n, m in NM_LEVELS]
+            return lax.switch(idx, branches, theta)
+        return topk_mask(theta, levels[idx], scope=compression, where=where)
+
+    def update_fn(
+        grads: Any,
+        state: CrAMState,
+        params: Any = None,
+        *,
+        grad_fn: Callable[[Any], Any] | None = None,
+        **extra_args: Any,
+    ):
+        del extra_args
+        if params is None:
+            raise ValueError("cram needs params: call update(grads, state, params, grad_fn=...)")
+        if grad_fn is None:
+            raise ValueError(
+                "cram needs grad_fn=<params -> grads on the same batch> as an extra argument "
+                "(jaxcomp.train.make_train_step passes it)"
+            )
+        scale = jnp.asarray(rho, jnp.float32)
+        if normalize:
+            scale = scale / (optax.global_norm(grads) + 1e-12)
+        theta = jax.tree.map(lambda p, g: (p + scale * g).astype(p.dtype), params, grads)
+        key = jax.random.fold_in(state.key, state.count)
+        idx = jax.random.randint(key, (), 0, levels.shape[0])
+        mask = compress(theta, idx)
+        g_hat = grad_fn(apply_mask(theta, mask))
+        if sparse_grad:
+            g_hat = apply_mask(g_hat, mask)
+        if plus:
+            g_hat = jax.tree.map(lambda a, b: a + b, g_hat, grads)
+        g_hat = jax.tree.map(lambda d, g: d.astype(g.dtype), g_hat, grads)
+        updates, base_state = base.update(g_hat, state.base_state, params)
+        new_state = CrAMState(
+            count=optax.safe_increment(state.count),
+            key=state.key,
+            level=idx.astype(jnp.int32),
+            sparsity=levels[idx].astype(jnp.float32),
+            base_state=base_state,
+        )
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,171 @@
+"""The jitted train step (see DESIGN.md, "The train-step contract").
+
+A model is split once, ``graphdef, params, model_state = nnx.split(model, nnx.Param, ...)`` (made
+pure with ``nnx.as_pure``; ``split_model`` does both), and everything inside ``jax.jit`` works on
+the pure trees. A loss is
+``loss_fn(params, model_state, batch) -> (loss, (new_model_state, metrics))``.
+
+BatchNorm and extra gradient passes: ``make_train_step`` differentiates the loss once with
+``has_aux=True`` and keeps ``new_model_state`` from that *clean* pass. It also hands the
+optimizer ``grad_fn = lambda p: grad(loss_fn)(p, model_state, batch)``, which *discards* the model
+state it computes. A transform that needs extra passes on the same batch (CrAM's compressed pass,
+SAM-like methods) calls ``grad_fn``; its forward pass runs in training mode (batch statistics) but
+can never move the running BatchNorm statistics, with no special case anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxcomp.train import mesh as mesh_lib
+
+LossFn = Callable[[Any, Any, Any], tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainShardings:
+    """Shardings of the four train-step inputs (params, model state, opt state, batch)."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    batch: NamedSharding
+    metrics: NamedSharding
+
+
+def shard_train_state(
+    mesh: Mesh,
+    params: Any,
+    model_state: Any,
+    opt_state: Any,
+    rules: Sequence[mesh_lib.Rule] = (),
+    *,
+    fsdp_min_size: int = 2**14,
+) -> tuple[Any, Any, Any, TrainShardings]:
+    """Place params, model state and optimizer state on ``mesh`` by the same rules; returns the
+    placed trees and their ``TrainShardings`` (for ``make_train_step``)."""
+    p_sh = mesh_lib.param_shardings(params, mesh, rules, fsdp_min_size=fsdp_min_size)
+    s_sh = mesh_lib.like_params_shardings(model_state, params, p_sh, mesh)
+    o_sh = mesh_lib.like_params_shardings(opt_state, params, p_sh, mesh)
+    shardings = TrainShardings(
+        p_sh, s_sh, o_sh, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+    )
+    put = jax.device_put
+    return put(params, p_sh), put(model_state, s_sh), put(opt_state, o_sh), shardings
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    shardings: TrainShardings | None = None,
+    *,
+    donate: bool = True,
+) -> Callable[[Any, Any, Any, Any], tuple[Any, Any, Any, dict[str, jax.Array]]]:
+    """``step(params, model_state, opt_state, batch) -> (params, model_state, opt_state, metrics)``.
+
+    ``tx`` may be any optax transform; it is called as
+    ``tx.update(grads, opt_state, params, grad_fn=grad_fn)`` (plain transforms are wrapped with
+    ``optax.with_extra_args_support`` and ignore ``grad_fn``). With ``shardings`` (from
+    ``shard_train_state``) the step is jitted with those in/out shardings, so params, model state
+    and optimizer state keep their sharding step after step; they are donated unless
+    ``donate=False``. Metrics are a flat dict of replicated scalars, including ``loss`` and
+    ``grad_norm``.
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def step(params, model_state, opt_state, batch):
+        (loss, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model_state, batch
+        )
+
+        def grad_fn(p):
+            # Same batch, same (old) model state; the state this pass computes is discarded.
+            return jax.grad(lambda q: loss_fn(q, model_state, batch)[0])(p)
+
+        updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return params, new_state, opt_state, metrics
+
+    donate_argnums = (0, 1, 2) if donate else ()
+    if shardings is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    s = shardings
+    return jax.jit(
+        step,
+        in_shardings=(s.params, s.model_state, s.opt_state, s.batch),
+        out_shardings=(s.params, s.model_state, s.opt_state, s.metrics),
+        donate_argnums=donate_argnums,
+    )
+
+
+def classification_loss(graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0) -> LossFn:
+    """Softmax cross-entropy ``loss_fn`` for a model split as ``(graphdef, params, model_state)``
+    with batches ``{"image", "label"}``; metrics: ``accuracy``."""
+
+    def loss_fn(params, model_state, batch):
+        model = nnx.merge(graphdef, params, model_state)
+        logits = model(batch["image"])
+        num_classes = logits.shape[-1]
+        labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), {"accuracy": acc})
+
+    return loss_fn
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Any, Any], dict[str, jax.Array]]:
+    """Jitted ``(params, model_state, batch) -> {"correct", "loss_sum", "count"}`` sums (``graphdef``
+    should be split from a model in eval mode)."""
+
+    @jax.jit
+    def eval_step(params, model_state, batch):
+        model = nnx.merge(graphdef, params, model_state)
+        logits = model(batch["image"]).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return {
+            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "loss_sum": jnp.sum(loss),
+            "count": jnp.asarray(batch["label"].shape[0]),
+        }
+
+    return eval_step
+
+
+def evaluate(
+    graphdef: nnx.GraphDef, params: Any, model_state: Any, batches: Iterable[Any]
+) -> dict[str, float]:
+    """Accuracy and mean loss over ``batches`` (eval-mode ``graphdef``)."""
+    eval_step = make_eval_step(graphdef)
+    tot = {"correct": 0.0, "loss_sum": 0.0, "count": 0}
+    for batch in batches:
+        out = jax.device_get(eval_step(params, model_state, batch))
+        for k in tot:
+            tot[k] += out[k]
+    if tot["count"] == 0:
+        raise ValueError("evaluate: batches is empty")
+    return {"accuracy": tot["correct"] / tot["count"], "loss": tot["loss_sum"] / tot["count"]}
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any]:
+    """``(train_graphdef, eval_graphdef, params, model_state)`` of an NNX model.
+
+    The two graphdefs differ only in BatchNorm/Dropout mode. ``params`` (``nnx.Param``) and
+    ``model_state`` (everything else: BatchNorm statistics, RNG counters) are *pure* trees of
+    arrays (``nnx.as_pure``), which is what crosses ``jax.jit`` / ``jax.grad`` boundaries;
+    ``nnx.merge(graphdef, params, model_state)`` rebuilds the module inside a loss.
+    """
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    model.train()
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    return graphdef, eval_graphdef, nnx.as_pure(params), nnx.as_pure(model_state)
