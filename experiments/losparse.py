@@ -34,6 +34,7 @@ from ml_collections import config_flags
 
 from jaxcomp.models import bert
 from jaxcomp.nn import losparse as ls
+from jaxcomp.pruning.schedules import cubic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
@@ -153,7 +154,7 @@ def distill(student, final_sparsity, train_tok, train_emb, cfg, seed):
     if final_sparsity is None:
         tx = base
     else:
-        sched = ls.cubic_sparsity(
+        sched = cubic(
             0.0,
             final_sparsity,
             steps,

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax_battery
 import pytest
 from flax import nnx
 
 from jaxcomp.models import bert
 from jaxcomp.nn import losparse as ls
+from jaxcomp.pruning.schedules import cubic
 
 TINY = bert.BertConfig(
     vocab_size=40,
@@ -115,14 +117,14 @@ def test_importance_ema_uncertainty_match_hand_computation(beta2):
 
 
 def test_cubic_schedule_values():
-    sched = ls.cubic_sparsity(0.0, 0.5, 10, warmup_steps=2, cooldown_steps=3)
+    sched = cubic(0.0, 0.5, 10, warmup_steps=2, cooldown_steps=3)
     got = [float(sched(t)) for t in range(11)]
     # warm-up (t <= 2), cubic over span 5, final phase (t > 7)
     want = [0, 0, 0] + [0.5 - 0.5 * (1 - (t - 2) / 5) ** 3 for t in range(3, 8)] + [0.5] * 3
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert abs(got[3] - 0.244) < 1e-6
     with pytest.raises(ValueError, match="total_steps=5"):
-        ls.cubic_sparsity(0.0, 0.5, 5, warmup_steps=3, cooldown_steps=2)
+        cubic(0.0, 0.5, 5, warmup_steps=3, cooldown_steps=2)
 
 
 def test_global_threshold_exact_neuron_counts():
@@ -163,7 +165,7 @@ def _pruning_run(tx, steps, shapes=((4, 6), (4, 10)), seed=0):
 
 def test_pruned_neurons_exact_count_and_stay_zero_with_adam():
     delta_t = 3
-    sched = ls.cubic_sparsity(0.0, 0.75, 14, warmup_steps=2, cooldown_steps=3)
+    sched = cubic(0.0, 0.75, 14, warmup_steps=2, cooldown_steps=3)
     tx = ls.losparse_pruning(sched, delta_t=delta_t, inner=optax.adam(0.05))
     history = _pruning_run(tx, 16)
     for t, (params, state) in enumerate(history):
@@ -272,3 +274,18 @@ def test_sparse_only_and_lowrank_only_layers_export():
     exported = ls.export(lowrank)
     np.testing.assert_allclose(exported(x), lowrank(x), atol=1e-5)
     assert ls.parameter_report(exported)["params"] == 6 * 2 + 2 * 5 + 5
+
+
+def _battery_factory(learning_rate):
+    """losparse_pruning around SGD; the battery's (16, 8) kernel plays the role of S."""
+    return ls.losparse_pruning(
+        cubic(0.0, 0.5, 4, warmup_steps=1, cooldown_steps=1),
+        delta_t=2,
+        inner=optax.sgd(learning_rate),
+        where=lambda p: [k[-1].key == "kernel" for k, _ in jax.tree_util.tree_leaves_with_path(p)],
+    )
+
+
+@pytest.mark.parametrize("check", optax_battery.CHECKS)
+def test_optax_battery(check):
+    check(_battery_factory, {"learning_rate": 0.1})

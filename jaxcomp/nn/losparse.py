@@ -40,7 +40,6 @@ __all__ = [
     "LoSparseS",
     "LoSparseState",
     "convert",
-    "cubic_sparsity",
     "decompose",
     "default_select",
     "export",
@@ -241,40 +240,6 @@ def convert(
 # Pruning transform.
 
 
-def cubic_sparsity(
-    initial: float,
-    final: float,
-    total_steps: int,
-    *,
-    warmup_steps: int = 0,
-    cooldown_steps: int = 0,
-) -> Callable[[jax.Array], jax.Array]:
-    """Cubic sparsity schedule (Zhu & Gupta, 2017; LoSparse Algorithm 1): ``initial`` during the
-    ``warmup_steps``, then ``final + (initial - final) (1 - (t - t_w) / (T - t_w - t_c))^3``, then
-    ``final`` in the last ``cooldown_steps``. Returns a jittable ``step -> sparsity``.
-
-    This mirrors the reference code's ``schedule_threshold_comb`` (remaining ratio = 1 - sparsity).
-    """
-    for name, v in (("initial", initial), ("final", final)):
-        if not 0.0 <= v < 1.0:
-            raise ValueError(f"{name} sparsity must be in [0, 1), got {v}")
-    span = total_steps - warmup_steps - cooldown_steps
-    if span <= 0:
-        raise ValueError(
-            f"total_steps={total_steps} must exceed warmup_steps + cooldown_steps "
-            f"= {warmup_steps + cooldown_steps}"
-        )
-
-    def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        frac = jnp.clip((t - warmup_steps) / span, 0.0, 1.0)
-        s = final + (initial - final) * (1.0 - frac) ** 3
-        s = jnp.where(t <= warmup_steps, initial, s)
-        return jnp.where(t > total_steps - cooldown_steps, final, s)
-
-    return schedule
-
-
 class LoSparseState(NamedTuple):
     """State of :func:`losparse_pruning`; one entry per ``S`` leaf in the tuples."""
 
@@ -363,7 +328,7 @@ def losparse_pruning(
 
     Args:
       schedule: ``step -> sparsity`` of ``S`` (fraction of ``S`` parameters pruned), e.g.
-        :func:`cubic_sparsity`.
+        :func:`jaxcomp.pruning.schedules.cubic`.
       beta1: EMA factor of the importance, in ``[0, 1)``.
       beta2: uncertainty EMA factor in ``[0, 1]``; ``1`` disables the uncertainty term.
       delta_t: window length / mask refresh interval (steps).
@@ -403,12 +368,14 @@ def losparse_pruning(
 
     def init_fn(params):
         idx, leaves = _s_index(params)
-        zeros = tuple(jnp.zeros(leaves[i].shape, jnp.float32) for i in idx)
+        # Distinct buffers per field: train steps donate the state, and XLA refuses to donate
+        # one buffer twice.
+        zeros = lambda: tuple(jnp.zeros(leaves[i].shape, jnp.float32) for i in idx)
         return LoSparseState(
             count=jnp.zeros([], jnp.int32),
-            ipt=zeros,
-            exp_avg_ipt=zeros,
-            exp_avg_unc=zeros,
+            ipt=zeros(),
+            exp_avg_ipt=zeros(),
+            exp_avg_unc=zeros(),
             keep=tuple(jnp.ones((leaves[i].shape[1],), bool) for i in idx),
             inner_state=inner.init(params) if inner is not None else optax.EmptyState(),
         )
