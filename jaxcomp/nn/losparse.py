@@ -1,0 +1,512 @@
+"""LoSparse: low-rank plus sparse approximation of linear layers (Li et al., ICML 2023).
+
+Each weight matrix is written as ``W = A B + S`` (paper §3; kernel layout ``(in, out)``): a
+low-rank part ``A B`` of rank ``r`` initialised from the top-``r`` singular vectors of ``W`` (§3,
+SVD initialisation), and a sparse residual ``S = W - A B`` that is pruned *structurally* (whole
+output neurons, i.e. columns of the kernel) during training with the sensitivity-based importance
+of PLATON (Zhang et al., 2022), smoothed by an exponential moving average and optionally an
+uncertainty term (§3), under a cubic sparsity schedule (§3, Algorithm 1).
+
+Pieces:
+
+* :class:`LoSparseLinear` — ``y = x @ (A @ B + S) + b``; ``A``, ``B``, ``S`` are their own
+  ``nnx.Param`` subtypes (:class:`LoSparseA`, :class:`LoSparseB`, :class:`LoSparseS`), so
+  ``nnx.split(model, LoSparseS, ...)`` or ``wrt=`` filters select them.
+* :func:`decompose`, :func:`rank_for_ratio`, :func:`convert` — SVD initialisation and in-place
+  replacement of the dense layers of an encoder.
+* :func:`losparse_pruning` — the optax transform that trains and prunes ``S``.
+* :func:`export`, :func:`parameter_report` — the deployable form that stores only the kept columns
+  of ``S``, and its real parameter count and bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.typing import ArrayLike
+
+__all__ = [
+    "LoSparseA",
+    "LoSparseB",
+    "LoSparseExported",
+    "LoSparseLinear",
+    "LoSparseS",
+    "LoSparseState",
+    "convert",
+    "decompose",
+    "default_select",
+    "export",
+    "losparse_pruning",
+    "neuron_scores",
+    "parameter_report",
+    "rank_for_ratio",
+    "sparse_leaves",
+]
+
+
+class LoSparseA(nnx.Param):
+    """Left low-rank factor ``A`` of shape ``(in, r)``."""
+
+
+class LoSparseB(nnx.Param):
+    """Right low-rank factor ``B`` of shape ``(r, out)``."""
+
+
+class LoSparseS(nnx.Param):
+    """Sparse residual ``S`` of shape ``(in, out)``, pruned by output neuron (column)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Decomposition.
+
+
+def rank_for_ratio(shape: Sequence[int], ratio: float) -> int:
+    """Rank whose factors hold ``ratio`` of the parameters: ``ceil(ratio * in * out / (in + out))``.
+
+    This is the reference code's ``parameter_ratio`` rule (``r (in + out) ~= ratio * in * out``).
+    """
+    if len(shape) != 2:
+        raise ValueError(f"shape must be (in, out), got {tuple(shape)}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    n_in, n_out = int(shape[0]), int(shape[1])
+    return min(math.ceil(ratio * n_in * n_out / (n_in + n_out)), min(n_in, n_out))
+
+
+def decompose(kernel: ArrayLike, rank: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """SVD initialisation (paper §3): ``A = U_r sqrt(s_r)``, ``B = sqrt(s_r) V_r^T``,
+    ``S = W - A B``, so ``A @ B + S == W`` and the converted layer equals the dense one.
+
+    Args:
+      kernel: ``(in, out)`` weight ``W``.
+      rank: ``r`` in ``[0, min(in, out)]``.
+
+    Returns:
+      ``(A, B, S)`` in the kernel's dtype (the SVD runs in float64 with NumPy, eagerly).
+    """
+    w = np.asarray(kernel)
+    if w.ndim != 2:
+        raise ValueError(f"kernel must be 2-D (in, out), got shape {w.shape}")
+    if not 0 <= rank <= min(w.shape):
+        raise ValueError(f"rank must be in [0, {min(w.shape)}] for kernel {w.shape}, got {rank}")
+    wf = w.astype(np.float64)  # one-off initialisation: exact SVD on the host
+    u, s, vt = np.linalg.svd(wf, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    a = u[:, :rank] * root[None, :]
+    b = root[:, None] * vt[:rank, :]
+    sparse = wf - a @ b
+    dtype = jnp.asarray(kernel).dtype
+    return jnp.asarray(a, dtype), jnp.asarray(b, dtype), jnp.asarray(sparse, dtype)
+
+
+class LoSparseLinear(nnx.Module):
+    """``y = x @ (A @ B + S) + b`` (paper §3), kernel layout ``(in, out)``.
+
+    Args:
+      in_features, out_features: kernel shape.
+      rank: low-rank ``r`` (``0`` gives a sparse-only layer).
+      use_bias: keep a bias ``b``.
+      sparse: keep the sparse residual ``S`` (``False`` gives a low-rank-only layer).
+      rngs: initialisation keys (``A`` LeCun-normal, ``B`` zero, ``S`` LeCun-normal); use
+        :meth:`from_kernel` to initialise from a pretrained dense kernel instead.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        *,
+        use_bias: bool = True,
+        sparse: bool = True,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if not 0 <= rank <= min(in_features, out_features):
+            raise ValueError(f"rank must be in [0, {min(in_features, out_features)}], got {rank}")
+        init = jax.nn.initializers.lecun_normal()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        a_std = 1.0 / math.sqrt(in_features)  # LeCun normal; also valid for rank 0
+        self.A = LoSparseA(a_std * jax.random.normal(rngs.params(), (in_features, rank), dtype))
+        self.B = LoSparseB(jnp.zeros((rank, out_features), dtype))
+        self.S = (
+            LoSparseS(init(rngs.params(), (in_features, out_features), dtype)) if sparse else None
+        )
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+
+    @classmethod
+    def from_kernel(
+        cls, kernel: ArrayLike, bias: ArrayLike | None, rank: int, *, sparse: bool = True
+    ) -> LoSparseLinear:
+        """A layer equal to ``x @ kernel + bias``: SVD-initialised factors (see :func:`decompose`).
+
+        With ``sparse=False`` the residual is dropped (the best rank-``r`` approximation).
+        """
+        kernel = jnp.asarray(kernel)
+        layer = cls(
+            kernel.shape[0],
+            kernel.shape[1],
+            rank,
+            use_bias=bias is not None,
+            sparse=sparse,
+            dtype=kernel.dtype,
+            rngs=nnx.Rngs(0),
+        )
+        a, b, s = decompose(kernel, rank)
+        layer.A.set_value(a)
+        layer.B.set_value(b)
+        if sparse:
+            layer.S.set_value(s)
+        if bias is not None:
+            layer.bias.set_value(jnp.asarray(bias))
+        return layer
+
+    def kernel(self) -> jax.Array:
+        """The effective dense kernel ``A @ B + S``."""
+        w = self.A[...] @ self.B[...]
+        return w if self.S is None else w + self.S[...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel()
+        return y if self.bias is None else y + self.bias[...]
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion of a model.
+
+_BLOCKED = ("embeddings", "embedding", "pooler", "classifier", "cls", "head", "lm_head")
+
+
+def default_select(path: tuple, module: nnx.Module) -> bool:
+    """Every ``nnx.Linear`` except those under embeddings, pooler, classifier or heads.
+
+    This is the reference code's block list (``pooler``, ``classifier``, ``LayerNorm``,
+    ``embeddings``): for BERT it selects attention Q/K/V/output and the two FFN dense layers.
+    """
+    return isinstance(module, nnx.Linear) and not any(str(p) in _BLOCKED for p in path)
+
+
+def _set_child(parent: Any, key: Any, value: Any) -> None:
+    if isinstance(parent, (list, nnx.List)) or isinstance(key, int):
+        parent[key] = value
+    else:
+        setattr(parent, key, value)
+
+
+def convert(
+    model: nnx.Module,
+    rank_ratio: float,
+    select: Callable[[tuple, nnx.Module], bool] = default_select,
+    *,
+    sparse: bool = True,
+) -> nnx.Module:
+    """Replaces selected ``nnx.Linear`` layers by SVD-initialised :class:`LoSparseLinear` (§3).
+
+    Args:
+      model: modified in place and returned.
+      rank_ratio: low-rank parameter ratio per matrix; rank = :func:`rank_for_ratio`.
+      select: ``select(path, module) -> bool`` picks the layers (default: encoder linears only).
+      sparse: keep the sparse residual (``False``: low-rank-only baseline).
+
+    Returns:
+      ``model``; before any pruning its outputs equal the dense model's (up to float rounding).
+    """
+    targets = [(path, m) for path, m in nnx.iter_modules(model) if path and select(path, m)]
+    if not targets:
+        raise ValueError("convert found no layer to replace: select matched no nnx.Linear")
+    for path, m in targets:
+        if not isinstance(m, nnx.Linear):
+            raise ValueError(f"select picked {'/'.join(map(str, path))}, which is not nnx.Linear")
+        kernel = m.kernel[...]
+        bias = None if m.bias is None else m.bias[...]
+        new = LoSparseLinear.from_kernel(
+            kernel, bias, rank_for_ratio(kernel.shape, rank_ratio), sparse=sparse
+        )
+        parent = model
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        _set_child(parent, path[-1], new)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning transform.
+
+
+class LoSparseState(NamedTuple):
+    """State of :func:`losparse_pruning`; one entry per ``S`` leaf in the tuples."""
+
+    count: jax.Array  # int32 step counter t
+    ipt: tuple  # I within the current delta_t window (running mean of |S * grad S|)
+    exp_avg_ipt: tuple  # EMA of I (beta1), paper §3 (PLATON smoothing)
+    exp_avg_unc: tuple  # EMA of |I - EMA(I)| (beta2), PLATON uncertainty; unused if beta2 == 1
+    keep: tuple  # bool (out,) mask of the kept output neurons
+    inner_state: Any
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def sparse_leaves(params: Any) -> list[bool]:
+    """For each array leaf of ``params`` (``jax.tree.leaves`` order): is it an ``S`` matrix?
+
+    A leaf is ``S`` if it sits in a :class:`LoSparseS` variable (``nnx.State`` trees) or, for plain
+    dict trees (``State.to_pure_dict()``), if its last key is ``"S"``.
+    """
+    flags: list[bool] = []
+
+    def visit(path, node):
+        if isinstance(node, nnx.Variable):
+            n = len(jax.tree.leaves(node))
+            flags.extend([isinstance(node, LoSparseS)] * n)
+        else:
+            keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+            keys = [k for k in keys if k != "value"]
+            flags.append(bool(keys) and keys[-1] == "S")
+
+    jax.tree_util.tree_map_with_path(visit, params, is_leaf=_is_variable)
+    return flags
+
+
+def neuron_scores(score: jax.Array) -> jax.Array:
+    """Structured score of each output neuron: the mean of its column of the ``(in, out)`` score
+    matrix (reference ``structured_method='mean'`` over a torch weight's input dimension)."""
+    return score.mean(axis=0)
+
+
+def _global_keep(scores: Sequence[jax.Array], sizes: Sequence[int], keep_fraction) -> list:
+    """One global threshold over all neurons of all ``S``: keep the highest-scoring neurons whose
+    cumulative parameter count stays within ``keep_fraction`` of all ``S`` parameters (the
+    reference's global ``kthvalue`` over entries, with an exact count)."""
+    flat = jnp.concatenate([s.astype(jnp.float32) for s in scores])
+    weight = jnp.concatenate([jnp.full(s.shape, n, jnp.float32) for s, n in zip(scores, sizes)])
+    total = float(sum(int(s.shape[0]) * n for s, n in zip(scores, sizes)))
+    budget = jnp.floor(keep_fraction * total + 1e-3)
+    order = jnp.argsort(-flat, stable=True)
+    kept_sorted = jnp.cumsum(weight[order]) <= budget
+    keep = jnp.zeros(flat.shape, bool).at[order].set(kept_sorted)
+    out, start = [], 0
+    for s in scores:
+        out.append(keep[start : start + s.shape[0]])
+        start += s.shape[0]
+    return out
+
+
+def losparse_pruning(
+    schedule: Callable[[jax.Array], ArrayLike],
+    *,
+    beta1: float = 0.85,
+    beta2: float = 1.0,
+    delta_t: int = 10,
+    inner: optax.GradientTransformation | None = None,
+    where: Callable[[Any], Sequence[bool]] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Structured pruning of the sparse residuals ``S`` (LoSparse §3, Algorithm 1).
+
+    At step ``t`` (after the optimizer step ``S' = S + u``), with ``g`` the gradient of ``S``:
+
+    * importance ``I = |S' * g|`` (sensitivity), averaged over a window of ``delta_t`` steps;
+    * every ``delta_t`` steps the window mean enters the EMA ``Ibar <- beta1 Ibar + (1-beta1) I``
+      and, for ``0 < beta2 < 1``, the uncertainty ``U <- beta2 U + (1-beta2)|I - Ibar|``;
+      the score is ``Ibar`` (``beta2 == 1``), ``Ibar * U`` (``0 < beta2 < 1``) or
+      ``Ibar * |I - Ibar|`` (``beta2 == 0``), as in the reference ``Pruner``;
+    * every ``delta_t`` steps each output neuron (column of ``S``) is scored by its column mean and
+      one global threshold over all ``S`` keeps a ``1 - schedule(t)`` fraction of the ``S``
+      parameters (whole neurons, exact count). The final sparsity is reached at the first
+      refresh in the schedule's final phase, so that phase should last at least ``delta_t`` steps;
+    * the emitted update of a pruned column is ``-S``, so ``optax.apply_updates`` leaves it exactly
+      zero, and it stays zero until a later refresh revives the neuron. ``A``, ``B``, ``S`` and
+      all other parameters are trained by ``inner``.
+
+    Args:
+      schedule: ``step -> sparsity`` of ``S`` (fraction of ``S`` parameters pruned), e.g.
+        :func:`jaxcomp.pruning.schedules.cubic`.
+      beta1: EMA factor of the importance, in ``[0, 1)``.
+      beta2: uncertainty EMA factor in ``[0, 1]``; ``1`` disables the uncertainty term.
+      delta_t: window length / mask refresh interval (steps).
+      inner: the optimizer whose updates are pruned (e.g. ``optax.adamw(lr)``); then this
+        transform receives raw gradients. If ``None`` it must come *last* in an ``optax.chain``:
+        the importance uses the extra argument ``grads=`` when given, else the incoming updates
+        (for SGD these are ``-lr * grad``, which ranks neurons identically).
+      where: ``where(params) -> list[bool]`` marking ``S`` leaves (``jax.tree.leaves`` order);
+        default :func:`sparse_leaves`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is :class:`LoSparseState`; unknown
+      extra arguments are passed to ``inner`` (if it accepts them) and otherwise ignored.
+    """
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
+    if not 0.0 <= beta2 <= 1.0:
+        raise ValueError(f"beta2 must be in [0, 1], got {beta2}")
+    if int(delta_t) != delta_t or delta_t < 1:
+        raise ValueError(f"delta_t must be a positive integer, got {delta_t}")
+    if inner is not None:
+        inner = optax.with_extra_args_support(inner)
+    find = where if where is not None else sparse_leaves
+
+    def _s_index(params):
+        flags = list(find(params))
+        leaves = jax.tree.leaves(params)
+        if len(flags) != len(leaves):
+            raise ValueError(f"where returned {len(flags)} flags for {len(leaves)} leaves")
+        idx = [i for i, f in enumerate(flags) if f]
+        if not idx:
+            raise ValueError("losparse_pruning found no S matrix in params (see `where`)")
+        for i in idx:
+            if leaves[i].ndim != 2:
+                raise ValueError(f"S leaf {i} must be 2-D (in, out), got shape {leaves[i].shape}")
+        return idx, leaves
+
+    def init_fn(params):
+        idx, leaves = _s_index(params)
+        # Distinct buffers per field: train steps donate the state, and XLA refuses to donate
+        # one buffer twice.
+        zeros = lambda: tuple(jnp.zeros(leaves[i].shape, jnp.float32) for i in idx)
+        return LoSparseState(
+            count=jnp.zeros([], jnp.int32),
+            ipt=zeros(),
+            exp_avg_ipt=zeros(),
+            exp_avg_unc=zeros(),
+            keep=tuple(jnp.ones((leaves[i].shape[1],), bool) for i in idx),
+            inner_state=inner.init(params) if inner is not None else optax.EmptyState(),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("losparse_pruning needs params: call update(updates, state, params)")
+        idx, p_leaves = _s_index(params)
+        grads = extra_args.pop("grads", None)
+        if inner is not None:
+            g_leaves = jax.tree.leaves(updates)
+            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        else:
+            g_leaves = jax.tree.leaves(grads if grads is not None else updates)
+            inner_state = state.inner_state
+        u_leaves, treedef = jax.tree.flatten(updates)
+        t = state.count
+        local = t % delta_t
+        is_window_start = local == 0
+        new_ipt, new_avg, new_unc, scores = [], [], [], []
+        for j, i in enumerate(idx):
+            s_new = (p_leaves[i] + u_leaves[i]).astype(jnp.float32)
+            cur = jnp.abs(s_new * g_leaves[i].astype(jnp.float32))
+            ipt, avg, unc = state.ipt[j], state.exp_avg_ipt[j], state.exp_avg_unc[j]
+            avg_w = beta1 * avg + (1.0 - beta1) * ipt
+            unc_w = beta2 * unc + (1.0 - beta2) * jnp.abs(ipt - avg_w) if 0 < beta2 < 1 else unc
+            avg = jnp.where(is_window_start, avg_w, avg)
+            unc = jnp.where(is_window_start, unc_w, unc)
+            lf = local.astype(jnp.float32)
+            ipt = jnp.where(is_window_start, cur, (ipt * lf + cur) / (lf + 1.0))
+            if beta2 == 1.0:
+                score = avg
+            elif beta2 > 0.0:
+                score = avg * unc
+            else:
+                score = avg * jnp.abs(ipt - avg)
+            new_ipt.append(ipt)
+            new_avg.append(avg)
+            new_unc.append(unc)
+            scores.append(neuron_scores(score))
+        keep_fraction = 1.0 - jnp.asarray(schedule(t), jnp.float32)
+        sizes = [int(p_leaves[i].shape[0]) for i in idx]
+        fresh = _global_keep(scores, sizes, keep_fraction)
+        keep = tuple(jnp.where(is_window_start, f, k) for f, k in zip(fresh, state.keep))
+        out = list(u_leaves)
+        for j, i in enumerate(idx):
+            u, p = u_leaves[i], p_leaves[i]
+            out[i] = jnp.where(keep[j][None, :], u, -p.astype(u.dtype))
+        new_state = LoSparseState(
+            count=optax.safe_int32_increment(t),
+            ipt=tuple(new_ipt),
+            exp_avg_ipt=tuple(new_avg),
+            exp_avg_unc=tuple(new_unc),
+            keep=keep,
+            inner_state=inner_state,
+        )
+        return jax.tree.unflatten(treedef, out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Export.
+
+
+class LoSparseExported(nnx.Module):
+    """Deployable LoSparse layer: ``y = (x A) B + b``, plus ``x S_kept`` scattered into the kept
+    output neurons ``index`` (the reference's ``prune_sparse``: only non-zero columns stored)."""
+
+    def __init__(
+        self,
+        a: ArrayLike,
+        b: ArrayLike,
+        s_kept: ArrayLike | None,
+        index: ArrayLike | None,
+        bias: ArrayLike | None,
+        out_features: int,
+    ):
+        self.out_features = out_features
+        self.A = LoSparseA(jnp.asarray(a))
+        self.B = LoSparseB(jnp.asarray(b))
+        has_s = s_kept is not None and np.asarray(index).size > 0
+        self.S = LoSparseS(jnp.asarray(s_kept)) if has_s else None
+        self.index = nnx.Variable(jnp.asarray(index, jnp.int32)) if has_s else None
+        self.bias = nnx.Param(jnp.asarray(bias)) if bias is not None else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.A[...].shape[1] > 0:
+            y = (x @ self.A[...]) @ self.B[...]
+        else:
+            y = jnp.zeros((*x.shape[:-1], self.out_features), x.dtype)
+        if self.S is not None:
+            y = y.at[..., self.index[...]].add(x @ self.S[...])
+        return y if self.bias is None else y + self.bias[...]
+
+
+def export(model: nnx.Module) -> nnx.Module:
+    """A copy of ``model`` with every :class:`LoSparseLinear` replaced by :class:`LoSparseExported`
+    storing only the non-zero columns of ``S`` (and no ``S`` at all when every column is pruned).
+    Runs eagerly (the stored shapes depend on the pruning)."""
+    model = nnx.clone(model)
+    targets = [(p, m) for p, m in nnx.iter_modules(model) if p and isinstance(m, LoSparseLinear)]
+    if not targets:
+        raise ValueError("export found no LoSparseLinear layer in the model")
+    for path, m in targets:
+        if m.S is not None:
+            s = np.asarray(m.S[...])
+            index = np.flatnonzero(np.any(s != 0, axis=0))
+            s_kept = s[:, index]
+        else:
+            index, s_kept = np.zeros((0,), np.int32), None
+        new = LoSparseExported(
+            m.A[...],
+            m.B[...],
+            s_kept,
+            index,
+            None if m.bias is None else m.bias[...],
+            m.out_features,
+        )
+        parent = model
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        _set_child(parent, path[-1], new)
+    return model
+
+
+def parameter_report(model: nnx.Module, filter: Any = nnx.Variable) -> dict[str, int]:
+    """Real stored size of ``model``: ``{"params": count, "bytes": bytes}`` over all variables
+    matching ``filter`` (index arrays of exported layers count as stored bytes too)."""
+    leaves = jax.tree.leaves(nnx.state(model, filter))
+    return {
+        "params": int(sum(x.size for x in leaves)),
+        "bytes": int(sum(x.size * x.dtype.itemsize for x in leaves)),
+    }
