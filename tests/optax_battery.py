@@ -4,10 +4,11 @@ A test file passes a ``factory(**hyperparams) -> GradientTransformation`` and it
 
     @pytest.mark.parametrize("check", optax_battery.CHECKS)
     def test_battery(check):
-        check(my_factory, {"learning_rate": 0.1})
+        assert check(my_factory, {"learning_rate": 0.1})
 
 Every check drives the transform on a small least-squares problem, always passing
-``grad_fn`` (transforms that do not need it must ignore it).
+``grad_fn`` (transforms that do not need it must ignore it); it raises ``AssertionError`` on a
+failure and returns True, so a test reads ``assert check(factory, hyperparams)``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def check_extra_args_ignored(factory, hp: dict[str, Any]) -> None:
     p2, _, _, _ = _run(factory(**hp), params, loss, 2, some_unknown_arg=jnp.ones(3))
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    return True
 
 
 def check_no_recompilation(factory, hp: dict[str, Any]) -> None:
@@ -74,6 +76,7 @@ def check_no_recompilation(factory, hp: dict[str, Any]) -> None:
     assert jax.tree.structure(state) == jax.tree.structure(state0)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state0)):
         assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
+    return True
 
 
 def check_dtype_kept(factory, hp: dict[str, Any]) -> None:
@@ -85,6 +88,7 @@ def check_dtype_kept(factory, hp: dict[str, Any]) -> None:
             assert u.dtype == p.dtype, f"update dtype {u.dtype} != param dtype {p.dtype}"
             assert q.dtype == p.dtype
             assert bool(jnp.all(jnp.isfinite(q.astype(jnp.float32))))
+    return True
 
 
 def check_inject_hyperparams(factory, hp: dict[str, Any]) -> None:
@@ -96,6 +100,7 @@ def check_inject_hyperparams(factory, hp: dict[str, Any]) -> None:
     assert set(hp) <= set(state.hyperparams)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    return True
 
 
 def check_sharding_unchanged(factory, hp: dict[str, Any]) -> None:
@@ -122,6 +127,7 @@ def check_sharding_unchanged(factory, hp: dict[str, Any]) -> None:
         assert a.is_equivalent_to(b, 2) or a == b, f"state sharding changed: {b} -> {a}"
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
+    return True
 
 
 CHECKS = [

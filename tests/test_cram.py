@@ -195,7 +195,7 @@ def cram_factory(rho):
 
 @pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
 def test_battery(check):
-    check(cram_factory, {"rho": 0.05})
+    assert check(cram_factory, {"rho": 0.05})
 
 
 @pytest.mark.parametrize(

@@ -288,4 +288,4 @@ def _battery_factory(learning_rate):
 
 @pytest.mark.parametrize("check", optax_battery.CHECKS)
 def test_optax_battery(check):
-    check(_battery_factory, {"learning_rate": 0.1})
+    assert check(_battery_factory, {"learning_rate": 0.1})

@@ -260,7 +260,7 @@ CASES = [(n, c) for n in FULL for c in optax_battery.CHECKS] + [
 @pytest.mark.parametrize("name, check", CASES, ids=lambda c: getattr(c, "__name__", c))
 def test_battery(name, check):
     factory, hp = BATTERY[name]
-    check(factory, hp)
+    assert check(factory, hp)
 
 
 @pytest.mark.parametrize("name", ["mfac_topk", "ggt"])

@@ -11,4 +11,4 @@ def sgd(learning_rate):
 
 @pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
 def test_battery_on_sgd(check):
-    check(sgd, {"learning_rate": 0.1})
+    assert check(sgd, {"learning_rate": 0.1})
