@@ -16,9 +16,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxcomp.data import load_mnist5k
-from jaxcomp.data import tfds as jtfds
-from jaxcomp.models import ResNet18, ResNet20, ResNet50, SmallCNN
+from jaxcomp.data import load_classification
+from jaxcomp.models import build_classifier
 from jaxcomp.train import initialize_distributed, plot_lines
 from jaxcomp.train.recipes import (
     make_optimizer,
@@ -32,32 +31,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cram_mn
 _WORKDIR = flags.DEFINE_string("workdir", "runs/cram", "output directory")
 
 
-def load_data(cfg):
-    if cfg.dataset == "mnist5k":
-        return load_mnist5k("train"), load_mnist5k("test")
-    return (
-        jtfds.load(cfg.dataset, "train", cfg.data_dir),
-        jtfds.load(cfg.dataset, cfg.test_split, cfg.data_dir),
-    )
-
-
-def build_model(cfg, in_channels, hw, seed):
-    rngs = nnx.Rngs(seed)
-    if cfg.model == "smallcnn":
-        return SmallCNN(
-            cfg.num_classes,
-            in_channels=in_channels,
-            batch_norm=cfg.batch_norm,
-            input_hw=hw,
-            rngs=rngs,
-        )
-    factory = {"resnet20": ResNet20, "resnet18": ResNet18, "resnet50": ResNet50}[cfg.model]
-    return factory(cfg.num_classes, in_channels=in_channels, rngs=rngs)
-
-
 def run(cfg, workdir: str, progress: bool = True) -> dict:
     os.makedirs(workdir, exist_ok=True)
-    (x, y), test = load_data(cfg)
+    data_dir = cfg.data_dir or None
+    x, y = load_classification(cfg.dataset, "train", data_dir=data_dir)
+    test = load_classification(cfg.dataset, cfg.test_split, data_dir=data_dir)
     steps_per_epoch = len(x) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
     results = {"config": cfg.to_dict(), "runs": {}}
@@ -77,7 +55,14 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             compression=cfg.compression,
             seed=cfg.seed,
         )
-        model = build_model(cfg, x.shape[-1], x.shape[1:3], cfg.seed)
+        model = build_classifier(
+            cfg.model,
+            cfg.num_classes,
+            in_channels=x.shape[-1],
+            input_hw=x.shape[1:3],
+            batch_norm=cfg.batch_norm,
+            rngs=nnx.Rngs(cfg.seed),
+        )
         graphdef, eval_graphdef, params, state, history = train_classifier(
             model,
             tx,

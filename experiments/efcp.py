@@ -22,8 +22,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxcomp.data import DataStream, batches, load_digits, load_mnist5k
-from jaxcomp.models import ResNet20, SmallCNN
+from jaxcomp.data import DataStream, batches, load_classification
+from jaxcomp.models import build_classifier
 from jaxcomp.optim import ggt, lowrank, mfac, state_nbytes, topk
 from jaxcomp.pruning import recalibrate_batch_stats
 from jaxcomp.train import (
@@ -84,22 +84,20 @@ def make_tx(name: str, cfg) -> optax.GradientTransformation:
 
 
 def load_data(cfg):
-    loaders = {"mnist5k": load_mnist5k, "digits": load_digits}
-    if cfg.dataset not in loaders:
-        raise ValueError(f"dataset must be one of {sorted(loaders)}, got {cfg.dataset!r}")
-    load = loaders[cfg.dataset]
-    return load("train", seed=cfg.seed), load("test", seed=cfg.seed)
+    return (
+        load_classification(cfg.dataset, "train", seed=cfg.seed),
+        load_classification(cfg.dataset, "test", seed=cfg.seed),
+    )
 
 
 def build_model(cfg, images: np.ndarray) -> nnx.Module:
-    rngs = nnx.Rngs(cfg.seed)
-    if cfg.model == "resnet20":
-        return ResNet20(cfg.num_classes, in_channels=images.shape[-1], rngs=rngs)
-    if cfg.model == "smallcnn":
-        return SmallCNN(
-            cfg.num_classes, in_channels=images.shape[-1], input_hw=images.shape[1:3], rngs=rngs
-        )
-    raise ValueError(f"model must be 'resnet20' or 'smallcnn', got {cfg.model!r}")
+    return build_classifier(
+        cfg.model,
+        cfg.num_classes,
+        in_channels=images.shape[-1],
+        input_hw=images.shape[1:3],
+        rngs=nnx.Rngs(cfg.seed),
+    )
 
 
 def test_accuracy(eval_graphdef, params, model_state, train, test, cfg) -> tuple[float, float]:

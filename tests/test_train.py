@@ -10,9 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxcomp.data import DataStream, batches, load_digits, read_mnist_csv
+from jaxcomp.data import DataStream, batches, load_classification, load_digits, read_mnist_csv
 from jaxcomp.data import tfds as jtfds
-from jaxcomp.models import SmallCNN
+from jaxcomp.models import SmallCNN, build_classifier
 from jaxcomp.optim import cram
 from jaxcomp.train import (
     Checkpointer,
@@ -185,3 +185,8 @@ def test_bad_input(tmp_path, digits):
         read_mnist_csv(os.path.join(tmp_path, "missing.csv"))
     with pytest.raises(ValueError, match="unknown bundled dataset 'svhn'"):
         jtfds.prepare("svhn", str(tmp_path))
+    with pytest.raises(ValueError, match="'svhn' is not bundled"):
+        load_classification("svhn", "train")
+    with pytest.raises(ValueError, match="unknown model 'vgg16'"):
+        build_classifier("vgg16", 10, in_channels=1, input_hw=(8, 8), rngs=nnx.Rngs(0))
+    assert load_classification("digits", "test")[0].shape == load_digits("test")[0].shape

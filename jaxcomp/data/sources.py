@@ -100,3 +100,23 @@ def load_digits(
     return _split(
         images.reshape(-1, 8, 8, 1), raw[:, 64].astype(np.int32), split, test_fraction, seed
     )
+
+
+BUNDLED = {"mnist5k": load_mnist5k, "digits": load_digits}
+
+
+def load_classification(
+    name: str, split: str, *, data_dir: str | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 images NHWC, int32 labels)`` of a bundled data set (``mnist5k``, ``digits``;
+    split by ``seed``) or of a TFDS data set prepared under ``data_dir`` (``cifar10``,
+    ``imagenet2012``, ...)."""
+    if name in BUNDLED:
+        return BUNDLED[name](split, seed=seed)
+    if not data_dir:
+        raise ValueError(
+            f"dataset {name!r} is not bundled ({sorted(BUNDLED)}); give the TFDS data_dir holding it"
+        )
+    from jaxcomp.data import tfds as jtfds
+
+    return jtfds.load(name, split, data_dir)

@@ -9,7 +9,14 @@ loader module has its own ``load_pretrained`` / ``load_tokenizer``; call them th
 from jaxcomp.models import bert, clip, resnet, weights
 from jaxcomp.models.bert import BertConfig, BertModel
 from jaxcomp.models.clip import CLIP, CLIPConfig
-from jaxcomp.models.resnet import ResNet, ResNet18, ResNet20, ResNet50, SmallCNN
+from jaxcomp.models.resnet import (
+    ResNet,
+    ResNet18,
+    ResNet20,
+    ResNet50,
+    SmallCNN,
+    build_classifier,
+)
 
 __all__ = [
     "CLIP",
@@ -22,6 +29,7 @@ __all__ = [
     "ResNet50",
     "SmallCNN",
     "bert",
+    "build_classifier",
     "clip",
     "resnet",
     "weights",

@@ -226,3 +226,27 @@ class SmallCNN(nnx.Module):
             x = nnx.max_pool(nnx.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         return self.head(nnx.relu(self.fc(x)))
+
+
+def build_classifier(
+    name: str,
+    num_classes: int,
+    *,
+    in_channels: int,
+    input_hw: tuple[int, int],
+    batch_norm: bool = True,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """A classifier by name: ``smallcnn``, ``resnet20``, ``resnet18`` or ``resnet50``."""
+    if name == "smallcnn":
+        return SmallCNN(
+            num_classes,
+            in_channels=in_channels,
+            batch_norm=batch_norm,
+            input_hw=tuple(input_hw),
+            rngs=rngs,
+        )
+    factories = {"resnet20": ResNet20, "resnet18": ResNet18, "resnet50": ResNet50}
+    if name not in factories:
+        raise ValueError(f"unknown model {name!r}; known: smallcnn, {', '.join(factories)}")
+    return factories[name](num_classes, in_channels=in_channels, rngs=rngs)
