@@ -190,3 +190,17 @@ def test_bad_input(tmp_path, digits):
     with pytest.raises(ValueError, match="unknown model 'vgg16'"):
         build_classifier("vgg16", 10, in_channels=1, input_hw=(8, 8), rngs=nnx.Rngs(0))
     assert load_classification("digits", "test")[0].shape == load_digits("test")[0].shape
+
+
+def test_evaluate_compiles_once_per_graphdef(digits):
+    from jaxcomp.train import make_eval_step
+
+    x, y = digits
+    _, p, s, _, eval_graphdef = setup(optax.sgd(0.1))
+    evaluate(eval_graphdef, p, s, batches(x[:64], y[:64], 64, shuffle=False))
+    step = make_eval_step(eval_graphdef)
+    size = step._cache_size()
+    for _ in range(2):  # same graphdef, same batch shape: no new compilation
+        evaluate(eval_graphdef, p, s, batches(x[:64], y[:64], 64, shuffle=False))
+    assert make_eval_step(eval_graphdef) is step
+    assert step._cache_size() == size

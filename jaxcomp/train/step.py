@@ -16,6 +16,7 @@ can never move the running BatchNorm statistics, with no special case anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -145,9 +146,12 @@ def classification_loss(graphdef: nnx.GraphDef, *, label_smoothing: float = 0.0)
     return loss_fn
 
 
+@functools.lru_cache(maxsize=64)
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Any, Any], dict[str, jax.Array]]:
     """Jitted ``(params, model_state, batch) -> {"correct", "loss_sum", "count"}`` sums (``graphdef``
-    should be split from a model in eval mode)."""
+    should be split from a model in eval mode). Cached per graphdef (graphdefs are hashable and
+    compare by structure), so repeated ``evaluate`` calls, e.g. one per pruning level, compile
+    once."""
 
     @jax.jit
     def eval_step(params, model_state, batch):
