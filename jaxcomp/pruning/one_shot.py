@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -46,6 +47,24 @@ def _batchnorms(model: nnx.Module) -> list[nnx.BatchNorm]:
     return [mod for _, mod in nnx.iter_modules(model) if isinstance(mod, nnx.BatchNorm)]
 
 
+def _apply(model: nnx.Module, x: Any) -> Any:
+    return model(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_stats_fn(graphdef: nnx.GraphDef, call: Any):
+    """Jitted ``(stats, rest, batch) -> batch statistics``, cached per (graphdef, call) so that a
+    sweep over pruning levels compiles it once."""
+
+    @jax.jit
+    def batch_stats(stats, rest, batch):
+        mdl = nnx.merge(graphdef, stats, rest)
+        call(mdl, batch)
+        return nnx.state(mdl, nnx.BatchStat)
+
+    return batch_stats
+
+
 def recalibrate_batch_stats(
     model: nnx.Module, batches: Iterable[Any], *, call: Any = None
 ) -> nnx.Module:
@@ -61,19 +80,13 @@ def recalibrate_batch_stats(
     bns = _batchnorms(model)
     if not bns:
         raise ValueError(f"recalibrate_batch_stats: {type(model).__name__} has no nnx.BatchNorm")
-    call = call or (lambda mdl, x: mdl(x))
+    call = call or _apply
     saved = [(bn.momentum, bn.use_running_average) for bn in bns]
     for bn in bns:
         bn.momentum = 0.0  # running stats := this batch's stats
         bn.use_running_average = False
     graphdef, stats, rest = nnx.split(model, nnx.BatchStat, ...)
-
-    @jax.jit
-    def batch_stats(stats, rest, batch):
-        mdl = nnx.merge(graphdef, stats, rest)
-        call(mdl, batch)
-        return nnx.state(mdl, nnx.BatchStat)
-
+    batch_stats = _batch_stats_fn(graphdef, call)
     avg, count = None, 0
     for batch in batches:
         new = batch_stats(stats, rest, batch)
