@@ -1,5 +1,6 @@
 """Data: real small data sets bundled in PyPI packages, TFDS builders, deterministic batching."""
 
+from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
 from jaxcomp.data.pipeline import DataStream, batches
 from jaxcomp.data.sources import (
     load_classification,
@@ -13,6 +14,10 @@ __all__ = [
     "batches",
     "load_classification",
     "load_digits",
+    "load_fashion_mnist",
     "load_mnist5k",
+    "read_idx",
+    "read_idx_classification",
     "read_mnist_csv",
+    "write_idx",
 ]

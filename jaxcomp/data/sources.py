@@ -102,7 +102,13 @@ def load_digits(
     )
 
 
-BUNDLED = {"mnist5k": load_mnist5k, "digits": load_digits}
+def _fashion(split, *, seed=0):
+    from jaxcomp.data.idx import load_fashion_mnist
+
+    return load_fashion_mnist(split)
+
+
+BUNDLED = {"mnist5k": load_mnist5k, "digits": load_digits, "fashion_mnist": _fashion}
 
 
 def load_classification(
