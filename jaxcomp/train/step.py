@@ -70,6 +70,7 @@ def make_train_step(
     *,
     rules: Sequence[mesh_lib.Rule] = (),
     donate: bool = True,
+    nan_guard: bool = False,
 ) -> Callable[[Any, Any, Any, Any], tuple[Any, Any, Any, dict[str, jax.Array]]]:
     """``step(params, model_state, opt_state, batch) -> (params, model_state, opt_state, metrics)``.
 
@@ -79,8 +80,17 @@ def make_train_step(
     ``shard_train_state``) the step is jitted with those in/out shardings, so params, model state
     and optimizer state keep their sharding step after step; they are donated unless
     ``donate=False``. Given a ``Mesh`` instead, the shardings are derived from ``rules`` (see
-    ``param_shardings``) on the first call and the inputs are placed accordingly. Metrics are a flat dict of replicated scalars, including ``loss`` and
-    ``grad_norm``.
+    ``param_shardings``) on the first call and the inputs are placed accordingly. Metrics are a
+    flat dict of replicated scalars, including ``loss`` and ``grad_norm``.
+
+    ``grad_fn(params, i=None)`` has ``optax.contrib.sam``'s opaque-mode signature (``i`` is the
+    inner step; the batch is the same for every ``i``), so SAM and our transforms both plug in.
+
+    ``nan_guard=True``: when the loss or any gradient leaf is non-finite, the step returns its
+    inputs unchanged (params, model state, optimizer state: EF buffers, windows and momenta are
+    not poisoned) and reports ``nonfinite = 1`` and ``nonfinite_leaf`` (index of the first
+    non-finite gradient leaf in ``jax.tree.leaves`` order, -1 if only the loss); ``fit``'s
+    ``nan_policy`` reads them.
     """
     tx = optax.with_extra_args_support(tx)
 
@@ -89,14 +99,31 @@ def make_train_step(
             params, model_state, batch
         )
 
-        def grad_fn(p):
+        def grad_fn(p, i=None):
             # Same batch, same (old) model state; the state this pass computes is discarded.
+            del i
             return jax.grad(lambda q: loss_fn(q, model_state, batch)[0])(p)
 
-        updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
-        params = optax.apply_updates(params, updates)
+        updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+        new_params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
-        return params, new_state, opt_state, metrics
+        if not nan_guard:
+            return new_params, new_state, new_opt_state, metrics
+        leaf_ok = jnp.stack(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]
+        )
+        ok = jnp.isfinite(loss) & jnp.all(leaf_ok)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        metrics["nonfinite"] = (~ok).astype(jnp.int32)
+        metrics["nonfinite_leaf"] = jnp.where(
+            jnp.all(leaf_ok), -1, jnp.argmin(leaf_ok.astype(jnp.int32))
+        ).astype(jnp.int32)
+        return (
+            keep(new_params, params),
+            keep(new_state, model_state),
+            keep(new_opt_state, opt_state),
+            metrics,
+        )
 
     donate_argnums = (0, 1, 2) if donate else ()
     if shardings is None:

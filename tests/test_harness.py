@@ -1,0 +1,205 @@
+"""The one trainer: config identity on resume, history, metrics files, SAM contract, NaN guard,
+workdir lock, remote paths."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxcomp.data import DataStream, load_digits
+from jaxcomp.optim import cram, mfac
+from jaxcomp.train import classification_loss, fit, make_train_step, split_model
+from jaxcomp.train.workdir import WorkdirLock, WorkdirLockedError, config_diff
+from jaxcomp.train.writers import read_tensorboard_scalars
+
+
+class MLP(nnx.Module):
+    def __init__(self, *, rngs):
+        self.l1 = nnx.Linear(64, 16, rngs=rngs)
+        self.l2 = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jax.nn.relu(self.l1(x.reshape(x.shape[0], -1))))
+
+
+@pytest.fixture(scope="module")
+def stream():
+    x, y = load_digits("train")
+    return DataStream(x, y, 32, seed=3)
+
+
+def setup(tx, nan_guard=False):
+    graphdef, _, params, state = split_model(MLP(rngs=nnx.Rngs(0)))
+    step = make_train_step(classification_loss(graphdef), tx, nan_guard=nan_guard)
+    return step, params, state, tx.init(params)
+
+
+def cfg(**kw):
+    c = ml_collections.ConfigDict({"learning_rate": 0.1, "rho": 0.05, "sparsities": (0.5, 0.8)})
+    c.update(kw)
+    return c
+
+
+def run(stream, n, workdir=None, config=None, tx=None, **kw):
+    step, p, s, o = setup(tx or optax.sgd(0.1, momentum=0.9))
+    return fit(step, p, s, o, stream, n, workdir=workdir, config=config, progress=False, **kw)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_same_config_is_bit_identical_with_history(stream, tmp_path):
+    straight = run(stream, 12, tmp_path / "a", cfg(), ckpt_every=4, log_every=3)
+    run(stream, 8, tmp_path / "b", cfg(), ckpt_every=4, log_every=3)
+    resumed = run(stream, 12, tmp_path / "b", cfg(), ckpt_every=4, log_every=3)
+    assert_trees_equal(straight[:3], resumed[:3])
+    # the first run logged at 3, 6 and its last step 8; the resumed one continues at 9, 12
+    assert [h["step"] for h in resumed[3]] == [3, 6, 8, 9, 12]
+    # history: the rows at common steps are equal, and metrics.jsonl has no duplicate steps
+    hs = {h["step"]: h for h in straight[3]}
+    for h in resumed[3]:
+        if h["step"] in hs:
+            assert h == hs[h["step"]]
+    rows = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), steps
+    assert rows == resumed[3]
+    # TensorBoard events carry the same scalars
+    (ev,) = (tmp_path / "a" / "tb").iterdir()
+    tb = read_tensorboard_scalars(ev)
+    assert [r["step"] for r in tb] == [3, 6, 9, 12]
+    np.testing.assert_allclose([r["loss"] for r in tb], [h["loss"] for h in straight[3]], 1e-6)
+
+
+def test_resume_with_changed_config_is_refused_naming_fields(stream, tmp_path):
+    run(stream, 4, tmp_path, cfg(), ckpt_every=2)
+    with pytest.raises(ValueError, match=r"(?s)learning_rate: 0.1 -> 0.5.*rho: 0.05 -> 0.0"):
+        run(stream, 8, tmp_path, cfg(learning_rate=0.5, rho=0.0), ckpt_every=2)
+    # force_resume continues (and is not itself part of the identity)
+    out = run(stream, 6, tmp_path, cfg(rho=0.0, force_resume=True), ckpt_every=2, force_resume=True)
+    assert out[3][-1]["step"] == 6
+    assert config_diff(cfg(force_resume=True), cfg()) == []
+
+
+def test_resume_refuses_other_batch_size_and_past_checkpoint(stream, tmp_path):
+    run(stream, 6, tmp_path, cfg(), ckpt_every=3)
+    other = DataStream(stream.images, stream.labels, 16, seed=3)
+    with pytest.raises(ValueError, match="batch_size: 32 -> 16"):
+        run(other, 8, tmp_path, cfg(), ckpt_every=3)
+    with pytest.raises(ValueError, match="holds step 6, past num_steps=4"):
+        run(stream, 4, tmp_path, cfg(), ckpt_every=3)
+
+
+def test_bad_arguments_named(stream, tmp_path):
+    with pytest.raises(ValueError, match="num_steps must be an int >= 0, got -1"):
+        run(stream, -1)
+    with pytest.raises(ValueError, match="nan_policy"):
+        run(stream, 2, nan_policy="ignore")
+    with pytest.raises(ValueError, match="needs checkpoints"):
+        run(stream, 2, nan_policy="rollback")
+    with pytest.raises(ValueError, match="nan_guard=True"):
+        run(stream, 2, nan_policy="skip")
+
+
+def test_workdir_lock_names_holder(stream, tmp_path):
+    with WorkdirLock(tmp_path, run_id="other-run"):
+        with pytest.raises(WorkdirLockedError, match=f"pid={os.getpid()} run_id=other-run"):
+            run(stream, 2, tmp_path)
+    run(stream, 2, tmp_path)  # released
+
+
+def test_remote_workdir_never_lands_on_local_disk(stream, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception):  # no GCS here; what matters is where it tried to write
+        run(stream, 2, "gs://no-such-bucket-jaxcomp/run", ckpt_every=1)
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_sam_through_make_train_step_equals_optax_sam(stream):
+    graphdef, _, params, state = split_model(MLP(rngs=nnx.Rngs(0)))
+    loss_fn = classification_loss(graphdef)
+    sam = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05), sync_period=2, opaque_mode=True)
+    step = make_train_step(loss_fn, sam, donate=False)
+    p, o = params, sam.init(params)
+    for t in range(4):
+        p, _, o, _ = step(p, state, o, stream.batch(t))
+    # by hand
+    q, oq = params, sam.init(params)
+    for t in range(4):
+        batch = jax.tree.map(jnp.asarray, stream.batch(t))
+        g_fn = lambda x, i=None, b=batch: jax.grad(lambda z: loss_fn(z, state, b)[0])(x)
+        u, oq = sam.update(g_fn(q), oq, q, grad_fn=g_fn)
+        q = optax.apply_updates(q, u)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params)))
+
+
+class Poisoned:
+    """A stream whose batch ``bad`` has a NaN pixel."""
+
+    def __init__(self, stream, bad):
+        self.s, self.bad = stream, bad
+        self.seed, self.batch_size = stream.seed, stream.batch_size
+
+    def batch(self, step):
+        b = dict(self.s.batch(step))
+        if step == self.bad:
+            b["image"] = b["image"].copy()
+            b["image"][0, 0, 0, 0] = np.nan
+        return b
+
+
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: cram(optax.sgd(0.1, momentum=0.9), rho=0.05, sparsities=(0.5,)),
+        lambda: mfac(0.05, num_grads=4, damping=1e-3),
+    ],
+    ids=["cram", "mfac"],
+)
+def test_nan_skip_leaves_state_untouched(stream, make_tx):
+    tx = make_tx()
+    step, p, s, o = setup(tx, nan_guard=True)
+    # 3 clean steps, then the bad one: the state after the bad step equals the state before it
+    p3, s3, o3, _ = fit(step, p, s, o, stream, 3, progress=False)
+    snap = jax.tree.map(np.asarray, (p3, s3, o3))
+    out = step(p3, s3, o3, jax.tree.map(jnp.asarray, Poisoned(stream, 3).batch(3)))
+    assert (
+        int(out[3]["nonfinite"]) == 1 and int(out[3]["nonfinite_leaf"]) == 1
+    )  # l1.kernel (ReLU cuts the bias path)
+    assert_trees_equal(snap, out[:3])
+    # and through fit: a skipped step = the run without that batch's update, nothing non-finite
+    step, p, s, o = setup(make_tx(), nan_guard=True)
+    res = fit(step, p, s, o, Poisoned(stream, 3), 6, nan_policy="skip", log_every=6, progress=False)
+    assert res[3][-1]["skipped_steps"] == 1.0
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(res[:3]))
+
+
+def test_nan_raise_names_step_and_leaf(stream):
+    step, p, s, o = setup(optax.sgd(0.1), nan_guard=True)
+    with pytest.raises(FloatingPointError, match=r"step 3 .*gradient of \['l1'\]\['kernel'\]"):
+        fit(step, p, s, o, Poisoned(stream, 2), 5, nan_policy="raise", progress=False)
+    step, p, s, o = setup(optax.sgd(0.1))  # no guard: the loss is checked
+    with pytest.raises(FloatingPointError, match="step 3"):
+        fit(step, p, s, o, Poisoned(stream, 2), 5, nan_policy="raise", progress=False)
+
+
+def test_nan_rollback_restores_and_skips_the_batch(stream, tmp_path):
+    step, p, s, o = setup(optax.sgd(0.1))
+    res = fit(
+        step, p, s, o, Poisoned(stream, 4), 8, workdir=tmp_path, ckpt_every=2,
+        nan_policy="rollback", log_every=8, progress=False,
+    )  # fmt: skip
+    assert res[3][-1]["skipped_steps"] == 1.0
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(res[:3]))
