@@ -9,10 +9,10 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
@@ -26,19 +26,42 @@ from jaxcomp.train.recipes import (
     sgd_cosine,
     train_classifier,
 )
+from jaxcomp.train.workdir import write_json_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cram_mnist.py")
+DEFAULT_CONFIG = "experiments/configs/cram_mnist.py"
+_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/cram", "output directory")
 
 
+def check_config(cfg) -> None:
+    """Every value a run needs, checked before any work (named by its config field)."""
+    for field in ("batch_size", "epochs", "num_classes"):
+        v = cfg[field]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"config.{field} must be an int >= 1, got {v!r}")
+    if cfg.ckpt_every < 0:
+        raise ValueError(f"config.ckpt_every must be >= 0, got {cfg.ckpt_every}")
+    if not cfg.optimizers:
+        raise ValueError("config.optimizers is empty")
+
+
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    check_config(cfg)
+    workdir = epath.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {workdir} exists and is not a directory")
+    workdir.mkdir(parents=True, exist_ok=True)
     data_dir = cfg.data_dir or None
+    print(f"loading {cfg.dataset} ...", flush=True)
     x, y = load_classification(cfg.dataset, "train", data_dir=data_dir)
     test = load_classification(cfg.dataset, cfg.test_split, data_dir=data_dir)
     steps_per_epoch = len(x) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"config.batch_size {cfg.batch_size} exceeds the {len(x)} training images")
     total = cfg.epochs * steps_per_epoch
     results = {"config": cfg.to_dict(), "runs": {}}
+    # Build every optimizer first: a bad hyperparameter fails before any training.
+    txs = {}
     for name in cfg.optimizers:
         base = sgd_cosine(
             cfg.learning_rate,
@@ -55,6 +78,8 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             compression=cfg.compression,
             seed=cfg.seed,
         )
+        txs[name] = tx
+    for name, tx in txs.items():
         model = build_classifier(
             cfg.model,
             cfg.num_classes,
@@ -72,12 +97,15 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             num_steps=total,
             seed=cfg.seed,
             augment=cfg.augment or None,
-            workdir=os.path.join(workdir, name),
-            ckpt_every=cfg.ckpt_every,
-            log_every=steps_per_epoch,
+            workdir=workdir / name,
+            ckpt_every=cfg.ckpt_every or steps_per_epoch,
+            log_every=min(steps_per_epoch, 50),
             progress=progress,
             desc=name,
+            config=cfg,
+            force_resume=cfg.get("force_resume", False),
         )
+        print(f"[{name}] one-shot pruning sweep with BatchNorm reset ...", flush=True)
         rows = one_shot_sweep(
             graphdef,
             eval_graphdef,
@@ -93,8 +121,11 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         results["runs"][name] = {"one_shot": rows, "history": history}
     table = rows_to_markdown({n: r["one_shot"] for n, r in results["runs"].items()})
     results["table"] = table
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    results["summary"] = [
+        {"optimizer": n, **{row["compression"]: row["accuracy"] for row in r["one_shot"]}}
+        for n, r in results["runs"].items()
+    ]
+    write_json_atomic(workdir / "results.json", results)
     series = {
         n: (
             [row["sparsity"] * 100 for row in r["one_shot"] if ":" not in row["compression"]],
@@ -103,7 +134,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         for n, r in results["runs"].items()
     }
     plot_lines(
-        os.path.join(workdir, "accuracy_vs_sparsity.png"),
+        os.fspath(workdir / "accuracy_vs_sparsity.png"),
         series,
         xlabel="one-shot global sparsity (%)",
         ylabel="test accuracy (after BN reset)",

@@ -1,18 +1,31 @@
 """The ``jaxcomp`` command.
 
+    jaxcomp --version
     jaxcomp demo [--epochs 4] [--workdir runs/demo]
+    jaxcomp list                                   the experiments and their default configs
+    jaxcomp run EXPERIMENT [--config PATH] [--config.FIELD=VALUE ...] [--workdir DIR]
+    jaxcomp results WORKDIR [WORKDIR ...]          results of several runs as one markdown table
 
 ``demo`` is a short version of ``experiments/cram.py`` on the bundled MNIST-5k digits: it trains
 the same CNN with dense SGD and with CrAM+-Multi, prunes both one-shot up to 99% sparsity (and
 2:4) with BatchNorm recalibration, and prints the accuracy table (minutes on 2 CPU cores).
+
+``run`` calls ``experiments/<EXPERIMENT>.py`` (from the repository root) with its default
+config and ``runs/<EXPERIMENT>`` unless told otherwise; every ``--config.FIELD=VALUE`` override of
+ml_collections works. ``results`` reads each workdir's ``results.json`` and renders its
+``summary`` (a dict of scalars, or a list of such rows) as one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from typing import Any
+
+from etils import epath
 
 
 def demo(epochs: int, workdir: str, seed: int) -> str:
@@ -28,7 +41,12 @@ def demo(epochs: int, workdir: str, seed: int) -> str:
         sgd_cosine,
         train_classifier,
     )
+    from jaxcomp.train.workdir import write_json_atomic
 
+    out = epath.Path(workdir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"jaxcomp demo: --workdir {workdir} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
     (x, y), test = load_mnist5k("train"), load_mnist5k("test")
     batch = 128
     total = epochs * (len(x) // batch)
@@ -41,6 +59,7 @@ def demo(epochs: int, workdir: str, seed: int) -> str:
         g, ge, params, state, _ = train_classifier(
             model, tx, x, y, batch_size=batch, num_steps=total, seed=seed, log_every=20, desc=name
         )
+        print(f"[{name}] one-shot pruning sweep with BatchNorm reset ...", flush=True)
         columns[name] = one_shot_sweep(
             g,
             ge,
@@ -52,9 +71,7 @@ def demo(epochs: int, workdir: str, seed: int) -> str:
             seed=seed,
         )
     table = rows_to_markdown(columns)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "demo.json"), "w") as f:
-        json.dump(columns, f, indent=1)
+    write_json_atomic(out / "demo.json", columns)
     series = {
         n: (
             [r["sparsity"] * 100 for r in rows if ":" not in r["compression"]],
@@ -63,7 +80,7 @@ def demo(epochs: int, workdir: str, seed: int) -> str:
         for n, rows in columns.items()
     }
     png = plot_lines(
-        os.path.join(workdir, "demo.png"),
+        os.fspath(out / "demo.png"),
         series,
         xlabel="one-shot sparsity (%)",
         ylabel="test accuracy",
@@ -71,22 +88,139 @@ def demo(epochs: int, workdir: str, seed: int) -> str:
     )
     print("\nOne-shot global magnitude pruning + BatchNorm reset (test accuracy):\n")
     print(table)
-    print(f"\nwrote {os.path.join(workdir, 'demo.json')} and {png}")
+    print(f"\nwrote {out / 'demo.json'} and {png}")
     return table
 
 
+def _experiments_dir() -> epath.Path:
+    return epath.Path(os.getcwd()) / "experiments"
+
+
+def list_experiments() -> dict[str, str]:
+    """``{name: default config path}`` of the experiment scripts under ``./experiments``."""
+    d = _experiments_dir()
+    if not d.is_dir():
+        raise SystemExit(
+            "jaxcomp: no experiments/ folder here; run `jaxcomp list` / `jaxcomp run` from the "
+            "repository root"
+        )
+    out = {}
+    for f in sorted(d.glob("*.py")):
+        if f.name.startswith("_"):
+            continue
+        text = f.read_text()
+        if "def run(" not in text:
+            continue
+        default = f"experiments/configs/{f.stem}.py"
+        for line in text.splitlines():
+            if line.startswith("DEFAULT_CONFIG"):
+                default = line.split("=", 1)[1].strip().strip("\"'")
+        out[f.stem] = default
+    return out
+
+
+def run_experiment(name: str, argv: list[str]) -> int:
+    known = list_experiments()
+    if name not in known:
+        raise SystemExit(f"jaxcomp run: unknown experiment {name!r}; known: {', '.join(known)}")
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(f"experiments.{name}")
+    from absl import app
+
+    flags = argv
+    if not any(a == "--workdir" or a.startswith("--workdir=") for a in flags):
+        flags = [*flags, f"--workdir=runs/{name}"]
+    try:
+        app.run(module.main, argv=[f"jaxcomp run {name}", *flags])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def results_table(workdirs: list[str]) -> str:
+    """One markdown table from the ``summary`` of each workdir's ``results.json``: a row per
+    workdir (or per row when the summary is a list), a column per field."""
+    rows: list[dict[str, Any]] = []
+    for w in workdirs:
+        path = epath.Path(w) / "results.json"
+        if not path.exists():
+            raise SystemExit(f"jaxcomp results: {path} not found")
+        try:
+            res = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"jaxcomp results: {path} is not valid JSON ({e})") from None
+        summary = res.get("summary")
+        if summary is None:  # fall back to the top-level scalars
+            summary = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
+        for r in summary if isinstance(summary, list) else [summary]:
+            rows.append({"run": os.fspath(w), **_flatten(r)})
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxcomp")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxcomp", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="jaxcomp",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jaxcomp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="CrAM vs SGD one-shot pruning on the bundled MNIST-5k")
-    d.add_argument("--epochs", type=int, default=4)
-    d.add_argument("--workdir", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    d.add_argument("--epochs", type=int, default=4, help="training epochs per optimizer (>= 1)")
+    d.add_argument("--workdir", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("--seed", type=int, default=0, help="model and data seed")
+    sub.add_parser("list", help="list the experiments and their default configs")
+    r = sub.add_parser(
+        "run",
+        help="run an experiment: jaxcomp run NAME [--config PATH] [--config.FIELD=V] [--workdir D]",
+    )
+    r.add_argument("experiment", help="experiment name (see `jaxcomp list`)")
+    s = sub.add_parser("results", help="render the results.json of several runs as one table")
+    s.add_argument("workdirs", nargs="+", help="run directories holding results.json")
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "run" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         if args.epochs < 1:
             parser.error(f"--epochs must be >= 1, got {args.epochs}")
         demo(args.epochs, args.workdir, args.seed)
+    elif args.command == "list":
+        for name, cfg in list_experiments().items():
+            print(f"{name:16s} {cfg}")
+    elif args.command == "run":
+        return run_experiment(args.experiment, rest)
+    elif args.command == "results":
+        print(results_table(args.workdirs))
     return 0
 
 

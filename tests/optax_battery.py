@@ -1,4 +1,4 @@
-"""Shared checks for every optax transform in jaxcomp (DESIGN.md, "A shared battery").
+"""Shared checks for every optax transform in jaxcomp (docs/design.md, "A shared battery").
 
 A test file passes a ``factory(**hyperparams) -> GradientTransformation`` and its hyperparams:
 

@@ -203,3 +203,35 @@ def test_nan_rollback_restores_and_skips_the_batch(stream, tmp_path):
     )  # fmt: skip
     assert res[3][-1]["skipped_steps"] == 1.0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(res[:3]))
+
+
+def test_source_stream_tfds_grain_exact_resume(tmp_path):
+    from jaxcomp.data import tfds as jtfds
+
+    data_dir = str(tmp_path / "tfds")
+    jtfds.prepare("digits8x8", data_dir)
+    n = jtfds.split_nbytes("digits8x8", "train", data_dir)
+    assert n == 1437 * 64
+    # more images than the in-memory budget allows: the in-memory path refuses...
+    with pytest.raises(ValueError, match="over the in-memory budget"):
+        jtfds.load("digits8x8", "train", data_dir, max_bytes=n // 2)
+    # ...the streaming path reads them; each process gets a disjoint shard, every epoch a new order
+    src = jtfds.data_source("digits8x8", "train", data_dir)
+    shards = [jtfds.SourceStream(src, 32, seed=1, process_index=i, process_count=2) for i in (0, 1)]
+    epoch = [np.concatenate([s.record_keys(t) for t in range(s.steps_per_epoch)]) for s in shards]
+    assert not set(epoch[0]) & set(epoch[1])
+    assert len(set(epoch[0])) == len(epoch[0]) == shards[0].steps_per_epoch * 16
+    nxt = shards[0].record_keys(shards[0].steps_per_epoch)
+    assert set(nxt) <= set(range(1437)) and not np.array_equal(nxt, epoch[0][:16])
+    # batches match the in-memory arrays record for record
+    x, y = jtfds.load("digits8x8", "train", data_dir)
+    st = jtfds.SourceStream(src, 32, seed=1, workers=2)
+    b = st.batch(3)
+    keys = st.record_keys(3)
+    np.testing.assert_array_equal(b["label"], y[keys])
+    np.testing.assert_allclose(b["image"], x[keys] / 255.0, atol=1e-7)
+    # fit over the stream: resume from a checkpoint equals the straight run
+    straight = run(jtfds.SourceStream(src, 32, seed=1), 8)
+    run(jtfds.SourceStream(src, 32, seed=1), 4, tmp_path / "w", ckpt_every=4)
+    resumed = run(jtfds.SourceStream(src, 32, seed=1), 8, tmp_path / "w", ckpt_every=4)
+    assert_trees_equal(straight[:3], resumed[:3])

@@ -126,7 +126,7 @@ def test_checkpoint_errors(tmp_path):
     ck = Checkpointer(str(tmp_path / "ck"), async_save=False)
     ck.save(1, {"params": {"w": jnp.arange(3.0)}})
     ck.close()
-    with pytest.raises(ValueError, match="corrupt or does not match"):
+    with pytest.raises(ValueError, match=r"has no array \[.params.\]\[.b.\]"):
         restore_latest(str(tmp_path / "ck"), {"params": {"w": jnp.zeros(4), "b": jnp.zeros(1)}})
     state, meta = restore_latest(str(tmp_path / "ck"), {"params": {"w": jnp.zeros(3)}})
     np.testing.assert_array_equal(state["params"]["w"], [0.0, 1.0, 2.0])

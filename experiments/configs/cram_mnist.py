@@ -31,4 +31,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.calibration_images = 1000
     c.ckpt_every = 0
     c.seed = 0
+    c.force_resume = False  # resume even if the config differs from the checkpoint's
     return c

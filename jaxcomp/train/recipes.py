@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -93,13 +94,22 @@ def train_classifier(
     log_every: int = 50,
     progress: bool = True,
     desc: str = "train",
+    config: Any = None,
+    force_resume: bool = False,
+    nan_policy: str | None = None,
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any, list[dict[str, float]]]:
     """Data-parallel training over all devices of all processes (each process loads its share of
-    every batch). Returns ``(graphdef, eval_graphdef, params, model_state, history)``."""
+    every batch) with ``fit`` (``config`` is the run's identity for resume). Returns
+    ``(graphdef, eval_graphdef, params, model_state, history)``; ``model``'s own arrays are left
+    as they were (the step donates copies)."""
     mesh = make_mesh()
     graphdef, eval_graphdef, params, state = split_model(model)
+    # split_model's trees share buffers with `model`; the step donates its inputs, so copy them
+    params, state = jax.tree.map(jnp.copy, (params, state))
     params, state, opt_state, shardings = shard_train_state(mesh, params, state, tx.init(params))
-    step = make_train_step(classification_loss(graphdef), tx, shardings)
+    step = make_train_step(
+        classification_loss(graphdef), tx, shardings, nan_guard=nan_policy is not None
+    )
     stream = DataStream(
         images,
         labels,
@@ -122,6 +132,9 @@ def train_classifier(
         log_every=log_every,
         progress=progress,
         desc=desc,
+        config=config,
+        force_resume=force_resume,
+        nan_policy=nan_policy,
     )
     return graphdef, eval_graphdef, params, state, history
 

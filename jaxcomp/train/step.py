@@ -1,4 +1,4 @@
-"""The jitted train step (see DESIGN.md, "The train-step contract").
+"""The jitted train step (see docs/design.md, "The train-step contract").
 
 A model is split once, ``graphdef, params, model_state = nnx.split(model, nnx.Param, ...)`` (made
 pure with ``nnx.as_pure``; ``split_model`` does both), and everything inside ``jax.jit`` works on
