@@ -167,8 +167,10 @@ def test_two_writers_on_one_directory(tmp_path):
 def test_two_processes_on_one_workdir(tmp_path):
     p = worker(tmp_path, 100_000, 50, "--sleep", "0.2")  # runs until killed
     wait_rows(tmp_path, 2, p)
-    q = worker(tmp_path, 200, 50)
-    assert q.wait(120) != 0
-    assert "in use by another run" in q.stderr.read().decode()
-    p.kill()
-    p.wait()
+    try:
+        q = worker(tmp_path, 200, 50)
+        assert q.wait(600) != 0
+        assert "in use by another run" in q.stderr.read().decode()
+    finally:
+        p.kill()
+        p.wait()

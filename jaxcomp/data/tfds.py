@@ -140,7 +140,7 @@ def split_nbytes(name: str, split: str, data_dir: str) -> int:
     return (
         builder.info.splits[split].num_examples
         * int(np.prod(shape))
-        * np.dtype(feature.dtype).itemsize
+        * np.dtype(feature.np_dtype).itemsize
     )
 
 
