@@ -65,6 +65,33 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+def _is_empty(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and 0 in tuple(x.shape)
+
+
+def _stand_in_empty(tree: Any) -> Any:
+    """Orbax cannot store zero-size arrays (e.g. an unused error-feedback buffer): store a 1-byte
+    stand-in; the real (empty) array is rebuilt from the target's shape on restore."""
+    return jax.tree.map(lambda x: np.zeros((1,), np.int8) if _is_empty(x) else x, tree)
+
+
+def _abstract_stand_in(tree: Any) -> Any:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((1,), np.int8) if _is_empty(x) else x, _abstract(tree)
+    )
+
+
+def _put_back_empty(restored: Any, target: Any) -> Any:
+    def one(r, t):
+        if not _is_empty(t):
+            return r
+        sharding = getattr(t, "sharding", None)
+        empty = np.zeros(t.shape, t.dtype)
+        return jax.device_put(empty, sharding) if sharding is not None else jax.numpy.asarray(empty)
+
+    return jax.tree.map(one, restored, target)
+
+
 def _host_array(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -135,7 +162,7 @@ class Checkpointer:
         return self._mgr.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                state=ocp.args.StandardSave(_stand_in_empty(state)),
                 meta=ocp.args.JsonSave(meta),
                 manifest=ocp.args.JsonSave(man),
             ),
@@ -210,14 +237,14 @@ class Checkpointer:
         try:
             out = self._mgr.restore(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target))),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract_stand_in(target))),
             )
         except Exception as e:
             raise ValueError(
                 f"checkpoint at step {step} in {self.directory} is corrupt or does not match the "
                 f"target: {type(e).__name__}: {str(e)[:500]}"
             ) from e
-        state = out["state"]
+        state = _put_back_empty(out["state"], target)
         if man is not None:
             got = manifest(state)
             for key, rec in man["arrays"].items():
