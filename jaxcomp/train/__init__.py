@@ -1,7 +1,7 @@
 """Jitted, explicitly sharded train steps; checkpoints; metrics; a resumable loop."""
 
 from jaxcomp.train.checkpoint import Checkpointer, restore_latest
-from jaxcomp.train.loop import fit
+from jaxcomp.train.loop import Preempted, fit
 from jaxcomp.train.mesh import (
     batch_sharding,
     initialize_distributed,
@@ -20,9 +20,34 @@ from jaxcomp.train.step import (
     shard_train_state,
     split_model,
 )
+from jaxcomp.train.workdir import (
+    WorkdirLock,
+    WorkdirLockedError,
+    config_diff,
+    config_hash,
+    write_json_atomic,
+    write_text_atomic,
+)
+from jaxcomp.train.writers import (
+    JsonlWriter,
+    TensorBoardWriter,
+    create_default_writer,
+    read_tensorboard_scalars,
+)
 
 __all__ = [
     "Checkpointer",
+    "JsonlWriter",
+    "Preempted",
+    "TensorBoardWriter",
+    "WorkdirLock",
+    "WorkdirLockedError",
+    "config_diff",
+    "config_hash",
+    "create_default_writer",
+    "read_tensorboard_scalars",
+    "write_json_atomic",
+    "write_text_atomic",
     "MetricsWriter",
     "Progress",
     "TrainShardings",

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 
 def to_float(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -18,25 +19,26 @@ def to_float(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MetricsWriter:
-    """Appends one JSON object per call to ``<workdir>/<name>.jsonl`` (only on process 0)."""
+    """Appends one JSON object per call to ``<workdir>/<name>.jsonl`` (only on process 0); for
+    evaluation logs next to ``fit``'s ``metrics.jsonl``. ``workdir`` may be any ``epath``."""
 
-    def __init__(self, workdir: str, name: str = "metrics"):
-        self.path = os.path.join(workdir, f"{name}.jsonl")
+    def __init__(self, workdir: str | os.PathLike, name: str = "metrics"):
+        self.path = epath.Path(workdir) / f"{name}.jsonl"
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: int, metrics: Mapping[str, Any], **extra: Any) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **to_float(metrics), **extra}
-        with open(self.path, "a") as f:
+        with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (blank lines skipped)."""
+    return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
 class Progress:
@@ -71,7 +73,7 @@ class Progress:
 
 
 def plot_lines(
-    path: str,
+    path: str | os.PathLike,
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     xlabel: str,
@@ -100,7 +102,9 @@ def plot_lines(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    return path
+    return os.fspath(path)
