@@ -45,6 +45,7 @@ def quiet_orbax_logging() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
         logger.addFilter(_QuietOrbax())
+    logging.getLogger("orbax").setLevel(max(logging.getLogger("orbax").level, logging.WARNING))
 
 
 def _version() -> str:
