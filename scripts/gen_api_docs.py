@@ -12,6 +12,7 @@ import argparse
 import importlib
 import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _signature(obj) -> str:
         sig = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return ""
+    sig = re.sub(r" at 0x[0-9a-f]+>", ">", sig)  # default values' reprs carry addresses
     return sig if len(sig) < 300 else sig[:297] + "..."
 
 
