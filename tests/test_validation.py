@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcomp import pruning
@@ -112,3 +113,107 @@ def test_apply_mask_rejects_wrong_shape_structure_dtype():
         pruning.apply_mask(p, {**good, "a": good["a"].astype(jnp.float32)})
     out = jax.jit(pruning.apply_mask)(p, good)
     assert int(jnp.sum(out["a"] != 0)) == int(jnp.sum(good["a"] & (p["a"] != 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizers: hyperparameters and non-finite gradients
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda O: O.mfac(0.1, damping=math.inf), "damping must be finite and > 0, got inf"),
+        (lambda O: O.mfac(0.1, momentum=1.5), r"momentum must be in \[0, 1\), got 1.5"),
+        (lambda O: O.mfac(0.1, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (lambda O: O.mfac(0.1, weight_decay=math.nan), "weight_decay must be finite"),
+        (lambda O: O.mfac(math.inf), "learning_rate must be finite, got inf"),
+        (lambda O: O.ggt(0.1, eps=math.inf), "eps must be finite and > 0, got inf"),
+        (lambda O: O.ggt(0.1, beta1=np.float32(1.5)), r"beta1 must be in \[0, 1\)"),
+        (lambda O: O.cram(optax.sgd(0.1), rho=math.inf), "rho must be finite and >= 0, got inf"),
+        (lambda O: O.cram(optax.sgd(0.1), rho=math.nan), "rho must be finite and >= 0, got nan"),
+        (lambda O: O.topk(np.float32(1.5)), r"fraction must be in \(0, 1\], got np.float32"),
+    ],
+)
+def test_optimizer_hyperparameters_rejected(make, match):
+    from jaxcomp import optim
+
+    with pytest.raises(ValueError, match=match):
+        make(optim)
+
+
+def test_optimizers_accept_numpy_hyperparameters():
+    from jaxcomp import optim
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    grads = {"w": jnp.ones((2, 3))}
+    txs = [
+        optim.mfac(
+            np.float32(0.1),
+            num_grads=np.int32(2),
+            damping=np.float32(1e-2),
+            momentum=np.float32(0.5),
+            compressor=optim.topk(np.float32(0.5)),
+        ),
+        optim.ggt(
+            np.float32(0.1),
+            num_grads=np.int64(2),
+            eps=np.float32(1e-3),
+            beta1=np.float32(0.5),
+            compressor=optim.lowrank(np.int64(1)),
+        ),
+        optim.cram(optax.sgd(0.1), rho=np.float32(0.1), sparsities=(np.float32(0.5),)),
+    ]
+    for tx in txs:
+        state = tx.init(params)
+        upd, _ = tx.update(grads, state, params, grad_fn=lambda p: grads)
+        assert upd["w"].shape == (2, 3) and upd["w"].dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(upd["w"])))
+
+
+def _tree_equal(a, b):
+    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_apply_if_finite_protects_mfac_state():
+    from jaxcomp import optim
+
+    params = {"w": jnp.arange(8.0).reshape(2, 4) / 8}
+    inner = optim.mfac(0.1, num_grads=3, damping=1e-2, momentum=0.9, compressor=optim.topk(0.5))
+    tx = optax.apply_if_finite(inner, max_consecutive_errors=3)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for i in range(2):
+        _, state = step({"w": jnp.cos(jnp.arange(8.0) + i).reshape(2, 4)}, state, params)
+    before = state.inner_state
+    for bad in (jnp.nan, jnp.inf):
+        upd, state = step({"w": jnp.full((2, 4), 1.0).at[0, 1].set(bad)}, state, params)
+        assert bool(jnp.all(upd["w"] == 0))
+        assert _tree_equal(state.inner_state, before)  # window, gram, EF buffer, momentum
+    upd, state = step({"w": jnp.ones((2, 4))}, state, params)
+    assert bool(jnp.all(jnp.isfinite(upd["w"]))) and bool(jnp.any(upd["w"] != 0))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
+    # unguarded, the same NaN poisons the momentum and the error-feedback buffer for good
+    raw = inner.init(params)
+    _, raw = inner.update({"w": jnp.full((2, 4), jnp.nan)}, raw, params)
+    _, raw = inner.update({"w": jnp.ones((2, 4))}, raw, params)
+    assert not bool(jnp.all(jnp.isfinite(raw.momentum)))
+
+
+def test_apply_if_finite_protects_cram_base_state():
+    from jaxcomp import optim
+
+    params = {"w": jnp.arange(8.0).reshape(2, 4) / 8 - 0.3}
+    base = optax.apply_if_finite(optax.sgd(0.1, momentum=0.9), max_consecutive_errors=3)
+    tx = optim.cram(base, rho=0.05, sparsities=(0.5,), plus=True)
+    state = tx.init(params)
+    good = lambda p: jax.tree.map(lambda x: 2 * x, p)  # gradient of sum(x^2)
+    nan_hat = lambda p: jax.tree.map(lambda x: x * jnp.nan, p)  # the compressed pass blows up
+    _, state = tx.update(good(params), state, params, grad_fn=good)
+    before = state.base_state.inner_state
+    for g, g_fn in ((good(params), nan_hat), ({"w": jnp.full((2, 4), jnp.inf)}, good)):
+        upd, state = tx.update(g, state, params, grad_fn=g_fn)
+        assert bool(jnp.all(upd["w"] == 0))
+        assert _tree_equal(state.base_state.inner_state, before)
+    upd, state = tx.update(good(params), state, params, grad_fn=good)
+    assert bool(jnp.all(jnp.isfinite(upd["w"]))) and bool(jnp.any(upd["w"] != 0))
