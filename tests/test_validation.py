@@ -217,3 +217,79 @@ def test_apply_if_finite_protects_cram_base_state():
         assert _tree_equal(state.base_state.inner_state, before)
     upd, state = tx.update(good(params), state, params, grad_fn=good)
     assert bool(jnp.all(jnp.isfinite(upd["w"]))) and bool(jnp.any(upd["w"] != 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# knowledge-graph files and prover inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kg_non_utf8_names_file_and_line(tmp_path):
+    from jaxcomp.data import kg
+
+    f = tmp_path / "train.tsv"
+    f.write_bytes(b"a\tp\tb\nc\tp\td\n\xffe\tp\tf\n")
+    with pytest.raises(ValueError, match=r"train.tsv: line 3: not UTF-8"):
+        kg.load_triples(f)
+    nl = tmp_path / "facts.nl"
+    nl.write_bytes(b"p(a, b).\nq(\xe9, c).\n")
+    with pytest.raises(ValueError, match=r"facts.nl: line 2: not UTF-8"):
+        kg.load_nl_facts(nl)
+
+
+def test_kg_bom_stripped(tmp_path):
+    from jaxcomp.data import kg
+
+    f = tmp_path / "train.tsv"
+    f.write_bytes("\ufeffa\tp\tb\nb\tp\tc\n".encode())
+    assert kg.load_triples(f) == [("a", "p", "b"), ("b", "p", "c")]
+    t = tmp_path / "rules.nlt"
+    t.write_bytes("\ufeff3  #1(X, Y) :- #1(Y, X).\n".encode())
+    from jaxcomp.prover import load_templates
+
+    assert load_templates(t)[0].count == 3
+
+
+def test_kg_empty_files_rejected(tmp_path):
+    from jaxcomp.data import kg
+    from jaxcomp.prover import KnowledgeBase, load_templates
+
+    f = tmp_path / "train.tsv"
+    f.write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"train.tsv: no triples"):
+        kg.load_triples(f)
+    nl = tmp_path / "c.nl"
+    nl.write_text("% only a comment\n")
+    with pytest.raises(ValueError, match=r"c.nl: no facts"):
+        kg.load_nl_facts(nl)
+    with pytest.raises(ValueError, match="at least one fact or mention"):
+        KnowledgeBase.from_triples([])
+    bad = tmp_path / "bad.nlt"
+    bad.write_text("3  #1(X, Y) :- #1(Y, Z).\n")
+    with pytest.raises(ValueError, match=r"bad.nlt: line 1: head variable"):
+        load_templates(bad)
+
+
+def test_prover_goals_checked():
+    from flax import nnx
+
+    from jaxcomp import prover
+
+    kb = prover.KnowledgeBase.from_triples([("a", "p", "b"), ("b", "p", "c")])
+    tpl = prover.parse_templates("3  #1(X, Y) :- #1(Y, X).")
+    model = prover.GNTP(kb, tpl, 4, rngs=nnx.Rngs(0))
+    cfg = prover.ProverConfig()
+    with pytest.raises(ValueError, match=r"goals is empty"):
+        model(jnp.zeros((0, 3), jnp.int32))
+    with pytest.raises(ValueError, match=r"goals\[1\] = \[0, 1, 3\] has object index 3"):
+        prover.score_triples(
+            model.params(), kb.arrays(), np.array([[0, 0, 1], [0, 1, 3]]), tpl, cfg
+        )
+    with pytest.raises(ValueError, match=r"predicate index -1"):
+        prover.explain(model.params(), kb.arrays(), np.array([[-1, 0, 1]]), tpl, cfg)
+    with pytest.raises(ValueError, match=r"shape \(B, 3\).*got shape \(3,\)"):
+        model(jnp.array([0, 0, 1]))
+    with pytest.raises(ValueError, match="integer indices, got dtype float32"):
+        model(jnp.zeros((1, 3), jnp.float32))
+    scores = prover.score_triples(model.params(), kb.arrays(), np.array([[0, 0, 1]]), tpl, cfg)
+    assert scores.shape == (1,) and 0.0 <= float(scores[0]) <= 1.0
