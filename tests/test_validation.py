@@ -293,3 +293,42 @@ def test_prover_goals_checked():
         model(jnp.zeros((1, 3), jnp.float32))
     scores = prover.score_triples(model.params(), kb.arrays(), np.array([[0, 0, 1]]), tpl, cfg)
     assert scores.shape == (1,) and 0.0 <= float(scores[0]) <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bernstein-Galerkin: convergence by residual, singular problems
+# ---------------------------------------------------------------------------------------------
+
+
+def test_galerkin_accepts_converged_high_degree():
+    from jaxcomp.numerics import galerkin
+    from jaxcomp.numerics.examples import classic_problems
+
+    problem = classic_problems()["cubic"]  # exact solution is a polynomial of degree 2
+    for degree in (16, 24):
+        sol = galerkin(problem, degree)  # stopped on the step size only: refused before
+        assert 1 <= sol.iterations < 50
+        with jax.enable_x64(True):
+            x = np.linspace(problem.a, problem.b, 17)
+            err = np.max(np.abs(np.asarray(sol(x)) - np.asarray(problem.exact(jnp.asarray(x)))))
+        assert err < 1e-12, (degree, err)
+
+
+def test_galerkin_singular_problems_raise():
+    from jaxcomp.numerics import BVP, galerkin, solve_bvp
+    from jaxcomp.numerics.galerkin import SINGULAR_TOL
+
+    neumann = BVP(lambda x, u, du: jnp.ones_like(x), 0.0, 1.0, (0, 1, 0), (0, 1, 0), is_linear=True)
+    resonant = BVP.linear(1.0, 0.0, math.pi**2, 0.0, 0.0, 1.0, (1, 0, 0), (1, 0, 1))
+    nonlinear_neumann = BVP(lambda x, u, du: 1.0 + 0.0 * u**3, 0.0, 2.0, (0, 1, 0), (0, 1, 2))
+    for problem in (neumann, resonant, nonlinear_neumann):
+        with pytest.raises(ValueError, match="singular .*left=.*right="):
+            galerkin(problem, 10)
+        with pytest.raises(ValueError, match="singular"):
+            solve_bvp(problem, 10, 16)
+    near = BVP.linear(1.0, 0.0, 9.0, 0.0, 0.0, 1.0, (1, 0, 0), (1, 0, 1))  # 9 < pi^2: unique
+    sol = galerkin(near, 16)
+    with jax.enable_x64(True):  # u = sin(3x) / sin(3)
+        x = np.linspace(0, 1, 9)
+        np.testing.assert_allclose(np.asarray(sol(x)), np.sin(3 * x) / np.sin(3), atol=1e-10)
+    assert SINGULAR_TOL < 1e-3
