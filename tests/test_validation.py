@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -332,3 +334,157 @@ def test_galerkin_singular_problems_raise():
         x = np.linspace(0, 1, 9)
         np.testing.assert_allclose(np.asarray(sol(x)), np.sin(3 * x) / np.sin(3), atol=1e-10)
     assert SINGULAR_TOL < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT / CLIP: inputs, checkpoints, configs, tokenizers
+# ---------------------------------------------------------------------------------------------
+
+TINY_CLIP = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_clip")
+
+
+def _tiny_bert():
+    from flax import nnx
+
+    from jaxcomp.models import bert
+
+    cfg = bert.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=24, max_position_embeddings=12, type_vocab_size=2,
+    )  # fmt: skip
+    return bert.BertModel(cfg, rngs=nnx.Rngs(1))
+
+
+def _write_bert(tmp_path, model, mutate=None, config_edit=None):
+    from safetensors.numpy import save_file
+
+    from jaxcomp.models import bert
+
+    tensors = bert.hf_state_dict(model)
+    if mutate:
+        mutate(tensors)
+    config = {k: v for k, v in model.config.__dict__.items() if k != "add_pooler"}
+    config.update(config_edit or {})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_bert_input_ranges():
+    model = _tiny_bert()
+    ok = jnp.array([[1, 5, 7, 2]])
+    with pytest.raises(ValueError, match=r"sequence length 13 exceeds max_position_embeddings 12"):
+        model(jnp.ones((1, 13), jnp.int32))
+    with pytest.raises(ValueError, match=r"input_ids\[0, 2\] = 50 is outside \[0, vocab_size=50\)"):
+        model(jnp.array([[1, 5, 50, 2]]))
+    with pytest.raises(ValueError, match=r"input_ids\[0, 0\] = -1"):
+        model(np.array([[-1, 5, 7, 2]]))
+    with pytest.raises(ValueError, match=r"token_type_ids\[0, 1\] = 2 .*type_vocab_size=2"):
+        model(ok, token_type_ids=jnp.array([[0, 2, 0, 0]]))
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids"):
+        model(ok, jnp.ones((1, 3), jnp.int32))
+    with pytest.raises(ValueError, match=r"integer token ids, got dtype float32"):
+        model(ok.astype(jnp.float32))
+    out = model(ok, jnp.ones((1, 4), bool))
+    assert out.shape == (1, 4, 16) and bool(jnp.all(jnp.isfinite(out)))
+    # under jit the sequence length is static and still checked; out-of-range ids give NaN, never
+    # a clamped embedding
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        run(state, jnp.ones((1, 13), jnp.int32))
+    bad = run(state, jnp.array([[1, 5, 50, 2], [1, 5, 7, 2]]))
+    assert bool(jnp.all(jnp.isnan(bad[0]))) and bool(jnp.all(jnp.isfinite(bad[1])))
+
+
+def test_bert_loader_rejects_int_bool_tensors_and_bad_config(tmp_path):
+    from jaxcomp.models import bert
+
+    model = _tiny_bert()
+    key = "encoder.layer.0.attention.self.query.weight"
+
+    def to_int(t):
+        t[key] = t[key].astype(np.int32)
+
+    path = _write_bert(tmp_path / "int", model, to_int)
+    with pytest.raises(ValueError, match=rf"int.*model.safetensors.*{key}|{key}.*int32"):
+        bert.load_pretrained(path)
+
+    def to_bool(t):
+        t["embeddings.LayerNorm.weight"] = t["embeddings.LayerNorm.weight"] > 0
+
+    path = _write_bert(tmp_path / "bool", model, to_bool)
+    with pytest.raises(ValueError, match=r"'embeddings.LayerNorm.weight'.*dtype bool"):
+        bert.load_pretrained(path)
+    for field, value in (("hidden_size", "24"), ("num_hidden_layers", 1.5),
+                         ("layer_norm_eps", "1e-12"), ("vocab_size", True)):  # fmt: skip
+        path = _write_bert(tmp_path / field, model, config_edit={field: value})
+        with pytest.raises(ValueError, match=rf"config.json.*field '{field}' must be"):
+            bert.load_pretrained(path)
+    path = _write_bert(tmp_path / "json", model)
+    (path / "config.json").write_text('{"hidden_size": 16,')
+    with pytest.raises(ValueError, match=r"config.json' is not valid JSON"):
+        bert.load_pretrained(path)
+    (path / "config.json").write_bytes(b'{"hidden_size": "\xff"}')
+    with pytest.raises(ValueError, match=r"config.json' is not UTF-8"):
+        bert.load_pretrained(path)
+    (path / "tokenizer.json").write_text('{"version": "1.0", "model": {')
+    with pytest.raises(ValueError, match=r"could not read tokenizer file .*tokenizer.json"):
+        bert.load_tokenizer(path)
+
+
+def _copy_clip(tmp_path):
+    import shutil
+
+    dst = tmp_path / "clip"
+    shutil.copytree(TINY_CLIP, dst)
+    return dst
+
+
+def test_clip_loader_errors_name_the_file(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from jaxcomp.models import clip
+
+    path = _copy_clip(tmp_path)
+    good = clip.load_pretrained(path)
+    weights = path / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = sorted(k for k in tensors if k.endswith("weight"))[0]
+    bad = {**tensors, key: tensors[key].astype(np.int64)}
+    save_file(bad, str(weights))
+    with pytest.raises(ValueError, match=rf"model.safetensors'.*{key!r}.*dtype int64"):
+        clip.load_pretrained(path)
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match=r"could not read safetensors file .*model.safetensors"):
+        clip.load_pretrained(path)
+    save_file(tensors, str(weights))
+    cfg = path / "config.json"
+    text = cfg.read_text()
+    cfg.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"config.json' is not valid JSON"):
+        clip.load_pretrained(path)
+    conf = json.loads(text)
+    conf["vision_config"]["hidden_size"] = str(conf["vision_config"].get("hidden_size", 768))
+    cfg.write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=r"config.json'.*field 'vision_width' must be an integer"):
+        clip.load_pretrained(path)
+    cfg.write_text(text)
+    (path / "tokenizer.json").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"could not read tokenizer file .*tokenizer.json"):
+        clip.load_tokenizer(path)
+    # a failed load into an existing model leaves it unchanged (no partial model)
+    before = jax.tree.map(np.asarray, jax.tree.leaves(nnx_state(good)))
+    with pytest.raises(ValueError, match="dtype int64"):
+        clip.load_state_dict(good, bad)
+    after = jax.tree.map(np.asarray, jax.tree.leaves(nnx_state(good)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def nnx_state(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
