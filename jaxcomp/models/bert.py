@@ -108,8 +108,8 @@ def check_inputs(
     """``ValueError`` for inputs a BERT encoder cannot embed, naming the value.
 
     Always (static shapes and dtypes, also under ``jax.jit``): ``input_ids`` must be an integer
-    ``(batch, seq)`` array with ``seq <= max_position_embeddings``; ``attention_mask`` and
-    ``token_type_ids`` must have its shape and an integer or bool dtype. When the arrays are
+    ``(batch, seq)`` array with ``seq <= max_position_embeddings``; ``attention_mask`` (any dtype, > 0 attends) and
+    ``token_type_ids`` (integer) must have its shape. When the arrays are
     concrete (NumPy, or JAX arrays outside a trace): every id in ``[0, vocab_size)`` and every type
     id in ``[0, type_vocab_size)``. Traced values cannot be checked without ``checkify``; JAX
     gathers then fill out-of-range rows with NaN, so a bad id under ``jit`` gives NaN outputs for
@@ -136,8 +136,8 @@ def check_inputs(
                 f"{name} must have the shape of input_ids {shape}, got {tuple(np.shape(value))}"
             )
         dtype = jnp.result_type(value)
-        if not (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):
-            raise ValueError(f"{name} must be integer or bool, got dtype {dtype}")
+        if name == "token_type_ids" and not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"token_type_ids must be integer ids, got dtype {dtype}")
     for name, value, size, field in (
         ("input_ids", input_ids, cfg.vocab_size, "vocab_size"),
         ("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size"),
