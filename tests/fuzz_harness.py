@@ -819,6 +819,54 @@ def run_clip_load(x):
         return expect_error(lambda: clip.load_pretrained(d), "model.safetensors", key)
 
 
+@st.composite
+def stream_args(draw):
+    n = draw(st.integers(1, 12))
+    pc = draw(st.sampled_from([1, 1, 2, 3]))
+    bs = pc * draw(st.integers(1, max(1, n // pc)))
+    pi, step = draw(st.integers(0, pc - 1)), draw(st.integers(0, 50))
+    aug = draw(st.sampled_from([None, "crop_flip"]))
+    kind = draw(st.sampled_from(["valid", "valid", "batch_size", "split", "step", "augment"]))
+    if kind == "batch_size":
+        bs = draw(st.sampled_from([-1, 0, n + 1, n + pc]))
+    elif kind == "split":
+        pi = draw(st.sampled_from([-1, pc, pc + 2]))
+    elif kind == "step":
+        step = draw(st.integers(-5, -1))
+    elif kind == "augment":
+        aug = draw(st.sampled_from(["flip", ""]))
+    return n, bs, pc, pi, step, aug
+
+
+def run_stream(x):
+    from jaxcomp.data import DataStream
+
+    n, bs, pc, pi, step, aug = x
+    images = np.arange(n * 16, dtype=np.uint8).reshape(n, 4, 4, 1)
+    labels = np.arange(n) % 3
+
+    def make():
+        return DataStream(images, labels, bs, augment=aug, process_index=pi, process_count=pc)
+
+    if not 1 <= bs <= n:
+        return expect_error(make, "batch_size", str(bs))
+    if bs % pc:
+        return expect_error(make, "process_count", str(pc))
+    if aug not in (None, "crop_flip"):
+        return expect_error(make, "augment", repr(aug))
+    if not 0 <= pi < pc:
+        return expect_error(make, "process_index", str(pi))
+    if step < 0:
+        return expect_error(lambda: make().batch(step), "step", str(step))
+
+    def check(b):
+        ok = b["image"].shape == (bs // pc, 4, 4, 1) and b["image"].dtype == np.float32
+        ok = ok and b["label"].dtype == np.int32 and b["label"].shape == (bs // pc,)
+        return None if ok else f"batch {b['image'].shape} {b['label'].dtype}"
+
+    return expect_ok(lambda: make().batch(step), check)
+
+
 # ---------------------------------------------------------------------------------------------
 # BVP solver
 # ---------------------------------------------------------------------------------------------
@@ -1033,6 +1081,7 @@ CASES = [
     Case("optim updates (mfac, ggt, cram, EFCP)", "f32 / bf16 dense and conv trees, 2 jitted steps", transform_cases(), run_transform, 4),
     Case("data.kg.load_triples", "random TSV: bad field counts, blanks, BOM, CRLF, non-UTF-8", kg_file(), run_kg_file, 20),
     Case("prover.load_templates", "random clauses: bad counts, atoms, dots, non-UTF-8", template_text(), run_templates, 15),
+    Case("data.DataStream", "batch_size 0 / > n, process split, negative step, augment", stream_args(), run_stream, 20),
     Case("data.read_idx", "valid / truncated / header bit flip / trailing bytes", idx_bytes(), run_idx, 15),
     Case("models.bert.load_pretrained", "int/bool tensor, wrong shape, missing key, truncated file, config field type, broken JSON", bert_mutation(), run_bert_load, 8),
     Case("models.bert.BertModel", "ids/type ids in and out of range, length > max positions, float ids", bert_inputs(), run_bert_call, 8),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 __all__ = [
     "load_triples",
+    "read_text_lines",
     "load_mentions",
     "load_nl_facts",
     "load_countries",
