@@ -31,8 +31,11 @@ def test_keep_count_resnet50_size_exact():
 
 def test_keep_count_integer_formula():
     sparsities = [0.0, 0.1, 0.5, 0.7, 0.9, 0.95, 0.975, 0.999999]
-    for n in [0, 1, 99, 100, 2**21 + 3, 25_557_032, 999_999_937, 2**31 - 1]:
-        traced = jax.jit(jax.vmap(lambda x, n=n: keep_count(n, x)))(jnp.float32(sparsities))
+    sizes = [0, 1, 99, 100, 2**21 + 3, 25_557_032, 999_999_937, 2**31 - 1]
+    all_traced = jax.jit(jax.vmap(lambda x: jnp.stack([keep_count(n, x) for n in sizes])))(
+        jnp.float32(sparsities)
+    )  # (sparsity, size), one compilation
+    for n, traced in zip(sizes, np.asarray(all_traced).T):
         for s, t in zip(sparsities, traced):
             q = round(s * SPARSITY_GRID)
             want = -((-n * (SPARSITY_GRID - q)) // SPARSITY_GRID)  # exact ceil in Python ints
