@@ -337,6 +337,8 @@ def test_galerkin_singular_problems_raise():
         x = np.linspace(0, 1, 9)
         np.testing.assert_allclose(np.asarray(sol(x)), np.sin(3 * x) / np.sin(3), atol=1e-10)
     assert SINGULAR_TOL < 1e-3
+    with pytest.raises(ValueError, match=r"quad_points=3 under-integrates degree 10"):
+        galerkin(near, 10, quad_points=3)
 
 
 # ---------------------------------------------------------------------------------------------
