@@ -557,17 +557,19 @@ def run_kg_file(data):
 
 @st.composite
 def template_text(draw):
-    atoms = st.sampled_from(
-        ["#1(X, Y)", "#2(Y, X)", "#1(X, Z)", "#3(Z, Y)", "p(X,", "q()", "r(X, X)"]
-    )
+    good = ["#1(X, Y)", "#2(Y, X)", "#1(X, Z)", "#3(Z, Y)"]
+    atoms = st.sampled_from(good * 4 + ["p(X,", "q()", "r(X, X)"])
     lines = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["3", "20", "0", "x", ""]),
+                st.sampled_from(["3", "20", "3", "20", "0", "x", ""]),
                 atoms,
-                st.lists(atoms, min_size=0, max_size=2),
-                st.sampled_from([".", "", ".."]),
-            ).map(lambda t: f"{t[0]}  {t[1]} :- {', '.join(t[2])}{t[3]}"),
+                st.lists(atoms, min_size=1, max_size=2) | st.just([]),
+                st.sampled_from([".", ".", ".", "", ".."]),
+            ).map(lambda t: f"{t[0]}  {t[1]} :- {', '.join(t[2])}{t[3]}")
+            | st.sampled_from(
+                ["3  #1(X, Y) :- #2(Y, X).", "20  #1(X, Y) :- #2(X, Z), #3(Z, Y).", "", "% c"]
+            ),
             max_size=3,
         )
     )
@@ -737,16 +739,22 @@ def run_bert_load(mutation):
 @st.composite
 def bert_inputs(draw):
     tensors, config = _tiny_bert_files()
-    b = draw(st.integers(1, 2))
-    length = draw(st.sampled_from([1, 4, 10, 11, 16]))
-    seed = draw(st.integers(0, 1000))
-    rng = np.random.default_rng(seed)
-    hi = draw(st.sampled_from([config["vocab_size"], config["vocab_size"] + 3]))
-    lo = draw(st.sampled_from([0, -2]))
-    ids = rng.integers(lo, hi, size=(b, length)).astype(np.int32)
-    types = rng.integers(0, draw(st.sampled_from([2, 3])), size=(b, length)).astype(np.int32)
-    dtype = draw(st.sampled_from(["int32", "int32", "float32"]))
-    return ids.astype(dtype), types
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    b, length = draw(st.integers(1, 2)), draw(st.sampled_from([1, 4, 10]))
+    ids = rng.integers(0, config["vocab_size"], size=(b, length)).astype(np.int32)
+    types = rng.integers(0, 2, size=(b, length)).astype(np.int32)
+    kind = draw(st.sampled_from(["valid", "valid", "id", "type", "length", "dtype"]))
+    i, j = draw(st.integers(0, b - 1)), draw(st.integers(0, length - 1))
+    if kind == "id":
+        ids[i, j] = draw(st.sampled_from([-1, config["vocab_size"], config["vocab_size"] + 7]))
+    elif kind == "type":
+        types[i, j] = draw(st.sampled_from([2, 5]))
+    elif kind == "length":
+        extra = draw(st.sampled_from([11, 16]))
+        ids, types = np.zeros((b, extra), np.int32), np.zeros((b, extra), np.int32)
+    elif kind == "dtype":
+        ids = ids.astype(np.float32)
+    return ids, types
 
 
 @functools.lru_cache(maxsize=1)
