@@ -201,7 +201,7 @@ def test_battery(check):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"rho": -0.1}, "rho must be >= 0, got -0.1"),
+        ({"rho": -0.1}, "rho must be finite and >= 0, got -0.1"),
         ({"rho": 0.1, "sparsities": ()}, "non-empty"),
         ({"rho": 0.1, "sparsities": (0.5, 1.0)}, r"in \[0, 1\), got 1.0"),
         ({"rho": 0.1, "compression": "svd"}, "'svd'"),

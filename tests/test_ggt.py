@@ -81,10 +81,10 @@ def test_zero_gradient_gives_zero_update():
     "kwargs, match",
     [
         (dict(num_grads=0), "num_grads must be an integer >= 1, got 0"),
-        (dict(eps=0.0), "eps must be > 0, got 0.0"),
-        (dict(eps=-1.0), "eps must be > 0, got -1.0"),
+        (dict(eps=0.0), "eps must be finite and > 0, got 0.0"),
+        (dict(eps=-1.0), "eps must be finite and > 0, got -1.0"),
         (dict(beta1=1.0), "beta1 must be in \\[0, 1\\), got 1.0"),
-        (dict(beta1=-0.1), "beta1 must be >= 0, got -0.1"),
+        (dict(beta1=-0.1), "beta1 must be in \\[0, 1\\), got -0.1"),
     ],
 )
 def test_bad_input_raises(kwargs, match):

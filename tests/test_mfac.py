@@ -181,9 +181,9 @@ def test_rank_deficient_window_falls_back_to_eigh():
     [
         (dict(num_grads=0), "num_grads must be an integer >= 1, got 0"),
         (dict(num_grads=2.5), "num_grads must be an integer >= 1, got 2.5"),
-        (dict(damping=0.0), "damping must be > 0, got 0.0"),
-        (dict(damping=-1e-3), "damping must be > 0, got -0.001"),
-        (dict(momentum=-0.5), "momentum must be >= 0, got -0.5"),
+        (dict(damping=0.0), "damping must be finite and > 0, got 0.0"),
+        (dict(damping=-1e-3), "damping must be finite and > 0, got -0.001"),
+        (dict(momentum=-0.5), "momentum must be in \\[0, 1\\), got -0.5"),
     ],
 )
 def test_bad_input_raises(kwargs, match):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 __all__ = [
     "load_triples",
+    "read_text_lines",
     "load_mentions",
     "load_nl_facts",
     "load_countries",
@@ -25,15 +26,35 @@ PYKEEN_DATASETS = ("nations", "umls", "kinships")
 _NL_RE = re.compile(r"^\s*([^\s(),]+)\s*\(\s*([^\s(),]+)\s*,\s*([^\s(),]+)\s*\)\s*\.\s*$")
 
 
-def _read_lines(path: str | Path) -> list[str]:
+def read_text_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (a leading byte-order mark is dropped).
+
+    Raises ``FileNotFoundError`` naming the path, and ``ValueError`` naming the path, the 1-based
+    line and the byte offset of the first byte that is not UTF-8.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {str(path)!r}")
-    return path.read_text(encoding="utf-8").splitlines()
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: not UTF-8 (byte {data[e.start : e.start + 1]!r} at offset "
+            f"{e.start}: {e.reason})"
+        ) from None
+    return text.splitlines()
+
+
+_read_lines = read_text_lines
 
 
 def load_triples(path: str | Path) -> list[tuple[str, str, str]]:
-    """Reads ``s<TAB>p<TAB>o`` lines (blank lines skipped) -> list of ``(s, p, o)``."""
+    """Reads ``s<TAB>p<TAB>o`` lines (blank lines skipped) -> list of ``(s, p, o)``.
+
+    A file without any triple raises ``ValueError`` naming it (an empty split is a broken
+    download, not a data set)."""
     out = []
     for i, ln in enumerate(_read_lines(path), 1):
         if not ln.strip():
@@ -44,6 +65,8 @@ def load_triples(path: str | Path) -> list[tuple[str, str, str]]:
                 f"{path}: line {i}: expected 3 tab-separated fields 's<TAB>p<TAB>o', got {ln!r}"
             )
         out.append(tuple(p.strip() for p in parts))
+    if not out:
+        raise ValueError(f"{path}: no triples (the file is empty or only blank lines)")
     return out  # type: ignore[return-value]
 
 
@@ -62,11 +85,16 @@ def load_nl_facts(path: str | Path) -> list[tuple[str, str, str]]:
         if m is None:
             raise ValueError(f"{path}: line {i}: expected a binary fact 'p(s, o).', got {ln!r}")
         out.append((m.group(2), m.group(1), m.group(3)))
+    if not out:
+        raise ValueError(f"{path}: no facts 'p(s, o).' (the file is empty or only comments)")
     return out
 
 
 def _read_names(path: Path) -> list[str]:
-    return [ln.strip() for ln in _read_lines(path) if ln.strip()]
+    names = [ln.strip() for ln in _read_lines(path) if ln.strip()]
+    if not names:
+        raise ValueError(f"{path}: no names (the file is empty)")
+    return names
 
 
 def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:

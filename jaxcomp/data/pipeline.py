@@ -62,12 +62,19 @@ class DataStream:
             )
         if self.augment not in (None, "crop_flip"):
             raise ValueError(f"augment must be None or 'crop_flip', got {self.augment!r}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(
+                f"process_index must be in [0, process_count={self.process_count}), "
+                f"got {self.process_index}"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.images) // self.batch_size
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
+        if int(step) < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
         epoch, i = divmod(int(step), self.steps_per_epoch)
         perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.images))
         local = self.batch_size // self.process_count

@@ -19,18 +19,27 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcomp.models.weights import load_safetensors, read_json, resolve_file, validate_checkpoint
+from jaxcomp.models.weights import (
+    check_config_fields,
+    load_safetensors,
+    load_tokenizer_file,
+    read_json,
+    resolve_file,
+    validate_checkpoint,
+)
 
 __all__ = [
     "BertConfig",
     "BertLayer",
     "BertModel",
+    "check_inputs",
     "encode_sentences",
     "hf_state_dict",
     "load_pretrained",
@@ -67,6 +76,9 @@ class BertConfig:
     add_pooler: bool = True
 
     def __post_init__(self):
+        check_config_fields(self, non_negative=("pad_token_id",), optional=("pad_token_id",))
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -85,6 +97,61 @@ class BertConfig:
             raise ValueError(f"position_embedding_type must be 'absolute', got {pet!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names}, **overrides)
+
+
+def check_inputs(
+    cfg: BertConfig,
+    input_ids: Any,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+) -> None:
+    """``ValueError`` for inputs a BERT encoder cannot embed, naming the value.
+
+    Always (static shapes and dtypes, also under ``jax.jit``): ``input_ids`` must be an integer
+    ``(batch, seq)`` array with ``seq <= max_position_embeddings``; ``attention_mask`` (any dtype, > 0 attends) and
+    ``token_type_ids`` (integer) must have its shape. When the arrays are
+    concrete (NumPy, or JAX arrays outside a trace): every id in ``[0, vocab_size)`` and every type
+    id in ``[0, type_vocab_size)``. Traced values cannot be checked without ``checkify``; JAX
+    gathers then fill out-of-range rows with NaN, so a bad id under ``jit`` gives NaN outputs for
+    its sequence rather than a silently clamped embedding. Check host batches with this function
+    before a jitted step (``encode_sentences`` does).
+    """
+    shape = tuple(np.shape(input_ids))
+    if len(shape) != 2:
+        raise ValueError(f"input_ids must have shape (batch, seq), got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
+        raise ValueError(
+            f"input_ids must be integer token ids, got dtype {jnp.result_type(input_ids)}"
+        )
+    if shape[1] > cfg.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {shape[1]} exceeds max_position_embeddings "
+            f"{cfg.max_position_embeddings} (truncate with tokenize(..., max_length=...))"
+        )
+    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if value is None:
+            continue
+        if tuple(np.shape(value)) != shape:
+            raise ValueError(
+                f"{name} must have the shape of input_ids {shape}, got {tuple(np.shape(value))}"
+            )
+        dtype = jnp.result_type(value)
+        if name == "token_type_ids" and not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"token_type_ids must be integer ids, got dtype {dtype}")
+    for name, value, size, field in (
+        ("input_ids", input_ids, cfg.vocab_size, "vocab_size"),
+        ("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size"),
+    ):
+        if value is None or isinstance(value, jax.core.Tracer):
+            continue
+        v = np.asarray(value)
+        bad = np.argwhere((v < 0) | (v >= size))
+        if bad.size:
+            i, j = bad[0]
+            raise ValueError(
+                f"{name}[{i}, {j}] = {v[i, j]} is outside [0, {field}={size})"
+                f" ({len(bad)} id(s) out of range)"
+            )
 
 
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -170,7 +237,13 @@ class BertModel(nnx.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Returns the last hidden states ``(batch, seq, hidden)``."""
+        """Returns the last hidden states ``(batch, seq, hidden)``.
+
+        Inputs are checked by :func:`check_inputs` (``ValueError``): shapes and dtypes always,
+        id ranges when the ids are concrete. Under ``jax.jit`` an out-of-range id is not detected
+        and its sequence's outputs are NaN (never a clamped, plausible embedding).
+        """
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
@@ -257,19 +330,25 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:
 
     Raises:
       FileNotFoundError: missing directory, ``config.json`` or ``model.safetensors``.
-      ValueError: a missing or unknown key, or a tensor whose shape does not match the config,
-        naming the key.
+      ValueError: a missing or unknown key, a tensor whose shape does not match the config or
+        whose dtype is not floating point, naming the key and the file; a ``config.json`` that is
+        not JSON or has a field of the wrong type, naming the file and the field. Nothing is
+        assigned before every tensor has been validated.
     """
     config = read_json(path, "config.json")
-    tensors = _normalise_keys(load_safetensors(path, "model.safetensors"))
-    cfg = BertConfig.from_dict(config, add_pooler="pooler.dense.weight" in tensors)
+    weights_file = resolve_file(path, "model.safetensors")
+    tensors = _normalise_keys(load_safetensors(weights_file))
+    try:
+        cfg = BertConfig.from_dict(config, add_pooler="pooler.dense.weight" in tensors)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{resolve_file(path, 'config.json')!r}: {e}") from None
     model = nnx.eval_shape(lambda: BertModel(cfg, rngs=nnx.Rngs(0)))
     table = _hf_parameter_table(model)
     shapes = {
         k: (tuple(reversed(v.get_value().shape)) if t else tuple(v.get_value().shape))
         for k, (v, t) in table.items()
     }
-    arrays = validate_checkpoint(tensors, shapes, ignore=IGNORED_KEYS)
+    arrays = validate_checkpoint(tensors, shapes, ignore=IGNORED_KEYS, source=weights_file)
     for key, (var, transpose) in table.items():
         a = np.asarray(arrays[key])
         var.set_value(jnp.asarray(a.T if transpose else a, dtype=dtype))
@@ -286,9 +365,7 @@ def load_tokenizer(path: str | os.PathLike):
     Padding and truncation stored in the file (e.g. pad-to-128) are switched off: :func:`tokenize`
     pads and truncates explicitly, so the token ids equal the HF tokenizer's unpadded ones.
     """
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(resolve_file(path, "tokenizer.json"))
+    tokenizer = load_tokenizer_file(resolve_file(path, "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
@@ -366,6 +443,9 @@ def encode_sentences(
         longest = max(len(e.ids) for e in tokenizer.encode_batch(chunk))
         width = min(max_length, 16 * math.ceil(min(longest, max_length) / 16))
         batch = tokenize(tokenizer, chunk, max_length=max_length, pad_to=width)
+        cfg = getattr(model, "config", None)
+        if isinstance(cfg, BertConfig):  # values are traced inside _embed: check on the host
+            check_inputs(cfg, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         out.append(
             np.asarray(
                 _embed(

@@ -26,7 +26,6 @@ into a joint space of ``projection_dim``, and a learned temperature ``logit_scal
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
+
+from jaxcomp.models.weights import (
+    check_config_fields,
+    check_float,
+    load_safetensors,
+    load_tokenizer_file,
+    read_json,
+)
 
 __all__ = [
     "CLIP",
@@ -83,6 +90,9 @@ class CLIPConfig:
     logit_scale_init: float = 2.6592  # log(1 / 0.07)
 
     def __post_init__(self):
+        check_config_fields(self)
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size "
@@ -343,12 +353,11 @@ def config_from_hf(config: Mapping[str, Any]) -> CLIPConfig:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file as numpy arrays (no pickle, no torch)."""
-    from safetensors.numpy import load_file
-
+    """All tensors of a ``.safetensors`` file as numpy arrays (no pickle, no torch); a corrupt
+    file raises ``ValueError`` naming it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no safetensors file at {path!r}")
-    return dict(load_file(path))
+    return load_safetensors(path)
 
 
 def _linear(prefix: str) -> list[tuple[str, tuple[str, ...], Callable]]:
@@ -404,28 +413,40 @@ def _hf_mapping(cfg: CLIPConfig) -> list[tuple[str, tuple[Any, ...], Callable]]:
 _IGNORED_HF_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
 
-def load_state_dict(model: CLIP, tensors: Mapping[str, ArrayLike], *, strict: bool = True) -> CLIP:
+def load_state_dict(
+    model: CLIP, tensors: Mapping[str, ArrayLike], *, strict: bool = True, source: str | None = None
+) -> CLIP:
     """Copy Hugging Face-named ``tensors`` into ``model`` (in place; returns it).
 
-    Raises ``ValueError`` naming the key for a missing key, an unknown key (when ``strict``) or a
-    shape mismatch.
+    Raises ``ValueError`` naming the key (and ``source``, the file) for a missing key, an unknown
+    key (when ``strict``), a shape mismatch or a tensor that is not floating point. Every tensor is
+    validated before the first one is assigned, so a failed load leaves ``model`` unchanged.
     """
+    where = f"{source!r}: " if source else ""
     remaining = {k: v for k, v in tensors.items() if k not in _IGNORED_HF_KEYS}
+    staged = []
     for key, path, transform in _hf_mapping(model.config):
         if key not in remaining:
-            raise ValueError(f"checkpoint is missing key {key!r}")
-        value = transform(np.asarray(remaining.pop(key), dtype=np.float32))
+            raise ValueError(f"{where}checkpoint is missing key {key!r}")
+        raw = remaining.pop(key)
+        try:
+            check_float(key, raw)
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+        value = transform(np.asarray(raw, dtype=np.float32))
         node: Any = model
         for p in path:
             node = node[p] if isinstance(p, int) else getattr(node, p)
         if tuple(node.get_value().shape) != tuple(value.shape):
             raise ValueError(
-                f"checkpoint key {key!r} has shape {tuple(value.shape)} after conversion, "
+                f"{where}checkpoint key {key!r} has shape {tuple(value.shape)} after conversion, "
                 f"the model expects {tuple(node.get_value().shape)}"
             )
-        node.set_value(jnp.asarray(value))
+        staged.append((node, value))
     if strict and remaining:
-        raise ValueError(f"checkpoint has unknown keys: {sorted(remaining)[:10]}")
+        raise ValueError(f"{where}checkpoint has unknown keys: {sorted(remaining)[:10]}")
+    for node, value in staged:
+        node.set_value(jnp.asarray(value))
     return model
 
 
@@ -439,29 +460,44 @@ def load_pretrained(path: str | os.PathLike, *, strict: bool = True) -> CLIP:
     ``path`` may also be a ``.safetensors`` file holding an OpenAI-format state dict
     (``visual.conv1.weight`` ...): it is converted with :func:`convert_openai_state_dict` and the
     architecture is inferred with :func:`config_from_openai_state_dict`.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file (and the key
+    or config field) for a corrupt safetensors file, invalid JSON, a config field of the wrong type
+    or a tensor of the wrong shape or dtype.
     """
     path = os.fspath(path)
     if os.path.isfile(path) and path.endswith(".safetensors"):
         tensors = _read_safetensors(path)
         if "visual.conv1.weight" in tensors or "token_embedding.weight" in tensors:
-            config = config_from_openai_state_dict(tensors)
-            tensors = convert_openai_state_dict(tensors)
+            try:
+                config = config_from_openai_state_dict(tensors)
+                tensors = convert_openai_state_dict(tensors)
+            except ValueError as e:
+                raise ValueError(f"{path!r}: {e}") from None
         else:
-            config_path = os.path.join(os.path.dirname(path), "config.json")
-            config = config_from_hf(_read_json(config_path))
-        return load_state_dict(_abstract_model(config), tensors, strict=strict)
+            config = _config_file(os.path.join(os.path.dirname(path), "config.json"))
+        return load_state_dict(_abstract_model(config), tensors, strict=strict, source=path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no CLIP checkpoint directory or .safetensors file at {path!r}")
-    config = config_from_hf(_read_json(os.path.join(path, "config.json")))
-    tensors = _read_safetensors(os.path.join(path, "model.safetensors"))
-    return load_state_dict(_abstract_model(config), tensors, strict=strict)
+    config = _config_file(os.path.join(path, "config.json"))
+    weights = os.path.join(path, "model.safetensors")
+    tensors = _read_safetensors(weights)
+    return load_state_dict(_abstract_model(config), tensors, strict=strict, source=weights)
+
+
+def _config_file(path: str) -> CLIPConfig:
+    """``config_from_hf`` of a ``config.json``; errors name the file."""
+    config = _read_json(path)
+    try:
+        return config_from_hf(config)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path!r}: {e}") from None
 
 
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config file at {path!r}")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 # Keys OpenAI's JIT archives carry that are hyper-parameters, not weights.
@@ -602,8 +638,6 @@ def load_tokenizer(path: str | os.PathLike, *, context_length: int | None = None
     ``context_length`` defaults to ``text_config.max_position_embeddings`` of a ``config.json``
     next to it, else 77.
     """
-    from tokenizers import Tokenizer
-
     path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
@@ -614,4 +648,10 @@ def load_tokenizer(path: str | os.PathLike, *, context_length: int | None = None
         if os.path.isfile(config_path):
             cfg = _read_json(config_path)
             context_length = cfg.get("text_config", {}).get("max_position_embeddings", 77)
-    return CLIPTokenizer(Tokenizer.from_file(file), context_length=context_length)
+    if (
+        isinstance(context_length, bool)
+        or not isinstance(context_length, int)
+        or context_length < 2
+    ):
+        raise ValueError(f"context_length must be an integer >= 2, got {context_length!r}")
+    return CLIPTokenizer(load_tokenizer_file(file), context_length=context_length)

@@ -67,6 +67,61 @@ def weak_residual(F, data, c: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _jacobian(F, data, c):
+    return jax.jacfwd(lambda v: weak_residual(F, data, v))(c)
+
+
+#: Below this normalised smallest singular value the linearised problem counts as singular.
+SINGULAR_TOL = 1e-7
+
+
+def normalized_min_singular_value(
+    jac: np.ndarray, basis: BernsteinBasis, M: np.ndarray, a: float, b: float
+) -> float:
+    """Smallest singular value of the Galerkin Jacobian in the ``H^1`` metric of the trial space.
+
+    With ``S = int phi_i' phi_j' + L^-2 int phi_i phi_j`` (``L = b - a``, ``phi = B M`` the
+    modified basis, exact Gauss-Legendre quadrature) and ``S = C C^T``, this is
+    ``sigma_min(C^-1 J C^-T)``: invariant under the choice of basis and the basis' conditioning,
+    about 1 for ``u'' = u`` and ``|1 - k / lambda_1|`` for ``u'' + k u = 0`` with Dirichlet
+    conditions (``lambda_1 = pi^2 / L^2``). A singular linearised operator (pure Neumann
+    conditions on ``u'' = f(x)``, resonance ``u'' + (j pi / L)^2 u = 0``) gives rounding level,
+    ``1e-13`` to ``1e-17`` at degree >= 8; the classic test problems give 0.8 to 1.
+    """
+    xq, wq = gauss_legendre(basis.n + 2, a, b)  # exact for the degree-2n integrands
+    phi = np.asarray(basis(jnp.asarray(xq), 0)) @ M
+    dphi = np.asarray(basis(jnp.asarray(xq), 1)) @ M
+    gram = dphi.T @ (wq[:, None] * dphi) + phi.T @ (wq[:, None] * phi) / (b - a) ** 2
+    chol = np.linalg.cholesky(gram)
+    left = np.linalg.solve(chol, np.asarray(jac))
+    return float(np.linalg.svd(np.linalg.solve(chol, left.T).T, compute_uv=False)[-1])
+
+
+def _check_nonsingular(problem: BVP, data, c: jax.Array, basis, M, degree: int) -> None:
+    jac = np.asarray(_jacobian(problem.F, data, c))
+    sigma = (
+        normalized_min_singular_value(jac, basis, np.asarray(M), problem.a, problem.b)
+        if np.all(np.isfinite(jac))
+        else float("nan")
+    )
+    if not sigma >= SINGULAR_TOL:
+        nq = len(data[0])
+        if nq <= degree:  # too few points: the discrete system itself is rank-deficient
+            raise ValueError(
+                f"galerkin: quad_points={nq} under-integrates degree {degree} and makes the "
+                f"discrete system singular (normalised smallest singular value {sigma:.1e}); use "
+                f"quad_points > {degree} (default 2 * degree + 8)"
+            )
+        raise ValueError(
+            f"galerkin: the problem is singular (no unique solution): the linearised operator of "
+            f"u'' = F(x, u, u') with left={problem.left}, right={problem.right} on "
+            f"[{problem.a}, {problem.b}] has a null space (normalised smallest singular value "
+            f"{sigma:.1e} < {SINGULAR_TOL:g} at degree {degree}); e.g. pure Neumann conditions "
+            f"on u'' = f(x), or resonance u'' + (k pi / L)^2 u = 0 with Dirichlet conditions"
+        )
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _newton_step(F, data, c):
     g, jac = weak_residual(F, data, c), jax.jacfwd(lambda v: weak_residual(F, data, v))(c)
     dc = jnp.linalg.solve(jac, -g)
@@ -89,9 +144,16 @@ def galerkin(
       problem: the boundary value problem.
       degree: polynomial degree ``n >= 2`` (``n - 1`` unknowns).
       quad_points: Gauss-Legendre points; default ``2 n + 8``.
-      tol: Newton stops when ``|dc|_inf <= tol (1 + |c|_inf)``.
+      tol: Newton stops when ``|dc|_inf <= tol (1 + |c|_inf)`` or when the weak residual
+        ``|G(c)|_inf <= tol * (1 + |G(c_0)|_inf)`` (at degree >= 16 the step stalls at the
+        basis' conditioning, about 1e-10, while the residual is at rounding level).
       max_iter: maximum Newton iterations (nonlinear problems).
       initial: optional ``(n - 1,)`` initial coefficients ``c`` (default zeros, i.e. ``u = theta``).
+
+    Raises:
+      ValueError: the problem is singular (``normalized_min_singular_value`` of the Jacobian
+        below ``SINGULAR_TOL``): pure Neumann ``u'' = f``, resonant ``u'' + pi^2 u = 0``, ...
+      RuntimeError: Newton diverged or did not converge in ``max_iter`` steps.
 
     Returns:
       A :class:`BernsteinSolution`. Polynomial exact solutions of degree ``<= n`` are reproduced
@@ -120,7 +182,17 @@ def galerkin(
     c0 = jnp.zeros(n - 1) if initial is None else jnp.asarray(initial, jnp.float64)
     if c0.shape != (n - 1,):
         raise ValueError(f"initial must have shape ({n - 1},) for degree {n}, got {c0.shape}")
-    c, iterations = newton(
-        step, c0, tol=tol, max_iter=max_iter, linear=problem.is_linear, what="galerkin"
-    )
+    if problem.is_linear:  # the Jacobian does not depend on c: check before solving
+        _check_nonsingular(problem, data, c0, basis, M, n)
+    try:
+        c, iterations = newton(
+            step, c0, tol=tol, max_iter=max_iter, linear=problem.is_linear, what="galerkin"
+        )
+    except RuntimeError:
+        _check_nonsingular(
+            problem, data, c0, basis, M, n
+        )  # a clearer error if the problem is singular
+        raise
+    if not problem.is_linear:
+        _check_nonsingular(problem, data, c, basis, M, n)
     return BernsteinSolution(basis, d + M @ c, iterations)

@@ -163,7 +163,10 @@ def newton(
     linear: bool,
     what: str,
 ) -> tuple[jax.Array, int]:
-    """Iterate ``x, |dx|_inf, |G(x)|_inf = step(x)`` until ``|dx| <= tol (1 + |x|)``.
+    """Iterate ``x, |dx|_inf, |G(x)|_inf = step(x)`` until ``|dx| <= tol (1 + |x|)`` or the
+    residual at the current iterate is ``|G(x)| <= tol (1 + |G(x_0)|)`` (then that iterate is
+    returned: ill-conditioned discretisations stall the step size well above ``tol`` while the
+    residual is already at rounding level).
 
     For a linear (affine) residual one step is exact, so the loop stops after it.  Raises
     ``RuntimeError`` naming the last step and residual if the iteration diverges or stalls.
@@ -173,10 +176,15 @@ def newton(
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     x = x0
-    dx_norm = res_norm = float("nan")
+    dx_norm = res_norm = res0 = float("nan")
     for it in range(1, max_iter + 1):
+        prev = x
         x, dx, res = step(x)
         dx_norm, res_norm = float(dx), float(res)
+        if it == 1:
+            res0 = res_norm
+        elif not linear and math.isfinite(res_norm) and res_norm <= tol * (1.0 + res0):
+            return prev, it - 1
         if not (math.isfinite(dx_norm) and bool(jnp.all(jnp.isfinite(x)))):
             raise RuntimeError(
                 f"{what}: Newton iteration {it} produced non-finite values (singular Jacobian? "

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -150,10 +151,13 @@ def topk(fraction: float = 0.01) -> Compressor:
     Args:
       fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    if isinstance(fraction, bool) or not isinstance(
+        fraction, (int, float, np.integer, np.floating)
+    ):
         raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
-    if not 0.0 < fraction <= 1.0:
+    if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    fraction = float(fraction)
 
     def compress(a, aux, shapes):
         k = topk_size(fraction, _numel(shapes))
@@ -244,8 +248,9 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
       rank: target rank `r >= 1` (capped per layer at `min(rows, cols)`).
       seed: seed of the random initial `Q` (standard normal, as in PowerSGD).
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+    rank = int(rank)
 
     def init(shapes):
         key = jax.random.PRNGKey(seed)

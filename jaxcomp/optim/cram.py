@@ -16,10 +16,17 @@ The extra forward/backward pass comes in as ``grad_fn(params) -> grads`` on the 
 way ``optax.contrib.sam``'s opaque mode does it). ``jaxcomp.train.make_train_step`` builds it so
 the compressed pass never moves BatchNorm running statistics. CrAM+-Multi
 (``plus=True, sparse_grad=True, sparsities=(0.5, 0.7, 0.9)``) is the recommended setting.
+
+Non-finite gradients: a NaN/inf in ``g`` or in the compressed pass's ``g_hat`` would enter the
+base optimizer's momentum for good. ``cram(optax.apply_if_finite(base, k), ...)`` guards the
+direction the base actually receives (both ``g`` and ``g_hat`` feed it), so a bad batch gives a
+zero update and leaves the base state untouched; ``optax.apply_if_finite(cram(...), k)`` guards
+only ``g`` (tested in ``tests/test_validation.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -48,8 +55,8 @@ class CrAMState(NamedTuple):
 
 
 def _check(rho: Any, sparsities: Sequence[float], compression: str) -> None:
-    if _is_concrete(rho) and (float(rho) < 0 or float(rho) != float(rho)):
-        raise ValueError(f"rho must be >= 0, got {rho}")
+    if _is_concrete(rho) and not (math.isfinite(float(rho)) and float(rho) >= 0):
+        raise ValueError(f"rho must be finite and >= 0, got {rho}")
     if compression not in ("global", "layer", "nm"):
         raise ValueError(f"compression must be 'global', 'layer' or 'nm', got {compression!r}")
     if compression != "nm":

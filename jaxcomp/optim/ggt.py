@@ -43,8 +43,9 @@ from jaxcomp.optim.compress import (
 )
 from jaxcomp.optim.utils import (
     check_int_at_least,
-    check_nonnegative,
+    check_learning_rate,
     check_positive,
+    check_unit_interval,
     is_static_zero,
     resolve_learning_rate,
 )
@@ -144,10 +145,9 @@ def ggt(
       An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
     """
     r = check_int_at_least("num_grads", num_grads, 1)
+    check_learning_rate(learning_rate)
     check_positive("eps", eps)
-    check_nonnegative("beta1", beta1)
-    if isinstance(beta1, (int, float)) and beta1 >= 1:
-        raise ValueError(f"beta1 must be in [0, 1), got {beta1!r}")
+    check_unit_interval("beta1", beta1)
     use_momentum = not is_static_zero(beta1)
     ops = identity() if compressor is None else compressor
 

@@ -38,8 +38,10 @@ from jaxcomp.optim.compress import (
 )
 from jaxcomp.optim.utils import (
     check_int_at_least,
+    check_learning_rate,
     check_nonnegative,
     check_positive,
+    check_unit_interval,
     is_static_zero,
     ravel_f32,
     resolve_learning_rate,
@@ -165,17 +167,25 @@ def mfac(
       learning_rate: scalar or optax schedule.
       num_grads: window size `m >= 1`.
       damping: `lambda > 0`.
-      momentum: heavy-ball coefficient on the preconditioned direction (no dampening).
+      momentum: heavy-ball coefficient on the preconditioned direction (no dampening), in
+        [0, 1).
       weight_decay: decoupled weight decay; needs `params` in `update`.
       compressor: `jaxcomp.optim.topk(...)` or `jaxcomp.optim.lowrank(...)` for EFCP;
         `None` stores dense gradients.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
+
+    Non-finite gradients: one NaN/inf gradient enters the window, the Gram matrix, the
+    error-feedback buffer and the momentum and poisons every later step. Wrap the transform,
+    `optax.apply_if_finite(mfac(...), max_consecutive_errors=k)`: a non-finite gradient then
+    gives a zero update and leaves the whole `MFACState` untouched (tested in
+    `tests/test_validation.py`).
     """
     m = check_int_at_least("num_grads", num_grads, 1)
+    check_learning_rate(learning_rate)
     check_positive("damping", damping)
-    check_nonnegative("momentum", momentum)
+    check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
     use_weight_decay = not is_static_zero(weight_decay)

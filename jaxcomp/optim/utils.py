@@ -136,12 +136,25 @@ def check_int_at_least(name: str, value: Any, low: int) -> int:
 
 
 def check_positive(name: str, value: ArrayLike) -> None:
-    """ValueError naming `value` if it is a static number <= 0 (arrays are not checked)."""
-    if _is_static_number(value) and not float(value) > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    """ValueError naming `value` if it is a static number that is not finite and > 0 (arrays,
+    e.g. hyperparameters injected by `optax.inject_hyperparams`, are not checked)."""
+    if _is_static_number(value) and not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
 
 def check_nonnegative(name: str, value: ArrayLike) -> None:
-    """ValueError naming `value` if it is a static number < 0 (arrays are not checked)."""
-    if _is_static_number(value) and not float(value) >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    """ValueError naming `value` if it is a static number that is not finite and >= 0."""
+    if _is_static_number(value) and not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: ArrayLike) -> None:
+    """ValueError naming `value` if it is a static number outside [0, 1) (momentum, beta1)."""
+    if _is_static_number(value) and not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_learning_rate(value: optax.ScalarOrSchedule) -> None:
+    """ValueError if a static learning rate is NaN or infinite (schedules are not checked)."""
+    if _is_static_number(value) and not math.isfinite(float(value)):
+        raise ValueError(f"learning_rate must be finite, got {value!r}")

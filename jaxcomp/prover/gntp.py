@@ -30,7 +30,14 @@ import optax
 from flax import nnx
 
 from jaxcomp.prover import unify as U
-from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
+from jaxcomp.prover.kb import (
+    KBArrays,
+    KnowledgeBase,
+    check_goals,
+    embed_goals,
+    fact_embeddings,
+    init_params,
+)
 from jaxcomp.prover.templates import Template
 
 __all__ = [
@@ -291,7 +298,10 @@ def score_triples(
     *,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """:func:`prove` for int ``(B, 3)`` goals ``(p, s, o)`` (jitted; templates/cfg static)."""
+    """:func:`prove` for int ``(B, 3)`` goals ``(p, s, o)`` (jitted; templates/cfg static).
+
+    Concrete goals are checked (shape, dtype, index ranges) before jitting: ``ValueError``."""
+    check_goals(goals, params["predicates"].shape[0], params["constants"].shape[0])
     return _score_jit(params, kb, jnp.asarray(goals), tuple(templates), cfg, mask)
 
 
@@ -333,6 +343,7 @@ def explain(
 
     Runs the same prover as :func:`prove` and reads back the argmax branch of the proof tree.
     """
+    check_goals(goals, params["predicates"].shape[0], params["constants"].shape[0])
     goals = jnp.asarray(goals)
     kinds = []
 

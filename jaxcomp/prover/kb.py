@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,8 @@ class KnowledgeBase:
                 raise ValueError(f"empty text pattern in mention {(s, pattern, o)!r}")
             m_args.append((consts[s], consts[o]))
             m_toks.append([toks.setdefault(w, len(toks)) for w in words])
+        if not triples and not mentions:
+            raise ValueError("a knowledge base needs at least one fact or mention, got none")
         facts = np.array([(preds[p], consts[s], consts[o]) for s, p, o in triples], np.int32)
         facts = facts.reshape(-1, 3)
         length = max((len(t) for t in m_toks), default=1)
@@ -195,8 +197,41 @@ def fact_embeddings(params: dict, kb: KBArrays) -> tuple[jax.Array, jax.Array, j
     )
 
 
+def check_goals(goals: Any, num_predicates: int, num_constants: int) -> None:
+    """ValueError unless ``goals`` is a non-empty int ``(B, 3)`` array of ``(p, s, o)`` indices.
+
+    Shape and dtype are checked always; the index ranges (``0 <= p < num_predicates``,
+    ``0 <= s, o < num_constants``) when ``goals`` is concrete (NumPy or a non-traced JAX array).
+    Under ``jax.jit`` an out-of-range index is not detected (JAX clamps gathers), so the public
+    entry points (``score_triples``, ``GNTP.__call__``, ``explain``) check before jitting.
+    """
+    shape, dtype = np.shape(goals), jnp.result_type(goals)
+    if len(shape) != 2 or shape[1] != 3:
+        raise ValueError(f"goals must have shape (B, 3) as (p, s, o), got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError("goals is empty (shape (0, 3)); need at least one goal")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"goals must be integer indices, got dtype {dtype}")
+    if isinstance(goals, jax.core.Tracer):
+        return
+    g = np.asarray(goals)
+    for col, name, size in (
+        (0, "predicate", num_predicates),
+        (1, "subject", num_constants),
+        (2, "object", num_constants),
+    ):
+        bad = np.flatnonzero((g[:, col] < 0) | (g[:, col] >= size))
+        if bad.size:
+            raise ValueError(
+                f"goals[{bad[0]}] = {g[bad[0]].tolist()} has {name} index {g[bad[0], col]} "
+                f"outside [0, {size})"
+            )
+
+
 def embed_goals(params: dict, goals: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """int ``(B, 3)`` goals ``(p, s, o)`` -> three ``(B, E)`` embedding arrays."""
+    """int ``(B, 3)`` goals ``(p, s, o)`` -> three ``(B, E)`` embedding arrays (checked by
+    :func:`check_goals`)."""
+    check_goals(goals, params["predicates"].shape[0], params["constants"].shape[0])
     goals = jnp.asarray(goals)
     return (
         params["predicates"][goals[:, 0]],

@@ -21,6 +21,14 @@ def filtered_rank(scores: np.ndarray, true_index: int, filtered: Iterable[int], 
     ``"average"``.
     """
     scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1 or not 0 <= int(true_index) < scores.shape[0]:
+        raise ValueError(
+            f"need 1-d scores and 0 <= true_index < {scores.shape[0]}, got scores of shape "
+            f"{scores.shape} and true_index={true_index}"
+        )
+    nan = np.flatnonzero(np.isnan(scores))
+    if nan.size:
+        raise ValueError(f"scores[{nan[0]}] is NaN ({nan.size} NaN score(s)): cannot rank")
     keep = np.ones(scores.shape[0], bool)
     keep[list(filtered)] = False
     keep[true_index] = True
@@ -42,6 +50,9 @@ def ranking_metrics(ranks: Iterable[float], hits=(1, 3, 10)) -> dict:
     r = np.asarray(list(ranks), np.float64)
     if r.size == 0:
         raise ValueError("no ranks given")
+    bad = np.flatnonzero(~(r >= 1) | ~np.isfinite(r))
+    if bad.size:
+        raise ValueError(f"ranks must be finite and >= 1, got ranks[{bad[0]}] = {r[bad[0]]}")
     out = {"mrr": float(np.mean(1.0 / r))}
     for k in hits:
         out[f"hits@{k}"] = float(np.mean(r <= k))
@@ -91,9 +102,16 @@ def auc_pr(scores: np.ndarray, labels: np.ndarray) -> float:
     threshold); the Countries metric of NTP Sec. 5.1 / GNTP Table 1.
     """
     scores = np.asarray(scores, np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
+    raw_labels = np.asarray(labels).reshape(-1)
+    if scores.shape != raw_labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {raw_labels.shape} differ in shape")
+    if not np.all((raw_labels == 0) | (raw_labels == 1)):
+        bad = np.flatnonzero(~((raw_labels == 0) | (raw_labels == 1)))[0]
+        raise ValueError(f"labels must be 0/1, got labels[{bad}] = {raw_labels[bad]!r}")
+    nan = np.flatnonzero(np.isnan(scores))
+    if nan.size:
+        raise ValueError(f"scores[{nan[0]}] is NaN ({nan.size} NaN score(s))")
+    labels = raw_labels.astype(bool)
     n_pos = int(labels.sum())
     if n_pos == 0:
         raise ValueError("auc_pr needs at least one positive label")

@@ -214,7 +214,18 @@ def load_templates(path: str | Path, fmt: str = "auto") -> list[Template]:
         raise FileNotFoundError(f"template file not found: {str(path)!r}")
     if fmt == "auto" and path.suffix == ".nlt":
         fmt = "nlt"
-    return parse_templates(path.read_text(), fmt)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: not UTF-8 ({e.reason} at offset {e.start})"
+        ) from None
+    try:
+        return parse_templates(text, fmt)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def format_template(t: Template, fmt: str = "clauses") -> str:

@@ -35,25 +35,55 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
             raise ValueError(f"{name} must be in [0, 1), got {sparsity}")
 
 
-_REL_TOL = 2.0**-21  # a few float32 ulps: 0.7 and float32(0.7) both keep 30 of 100
+#: Sparsities are read on a grid of 1e-6 (``q = round(sparsity * 10**6)``): every decimal with
+#: up to six places (0.7, 0.95, 0.975, 0.999999) is exact, whether it arrives as a Python float,
+#: a float32 or a traced float32 (a float32 resolves ``sparsity * 10**6`` to within 0.07).
+SPARSITY_GRID = 10**6
+_ROOT = 1000  # sqrt(SPARSITY_GRID): splits products so every int32 intermediate stays < 2^31
+
+
+def _grid_keep_int(n: int, q: int) -> int:
+    """``ceil(n * (G - q) / G)`` in Python integers (``G = SPARSITY_GRID``)."""
+    r = SPARSITY_GRID - q
+    return -((-n * r) // SPARSITY_GRID)
+
+
+def _grid_keep_traced(n: int, q: jax.Array) -> jax.Array:
+    """``ceil(n * (G - q) / G)`` in int32 arithmetic without overflow, for ``n < 2^31``.
+
+    With ``n = a G + b`` and ``r = G - q = r1 * 1000 + r0``:
+    ``n r / G = a r + (b r1 * 1000 + b r0) / G``, and every product stays below ``2^31``.
+    """
+    a, b = divmod(n, SPARSITY_GRID)
+    r = SPARSITY_GRID - q
+    r1, r0 = r // _ROOT, r % _ROOT
+    x = jnp.int32(b) * r1  # <= 1e9
+    y = jnp.int32(b) * r0  # < 1e9
+    num = (x % _ROOT) * _ROOT + y  # < 2e9
+    quot = jnp.int32(a) * r + x // _ROOT + num // SPARSITY_GRID
+    return quot + (num % SPARSITY_GRID > 0).astype(jnp.int32)
 
 
 def keep_count(n: int, sparsity: ArrayLike) -> int | jax.Array:
-    """Number of entries kept out of ``n`` at ``sparsity``: ``ceil(n * (1 - sparsity))``.
+    """Number of entries kept out of ``n`` at ``sparsity``: ``ceil(n * (1 - s))``, exactly.
 
-    A relative tolerance of a few float32 ulps absorbs the representation error of decimal
-    sparsities (``n=100`` at ``0.7`` or ``float32(0.7)`` keeps 30, not 31). Concrete sparsities
-    give a Python int; a traced one gives an int32 array computed in float32, with the same result
-    whenever ``n * (1 - s)`` is resolvable in float32 (n below ~2^21).
+    ``s`` is ``sparsity`` read on the 1e-6 grid (``q = round(sparsity * 1e6)``, ``s = q / 1e6``)
+    and the count is computed in integer arithmetic, so it is exact at any size: ResNet-50's
+    25,557,032 weights at 0.9 keep 2,555,704, and ``n=100`` at ``0.7`` or ``float32(0.7)`` keeps
+    30. A concrete sparsity gives a Python int; a traced one gives an int32 array with the same
+    value (int32 arithmetic, no overflow for any ``n < 2^31``). A sparsity that rounds to 1 on the
+    grid (above ``1 - 5e-7``) keeps 0.
     """
+    n = int(n)
+    if n < 0 or n >= 2**31:
+        raise ValueError(f"n must be in [0, 2^31), got {n}")
     if _is_concrete(sparsity):
         check_sparsity(sparsity)
-        kf = n * (1.0 - float(sparsity))
-        return int(min(n, max(0, math.ceil(kf - _REL_TOL * max(kf, 1.0)))))
+        q = min(SPARSITY_GRID, max(0, round(float(sparsity) * SPARSITY_GRID)))
+        return _grid_keep_int(n, q)
     s = jnp.asarray(sparsity, jnp.float32)
-    kf = jnp.float32(n) * (1.0 - s)
-    k = jnp.ceil(kf - _REL_TOL * jnp.maximum(kf, 1.0))
-    return jnp.clip(k, 0, n).astype(jnp.int32)
+    q = jnp.clip(jnp.round(s * jnp.float32(SPARSITY_GRID)), 0, SPARSITY_GRID).astype(jnp.int32)
+    return _grid_keep_traced(n, q)
 
 
 def _score_bits(x: jax.Array) -> jax.Array:
@@ -94,6 +124,8 @@ def _exact_topk(bits: list[jax.Array], k: ArrayLike) -> list[jax.Array]:
     """
     k = jnp.asarray(k, jnp.int32)
     n = sum(int(b.size) for b in bits)
+    if n == 0:  # only zero-size arrays: nothing to keep
+        return [jnp.zeros(b.shape, jnp.bool_) for b in bits]
 
     def count_ge(t):
         return sum(jnp.sum(b >= t, dtype=jnp.int32) for b in bits)
@@ -147,6 +179,28 @@ def _exact_topk(bits: list[jax.Array], k: ArrayLike) -> list[jax.Array]:
     return [m & (k > 0) for m in masks]
 
 
+def _check_like(name: str, tree: PyTree, params: PyTree) -> None:
+    """ValueError unless ``tree`` has the structure of ``params`` and the same leaf shapes."""
+    t_def, p_def = jax.tree.structure(tree), jax.tree.structure(params)
+    if t_def != p_def:
+        t_paths = [p for p, _ in named_leaves(tree)]
+        p_paths = [p for p, _ in named_leaves(params)]
+        missing = [p for p in p_paths if p not in t_paths][:5]
+        extra = [p for p in t_paths if p not in p_paths][:5]
+        raise ValueError(
+            f"{name} must have the tree structure of params; {name} lacks {missing} and has "
+            f"extra {extra} ({len(t_paths)} leaves vs {len(p_paths)})"
+            if missing or extra
+            else f"{name} must have the tree structure of params, got {t_def} vs {p_def}"
+        )
+    for (path, t), (_, x) in zip(named_leaves(tree), named_leaves(params)):
+        if jnp.shape(t) != jnp.shape(x):
+            raise ValueError(
+                f"{name} leaf {path!r} has shape {tuple(jnp.shape(t))}, but the params leaf has "
+                f"shape {tuple(jnp.shape(x))}"
+            )
+
+
 def _fill(params: PyTree, flags: PyTree, selected: list[jax.Array]) -> PyTree:
     """Put ``selected`` masks into the selected positions; all-True elsewhere."""
     leaves, treedef = jax.tree.flatten(params)
@@ -172,12 +226,17 @@ def topk_mask(
     selected entries (``scope="global"``) or one leaf (``scope="layer"``). Ties are broken
     deterministically (earlier leaf, then lower flat index, wins), so the count is exact.
     ``sparsity`` may be traced: one compiled function serves every sparsity level.
-    ``scores`` (same structure) replaces ``|params|`` as the ranking criterion.
+    ``scores`` (same structure and leaf shapes as ``params``, else ``ValueError`` naming the
+    leaf) replaces ``|params|`` as the ranking criterion. Scalar (0-d) leaves count as one entry;
+    zero-size leaves get an empty mask and take no share of the budget. NaN magnitudes rank above
+    +inf (they are kept first).
     """
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     check_sparsity(sparsity)
     flags = select(params, where)
+    if scores is not None:
+        _check_like("scores", scores, params)
     src = params if scores is None else scores
     chosen = [x for x, f in zip(jax.tree.leaves(src), jax.tree.leaves(flags)) if f]
     bits = [_score_bits(x) for x in chosen]
@@ -211,6 +270,11 @@ def nm_mask(params: PyTree, n: int = 2, m: int = 4, *, where: Where | str | None
     for (path, x), f in zip(named_leaves(params), jax.tree.leaves(flags)):
         if not f:
             continue
+        if jnp.ndim(x) < 2:
+            raise ValueError(
+                f"N:M groups weights along the input axis and needs leaves with ndim >= 2; leaf "
+                f"{path!r} has shape {tuple(jnp.shape(x))}"
+            )
         ax = _input_axis(x)
         if x.shape[ax] % m:
             raise ValueError(
@@ -260,6 +324,12 @@ def channel_mask(
     check_sparsity(sparsity)
     flags = select(params, where)
     chosen = [x for x, f in zip(jax.tree.leaves(params), jax.tree.leaves(flags)) if f]
+    for (path, x), f in zip(named_leaves(params), jax.tree.leaves(flags)):
+        if f and (jnp.ndim(x) < 1 or jnp.size(x) == 0):
+            raise ValueError(
+                f"channel_mask needs non-empty leaves with ndim >= 1 (channels on the last axis); "
+                f"leaf {path!r} has shape {tuple(jnp.shape(x))}"
+            )
     bits = [_score_bits(channel_scores(x, norm)) for x in chosen]
     if scope == "global":
         keep = _exact_topk(bits, keep_count(sum(int(b.size) for b in bits), sparsity))
@@ -270,5 +340,14 @@ def channel_mask(
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
-    """Zero the entries where ``mask`` is False (dtype preserved)."""
+    """Zero the entries where ``mask`` is False (dtype preserved).
+
+    ``mask`` must have the structure of ``params``, the same shape on every leaf (no
+    broadcasting) and a bool dtype; otherwise ``ValueError`` names the leaf. Shapes and dtypes
+    are static, so the checks also hold under ``jax.jit``.
+    """
+    _check_like("mask", mask, params)
+    for path, m in named_leaves(mask):
+        if jnp.result_type(m) != jnp.bool_:
+            raise ValueError(f"mask leaf {path!r} must be bool, got dtype {jnp.result_type(m)}")
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, mask)
