@@ -9,16 +9,17 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-import json
-import os
-
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import (
+    announce,
+    cli,
+    workdir_path,
+    write_json_atomic,
+    write_line_plot,
+)
 from jaxcomp.data import load_classification
 from jaxcomp.models import build_classifier
-from jaxcomp.train import initialize_distributed, plot_lines
 from jaxcomp.train.recipes import (
     make_optimizer,
     one_shot_sweep,
@@ -27,12 +28,13 @@ from jaxcomp.train.recipes import (
     train_classifier,
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cram_mnist.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/cram", "output directory")
+DEFAULT_CONFIG = "experiments/configs/cram_mnist.py"
+DEFAULT_WORKDIR = "runs/cram"
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    workdir = workdir_path(workdir)
+    announce(f"loading {cfg.dataset}")
     data_dir = cfg.data_dir or None
     x, y = load_classification(cfg.dataset, "train", data_dir=data_dir)
     test = load_classification(cfg.dataset, cfg.test_split, data_dir=data_dir)
@@ -72,12 +74,13 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             num_steps=total,
             seed=cfg.seed,
             augment=cfg.augment or None,
-            workdir=os.path.join(workdir, name),
+            workdir=workdir / name,
             ckpt_every=cfg.ckpt_every,
             log_every=steps_per_epoch,
             progress=progress,
             desc=name,
         )
+        announce(f"{name}: one-shot pruning sweep (BatchNorm reset and test at each level)")
         rows = one_shot_sweep(
             graphdef,
             eval_graphdef,
@@ -93,8 +96,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         results["runs"][name] = {"one_shot": rows, "history": history}
     table = rows_to_markdown({n: r["one_shot"] for n, r in results["runs"].items()})
     results["table"] = table
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json_atomic(workdir / "results.json", results)
     series = {
         n: (
             [row["sparsity"] * 100 for row in r["one_shot"] if ":" not in row["compression"]],
@@ -102,22 +104,16 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         )
         for n, r in results["runs"].items()
     }
-    plot_lines(
-        os.path.join(workdir, "accuracy_vs_sparsity.png"),
+    write_line_plot(
+        workdir / "accuracy_vs_sparsity.png",
         series,
         xlabel="one-shot global sparsity (%)",
         ylabel="test accuracy (after BN reset)",
         title=f"{cfg.model} on {cfg.dataset}: one-shot pruning",
     )
+    print(table)
     return results
 
 
-def main(argv):
-    del argv
-    initialize_distributed()
-    results = run(_CONFIG.value, _WORKDIR.value)
-    print(results["table"])
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)
