@@ -172,6 +172,32 @@ def own(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+def _has_empty(tree: Any) -> bool:
+    return any(getattr(x, "size", 1) == 0 for x in jax.tree.leaves(tree))
+
+
+def _pack(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.zeros((1,), x.dtype) if x.size == 0 else x, tree)
+
+
+def _unpack(tree: Any, like: Any) -> Any:
+    return jax.tree.map(lambda x, s: jnp.zeros(s.shape, s.dtype) if s.size == 0 else x, tree, like)
+
+
+def _without_empty_arrays(step_fn: Callable, params: Any, model_state: Any, opt_state: Any):
+    """Orbax cannot save zero-size arrays (M-FAC's ``(0,)`` error buffer without a compressor, the
+    rank-0 factors of a sparse-only LoSparse layer): ``fit`` sees each as a ``(1,)`` placeholder,
+    and the step sees the real (empty) array. Returns ``(step, packed trees, unpack)``."""
+    shapes = jax.eval_shape(lambda *t: t, params, model_state, opt_state)
+
+    def step(p, s, o, batch):
+        p, s, o = _unpack((p, s, o), shapes)
+        p, s, o, metrics = step_fn(p, s, o, batch)
+        return (*_pack((p, s, o)), metrics)
+
+    return step, _pack((params, model_state, opt_state)), lambda t: _unpack(t, shapes)
+
+
 def fit_stage(
     step_fn: Callable,
     params: Any,
@@ -198,6 +224,11 @@ def fit_stage(
         announce(
             f"{stage}: compiling the train step, then training to step {num_steps} (-> {stage_dir})"
         )
+    unpack = None
+    if _has_empty((params, model_state, opt_state)):
+        step_fn, (params, model_state, opt_state), unpack = _without_empty_arrays(
+            step_fn, params, model_state, opt_state
+        )
     params, model_state, opt_state, history = fit(
         step_fn,
         params,
@@ -211,6 +242,8 @@ def fit_stage(
         progress=progress,
         desc=desc or stage,
     )
+    if unpack is not None:
+        params, model_state, opt_state = unpack((params, model_state, opt_state))
     # A resumed run returns only the steps it ran (with the current ``fit``): read the rest back.
     logged = []
     metrics_file = stage_dir / "metrics.jsonl"
