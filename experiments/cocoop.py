@@ -115,6 +115,7 @@ def _shift(images: np.ndarray, kind: str) -> np.ndarray:
 
 def pretrain_demo_clip(cfg, images, labels, workdir):
     """Contrastive pretraining (CLIP Fig. 3 pseudo-code) on digit images with template captions."""
+    announce("building the demo CLIP and its word-level tokenizer")
     templates = list(cfg.pretrain_templates)
     tok = WordTokenizer([t.format(d) for t in templates + list(cfg.zero_shot_templates)
                          for d in DIGITS] + [cfg.ctx_init or ""])  # fmt: skip

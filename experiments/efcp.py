@@ -143,6 +143,7 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
     """Train from the config's seed with optimizer `name` in ``workdir/name``, one ``fit`` call
     per epoch followed by a test evaluation; per-step losses, timings, accuracy."""
     images, labels = train
+    announce(f"{name}: building {cfg.model} and the optimizer state")
     model = build_model(cfg, images)
     graphdef, eval_graphdef, params, model_state = split_model(model)
     tx = make_tx(name, cfg)

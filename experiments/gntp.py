@@ -133,6 +133,7 @@ def train(cfg, kb, templates, workdir: epath.Path):
         unification=cfg.unification,
         train_slope=cfg.train_slope,
     )
+    announce(f"initialising embeddings (dim {cfg.dim}) and rule templates")
     params = init_params(
         jax.random.key(cfg.seed), kb, templates, cfg.dim, init_scale=cfg.init_scale, slope=cfg.slope
     )
