@@ -65,6 +65,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             batch_norm=cfg.batch_norm,
             rngs=nnx.Rngs(cfg.seed),
         )
+        announce(f"{name}: building {cfg.model}, compiling the train step, then {total} steps")
         graphdef, eval_graphdef, params, state, history = train_classifier(
             model,
             tx,

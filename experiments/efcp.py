@@ -13,6 +13,7 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -154,7 +155,16 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
     stream = DataStream(images, labels, cfg.batch_size, seed=cfg.seed)
     per_epoch = stream.steps_per_epoch
     evals_file = workdir_path(workdir / name) / "evals.json"
-    evals = read_json(evals_file) or []  # one row per finished epoch (resume skips them)
+    config = json.loads(json.dumps(cfg.to_dict()))
+    saved = read_json(evals_file) or {"config": config, "epochs": []}
+    if saved["config"] != config:
+        changed = sorted(k for k in config.keys() | saved["config"].keys()
+                         if config.get(k) != saved["config"].get(k))  # fmt: skip
+        raise ValueError(
+            f"{evals_file} was written with a different config (fields {changed}); "
+            "use another workdir"
+        )
+    evals = saved["epochs"]  # one row per finished epoch (resume skips them)
     history = []
     for epoch in range(len(evals), cfg.epochs):
         times.clear()
@@ -178,7 +188,7 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
         evals.append(
             {"epoch": epoch + 1, "accuracy": acc, "accuracy_bn": acc_bn, "step_seconds": times[:]}
         )
-        write_json_atomic(evals_file, evals)
+        write_json_atomic(evals_file, {"config": config, "epochs": evals})
         print(
             f"{name:13s} epoch {epoch + 1}: "
             f"train loss {np.mean(losses[-per_epoch:]):.4f}  test acc {acc:.4f}  "

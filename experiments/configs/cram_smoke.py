@@ -10,4 +10,5 @@ def get_config():
     c.batch_size = 64
     c.eval_sparsities = (0.5, 0.9)
     c.calibration_images = 256
+    c.ckpt_every = 10
     return c
