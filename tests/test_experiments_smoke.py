@@ -71,6 +71,8 @@ def test_configs_have_no_lists():
         assert not list(lists(cfg)), (path.name, list(lists(cfg)))
 
 
+# Each smoke run is under a minute on a quiet 2-core machine, the six together about five: slow.
+@pytest.mark.slow
 @pytest.mark.parametrize("name,smoke,trains", EXPERIMENTS, ids=[e[0] for e in EXPERIMENTS])
 def test_smoke_config_writes_only_into_its_workdir(tmp_path, name, smoke, trains):
     module = importlib.import_module(f"experiments.{name}")
