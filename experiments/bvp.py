@@ -1,28 +1,36 @@
 """Bernstein-Galerkin, compact FD4 and Galerkin + FD4 residual correction on classic BVPs.
 
-    python -m experiments.bvp --config=experiments/configs/bvp.py --workdir=OUT
+    python -m experiments.bvp --config=experiments/configs/bvp.py --workdir=runs/bvp
 
 For every problem (``jaxcomp.numerics.examples``): the max error of the Galerkin solution of each
 degree (on a fine grid), of the compact FD4 scheme alone for each grid size (at the nodes) with its
 observed order ``log2(e_n / e_2n)``, and of Galerkin + residual correction for each (degree, n) (at
-the nodes, and on the fine grid through the Hermite-interpolated correction).  Writes
-``results.json``, ``results.md`` (the tables) and a log-log PNG of error vs n.
+the nodes, and on the fine grid through the Hermite-interpolated correction).  Writes, into the
+workdir only, ``results.json``, ``results.md`` (the tables), ``metrics.jsonl`` (one row of max
+errors per problem) and a log-log PNG of error vs n (``config.png``). Nothing is trained, so there
+are no checkpoints.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from etils import epath
 
+from experiments._harness import (
+    announce,
+    cli,
+    progress,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+    write_text_atomic,
+)
 from jaxcomp.numerics import galerkin, residual_correction
 from jaxcomp.numerics.compact_fd import compact_fd4
 from jaxcomp.numerics.examples import classic_problems
@@ -30,8 +38,8 @@ from jaxcomp.numerics.examples import classic_problems
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/bvp.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
+DEFAULT_CONFIG = "experiments/configs/bvp.py"
+DEFAULT_WORKDIR = "runs/bvp"
 
 
 def _max_error(values, exact, x) -> float:
@@ -81,7 +89,7 @@ def markdown_tables(results: dict, degrees, grid_sizes) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, degrees, grid_sizes, path: str) -> None:
+def plot(results: dict, degrees, grid_sizes, path: epath.Path) -> None:
     names = list(results)
     cols = min(3, len(names))
     rows = -(-(len(names) + 1) // cols)  # one spare panel for the legend
@@ -110,34 +118,39 @@ def plot(results: dict, degrees, grid_sizes, path: str) -> None:
         ax.axis("off")
     flat[len(names)].legend(handles, labels, loc="center", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
+def run(config, workdir: str) -> dict:
+    """Every problem of ``config.problems``; returns (and writes) the results payload."""
+    workdir = workdir_path(workdir)
+    if "/" in config.png or "\\" in config.png:
+        raise ValueError(f"png must be a file name inside the workdir, got {config.png!r}")
     problems = classic_problems()
     unknown = [p for p in config.problems if p not in problems]
     if unknown:
         raise ValueError(f"unknown problems {unknown}; choose from {sorted(problems)}")
     degrees, grid_sizes = list(config.degrees), list(config.grid_sizes)
-    results, seconds = {}, {}
-    for name in config.problems:
+    results, seconds, rows = {}, {}, []
+    announce(
+        f"solving {len(config.problems)} problems: Galerkin degrees {degrees}, FD4 grids "
+        f"{grid_sizes} (each new size compiles once)"
+    )
+    for name in progress(config.problems, desc="problems"):
         start = time.perf_counter()
-        results[name] = run_problem(problems[name], degrees, grid_sizes, config.eval_points)
+        results[name] = r = run_problem(problems[name], degrees, grid_sizes, config.eval_points)
         seconds[name] = time.perf_counter() - start
-        r = results[name]
-        logging.info(
-            "%s: FD4 orders %s, Galerkin %s",
-            name,
-            {n: round(v, 2) for n, v in r["fd4_order"].items()},
-            {d: f"{v:.1e}" for d, v in r["galerkin"].items()},
+        print(
+            f"{name}: FD4 orders { ({n: round(v, 2) for n, v in r['fd4_order'].items()}) }, "
+            f"Galerkin { ({d: f'{v:.1e}' for d, v in r['galerkin'].items()}) }",
+            flush=True,
         )
+        row = {"step": len(rows), "problem": name}
+        row.update({f"galerkin_deg{d}": v for d, v in r["galerkin"].items()})
+        row.update({f"fd4_n{n}": v for n, v in r["fd4"].items()})
+        rows.append(row)
     tables = markdown_tables(results, degrees, grid_sizes)
-    logging.info("\n%s", tables)
+    print(tables, flush=True)
     payload = {
         "config": config.to_dict(),
         "results": results,
@@ -146,16 +159,14 @@ def main(argv):
         "the FD nodes; corrected_fine on the fine grid (Hermite-interpolated correction)",
         "machine": "2 shared CPU cores, other processes running; timings are indicative only",
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(payload, f, indent=1)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(tables)
-    png = os.path.join(workdir, "bvp_error_vs_n.png")
-    plot(results, degrees, grid_sizes, png)
+    write_json_atomic(workdir / "results.json", payload)
+    write_text_atomic(workdir / "results.md", tables)
+    write_text_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if config.png:
-        os.makedirs(os.path.dirname(config.png), exist_ok=True)
-        shutil.copy(png, config.png)
+        plot(results, degrees, grid_sizes, workdir / config.png)
+    # JSON turns the int keys (degrees, grid sizes) into strings: return what was written.
+    return json.loads((workdir / "results.json").read_text())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

@@ -1,6 +1,6 @@
 """Base-to-new generalisation of prompt learning: zero-shot CLIP vs CoOp vs CoCoOp.
 
-    python -m experiments.cocoop --config=experiments/configs/cocoop.py --workdir=/tmp/cocoop
+    python -m experiments.cocoop --config=experiments/configs/cocoop.py --workdir=runs/cocoop
 
 Protocol (CoCoOp, Zhou et al. CVPR 2022, Sec. 4.1): classes are sorted and split in half, the
 first ceil(n/2) are *base*, the rest *new*; prompts are learned from K shots per base class; the
@@ -21,28 +21,42 @@ mean and std over seeds.
 
 The CLIP is frozen and there is no data augmentation, so image features are computed once and
 prompt learners are trained with ``logits_from_features``.
+
+Stages (each trained by ``jaxcomp.train.fit`` in its own sub-workdir, with checkpoints and
+``metrics.jsonl``): ``pretrain-<hash of the pretraining config>`` (demo CLIP; a rerun with the same
+pretraining config reuses it), then ``<method>_seed<seed>`` per prompt learner.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import (
+    TableStream,
+    announce,
+    cli,
+    concatenated_permutation_indices,
+    fit_stage,
+    own,
+    progress,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+)
 from jaxcomp.models import clip as clip_lib
 from jaxcomp.nn import prompts as P
+from jaxcomp.train import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+DEFAULT_CONFIG = "experiments/configs/cocoop.py"
+DEFAULT_WORKDIR = "runs/cocoop"
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -101,6 +115,7 @@ def _shift(images: np.ndarray, kind: str) -> np.ndarray:
 
 def pretrain_demo_clip(cfg, images, labels, workdir):
     """Contrastive pretraining (CLIP Fig. 3 pseudo-code) on digit images with template captions."""
+    announce("building the demo CLIP and its word-level tokenizer")
     templates = list(cfg.pretrain_templates)
     tok = WordTokenizer([t.format(d) for t in templates + list(cfg.zero_shot_templates)
                          for d in DIGITS] + [cfg.ctx_init or ""])  # fmt: skip
@@ -120,44 +135,53 @@ def pretrain_demo_clip(cfg, images, labels, workdir):
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.pretrain_lr, cfg.pretrain_steps // 10, cfg.pretrain_steps
     )
-    opt = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.1), wrt=nnx.Param)
+    tx = optax.adamw(schedule, weight_decay=0.1)
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    params, state = nnx.as_pure(params), nnx.as_pure(state)
 
-    @nnx.jit
-    def step(model, opt, x, ids, y):
-        def loss_fn(model):
-            img = model.encode_image(x)
-            txt = model.encode_text(ids)
-            img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
-            txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
-            logits = jnp.exp(jnp.minimum(model.logit_scale[...], math.log(100))) * img @ txt.T
-            # Captions of the same digit are positives too (no false negatives in the batch).
-            same = (y[:, None] == y[None, :]).astype(jnp.float32)
-            target = same / same.sum(-1, keepdims=True)
-            return 0.5 * (optax.softmax_cross_entropy(logits, target).mean()
-                          + optax.softmax_cross_entropy(logits.T, target.T).mean())  # fmt: skip
+    def loss_fn(params, state, batch):
+        model = nnx.merge(graphdef, params, state)
+        img = model.encode_image(batch["x"])
+        txt = model.encode_text(batch["ids"])
+        img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+        txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+        logits = jnp.exp(jnp.minimum(model.logit_scale[...], math.log(100))) * img @ txt.T
+        # Captions of the same digit are positives too (no false negatives in the batch).
+        y = batch["y"]
+        same = (y[:, None] == y[None, :]).astype(jnp.float32)
+        target = same / same.sum(-1, keepdims=True)
+        loss = 0.5 * (optax.softmax_cross_entropy(logits, target).mean()
+                      + optax.softmax_cross_entropy(logits.T, target.T).mean())  # fmt: skip
+        return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), {})
 
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-        return loss
-
-    cache = os.path.join(workdir, f"pretrained_{_config_key(cfg)}.npz")
-    if os.path.exists(cache):  # re-runs with the same pretraining config reuse the weights
-        with np.load(cache) as z:
-            leaves = [jnp.asarray(z[f"arr_{i}"]) for i in range(len(z.files))]
-        state = nnx.state(model, nnx.Param)
-        nnx.update(model, jax.tree.unflatten(jax.tree.structure(state), leaves))
-        logging.info("loaded the pretrained demo CLIP from %s", cache)
-        return model, tok, 0.0
+    # Every step's images and captions, drawn up front in the order of the original loop.
     rng = np.random.default_rng(cfg.pretrain_seed)
-    t0 = time.time()
+    index = np.empty((cfg.pretrain_steps, cfg.pretrain_batch), np.int64)
+    ids = np.empty((cfg.pretrain_steps, cfg.pretrain_batch, m.context_length), np.int32)
     for i in range(cfg.pretrain_steps):
-        idx = rng.choice(len(labels), cfg.pretrain_batch, replace=False)
-        ids = captions[rng.integers(len(templates), size=idx.size), labels[idx]]
-        loss = step(model, opt, images[idx], ids, labels[idx])
-        if i % 100 == 0 or i == cfg.pretrain_steps - 1:
-            logging.info("pretrain step %d loss %.4f (%.0fs)", i, float(loss), time.time() - t0)
-    np.savez(cache, *[np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))])
-    return model, tok, time.time() - t0
+        index[i] = rng.choice(len(labels), cfg.pretrain_batch, replace=False)
+        ids[i] = captions[rng.integers(len(templates), size=cfg.pretrain_batch), labels[index[i]]]
+    stream = TableStream(
+        {"x": images, "y": labels.astype(np.int32)},
+        index,
+        seed=cfg.pretrain_seed,
+        batch_size=cfg.pretrain_batch,
+        per_step={"ids": ids},
+    )
+    t0 = time.time()
+    params, state, _, _ = fit_stage(
+        make_train_step(loss_fn, tx),
+        params,
+        state,
+        tx.init(params),
+        stream,
+        cfg.pretrain_steps,
+        workdir=workdir,
+        stage=f"pretrain-{_config_key(cfg)}",  # same pretraining config -> same stage, reused
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+    )
+    return nnx.merge(graphdef, params, state), tok, time.time() - t0
 
 
 def _config_key(cfg) -> str:
@@ -179,11 +203,12 @@ def _load_tfds(cfg, image_size):  # pragma: no cover - needs the data set on dis
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    root = os.path.join(cfg.data_dir, cfg.dataset)
-    if not os.path.isdir(root):
+    data_dir = epath.Path(cfg.data_dir)
+    root = (data_dir.expanduser() if cfg.data_dir.startswith("~") else data_dir) / cfg.dataset
+    if not root.is_dir():
         raise FileNotFoundError(f"no prepared TFDS dataset {cfg.dataset!r} under {cfg.data_dir}")
-    versions = sorted(v for v in os.listdir(root) if not v.startswith(("incomplete", ".")))
-    builder = tfds.builder_from_directory(os.path.join(root, versions[-1]))
+    versions = sorted(v.name for v in root.iterdir() if not v.name.startswith(("incomplete", ".")))
+    builder = tfds.builder_from_directory(root / versions[-1])
     classnames = list(builder.info.features["label"].names)
     mean, std = np.array(clip_lib.OPENAI_MEAN), np.array(clip_lib.OPENAI_STD)
 
@@ -213,10 +238,11 @@ def _load_tfds(cfg, image_size):  # pragma: no cover - needs the data set on dis
 # --------------------------------------------------------------------------------------------
 
 
-def image_features(clip, images, batch=256):
+def image_features(clip, images, batch=256, desc="image features"):
     encode = nnx.jit(lambda c, x: c.encode_image(x))
+    starts = range(0, len(images), batch)
     return np.concatenate([np.asarray(encode(clip, images[i : i + batch]))
-                           for i in range(0, len(images), batch)])  # fmt: skip
+                           for i in progress(starts, desc=desc)])  # fmt: skip
 
 
 def accuracy(logits_fn, feats, labels, batch=100):
@@ -225,35 +251,46 @@ def accuracy(logits_fn, feats, labels, batch=100):
     return 100.0 * float((np.concatenate(preds) == labels).mean())
 
 
-def train_prompts(model, feats, labels, cfg, seed):
-    """SGD + cosine on cross-entropy over the prompt parameters only (CoOp Sec. 4.1)."""
+def train_prompts(model, feats, labels, cfg, seed, workdir, stage):
+    """SGD + cosine on cross-entropy over the prompt parameters only (CoOp Sec. 4.1), through
+    ``fit`` in ``workdir/stage``; returns ``(trained model, final loss)``."""
     tx = optax.sgd(optax.cosine_decay_schedule(cfg.lr, cfg.steps), momentum=cfg.momentum)
-    opt = nnx.Optimizer(model, tx, wrt=P.PromptParam)
+    graphdef, params, rest = nnx.split(model, P.PromptParam, ...)
+    # Copies: the frozen CLIP is shared with the next runs, and the train step donates its inputs.
+    params, rest = own(nnx.as_pure(params)), own(nnx.as_pure(rest))
 
-    @nnx.jit
-    def step(model, opt, f, y):
-        def loss_fn(model):
-            logits = model.logits_from_features(f)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def loss_fn(params, rest, batch):
+        m = nnx.merge(graphdef, params, rest)
+        logits = m.logits_from_features(batch["f"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+        return loss, (nnx.as_pure(nnx.state(m, nnx.Not(P.PromptParam))), {})
 
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, P.PromptParam))(model)
-        opt.update(model, grads)
-        return loss
+    index = concatenated_permutation_indices(
+        len(labels), cfg.batch_size, cfg.steps, np.random.default_rng(seed)
+    )
+    stream = TableStream({"f": feats, "y": labels}, index, seed=seed, batch_size=cfg.batch_size)
+    params, rest, _, history = fit_stage(
+        make_train_step(loss_fn, tx),
+        params,
+        rest,
+        tx.init(params),
+        stream,
+        cfg.steps,
+        workdir=workdir,
+        stage=stage,
+        log_every=10,
+        config=cfg,
+    )
+    return nnx.merge(graphdef, params, rest), history[-1]["loss"] if history else float("nan")
 
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(labels)) for _ in range(
-        math.ceil(cfg.steps * cfg.batch_size / len(labels)) + 1)])  # fmt: skip
-    loss = np.nan
-    for i in range(cfg.steps):
-        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        loss = float(step(model, opt, feats[idx], labels[idx]))
-    return loss
 
-
-def run(cfg, workdir):
-    os.makedirs(workdir, exist_ok=True)
+def run(cfg, workdir: str) -> dict:
+    """Zero-shot, then every prompt learner of ``cfg.methods`` for every seed; results.json and
+    cocoop.png in ``workdir``."""
+    workdir = workdir_path(workdir)
     t_start = time.time()
     if cfg.source == "mnist_demo":
+        announce("loading MNIST-5k")
         xtr, ytr, xte, yte = _load_mnist(cfg)
         clip, tok, pretrain_s = pretrain_demo_clip(cfg, xtr, ytr, workdir)
         # The downstream task sees the digits under a domain shift the pretraining never saw
@@ -262,6 +299,7 @@ def run(cfg, workdir):
         classnames = list(DIGITS)
         tokenize = tok.encode
     elif cfg.source == "hf":  # pragma: no cover - needs weights and data
+        announce(f"loading CLIP from {cfg.clip_path} and {cfg.dataset} from {cfg.data_dir}")
         clip = clip_lib.load_pretrained(cfg.clip_path)
         tokenize = clip_lib.load_tokenizer(cfg.clip_path).encode
         xtr, ytr, xte, yte, classnames = _load_tfds(cfg, clip.config.image_size)
@@ -269,7 +307,9 @@ def run(cfg, workdir):
     else:
         raise ValueError(f"config.source must be 'mnist_demo' or 'hf', got {cfg.source!r}")
 
-    ftr, fte = image_features(clip, xtr), image_features(clip, xte)
+    announce("computing the frozen CLIP's image features")
+    ftr = image_features(clip, xtr, desc="train image features")
+    fte = image_features(clip, xte, desc="test image features")
     base, new = P.base_new_split(np.concatenate([ytr, yte]))
     names = {"base": [classnames[c] for c in base], "new": [classnames[c] for c in new]}
     test = {}
@@ -279,12 +319,13 @@ def run(cfg, workdir):
     scale = float(jnp.exp(clip.logit_scale[...]))
 
     results = {"zero_shot": {}}
+    announce("zero-shot evaluation")
     for group in ("base", "new"):
         w = P.zero_shot_classifier(clip, names[group], list(cfg.zero_shot_templates),
                                    tokenize=tokenize)  # fmt: skip
         fn = lambda f, w=w: scale * (f / np.linalg.norm(f, axis=-1, keepdims=True)) @ w.T
         results["zero_shot"][group] = [accuracy(fn, *test[group])]
-    logging.info("zero-shot: %s", results["zero_shot"])
+    print(f"zero-shot: {results['zero_shot']}", flush=True)
 
     for method in cfg.methods:
         mcfg = cfg[method]
@@ -305,18 +346,20 @@ def run(cfg, workdir):
             else:
                 model = P.CoCoOp(clip, names["base"], chunk_size=mcfg.chunk_size, **kwargs)
             t0 = time.time()
-            loss = train_prompts(model, f, y, mcfg, seed)
+            stage = f"{method}_seed{seed}"
+            model, loss = train_prompts(model, f, y, mcfg, seed, workdir, stage)
             per_seed["train_s"].append(time.time() - t0)
             per_seed["final_loss"].append(loss)
+            announce(f"{stage}: evaluating on base and new classes")
             for group in ("base", "new"):
                 m = model if group == "base" else model.with_classnames(
                     names["new"], tokenize=tokenize)  # fmt: skip
                 fn = nnx.jit(lambda m, f: m.logits_from_features(f))
                 per_seed[group].append(accuracy(lambda f, m=m, fn=fn: fn(m, f), *test[group]))
             per_seed["H"].append(P.harmonic_mean(per_seed["base"][-1], per_seed["new"][-1]))
-            logging.info("%s seed %d: base %.2f new %.2f H %.2f (loss %.3f, %.0fs)", method,
-                         seed, per_seed["base"][-1], per_seed["new"][-1], per_seed["H"][-1],
-                         loss, per_seed["train_s"][-1])  # fmt: skip
+            print(f"{method} seed {seed}: base {per_seed['base'][-1]:.2f} new "
+                  f"{per_seed['new'][-1]:.2f} H {per_seed['H'][-1]:.2f} (loss {loss:.3f}, "
+                  f"{per_seed['train_s'][-1]:.0f}s)", flush=True)  # fmt: skip
         results[method] = per_seed
 
     summary = {}
@@ -341,12 +384,11 @@ def run(cfg, workdir):
         "summary": summary,
         "note": "shared 2-core CPU (other processes running); timings are indicative only",
     }
-    with open(os.path.join(workdir, "results.json"), "w") as fh:
-        json.dump(out, fh, indent=2)
+    write_json_atomic(workdir / "results.json", out)
     title = cfg.get("title", "")
     if cfg.source == "mnist_demo":
         title += f", shift={cfg.downstream_shift}"
-    _plot(summary, os.path.join(workdir, "cocoop.png"), title)
+    _plot(summary, workdir / "cocoop.png", title)
     _print_table(summary)
     return out
 
@@ -358,7 +400,7 @@ def _print_table(summary):
               f"{s['new_mean']:.2f} ± {s['new_std']:.2f} | {s['H']:.2f} |")  # fmt: skip
 
 
-def _plot(summary, path, title):
+def _plot(summary, path: epath.Path, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,15 +423,8 @@ def _plot(summary, path, title):
     ax.set_title(title or "base-to-new generalisation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main(argv):
-    del argv
-    run(_CONFIG.value, _WORKDIR.value)
+    write_figure(path, fig, dpi=120)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

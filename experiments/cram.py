@@ -9,16 +9,18 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-import os
-
-from absl import app, flags
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import (
+    announce,
+    cli,
+    workdir_path,
+    write_json_atomic,
+    write_line_plot,
+)
 from jaxcomp.data import load_classification
 from jaxcomp.models import build_classifier
-from jaxcomp.train import initialize_distributed, plot_lines
 from jaxcomp.train.recipes import (
     make_optimizer,
     one_shot_sweep,
@@ -26,11 +28,9 @@ from jaxcomp.train.recipes import (
     sgd_cosine,
     train_classifier,
 )
-from jaxcomp.train.workdir import write_json_atomic
 
 DEFAULT_CONFIG = "experiments/configs/cram_mnist.py"
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/cram", "output directory")
+DEFAULT_WORKDIR = "runs/cram"
 
 
 def check_config(cfg) -> None:
@@ -47,12 +47,11 @@ def check_config(cfg) -> None:
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
     check_config(cfg)
-    workdir = epath.Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
+    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
         raise ValueError(f"workdir {workdir} exists and is not a directory")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_path(workdir)
+    announce(f"loading {cfg.dataset}")
     data_dir = cfg.data_dir or None
-    print(f"loading {cfg.dataset} ...", flush=True)
     x, y = load_classification(cfg.dataset, "train", data_dir=data_dir)
     test = load_classification(cfg.dataset, cfg.test_split, data_dir=data_dir)
     steps_per_epoch = len(x) // cfg.batch_size
@@ -88,6 +87,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             batch_norm=cfg.batch_norm,
             rngs=nnx.Rngs(cfg.seed),
         )
+        announce(f"{name}: building {cfg.model}, compiling the train step, then {total} steps")
         graphdef, eval_graphdef, params, state, history = train_classifier(
             model,
             tx,
@@ -105,7 +105,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             config=cfg,
             force_resume=cfg.get("force_resume", False),
         )
-        print(f"[{name}] one-shot pruning sweep with BatchNorm reset ...", flush=True)
+        announce(f"{name}: one-shot pruning sweep (BatchNorm reset and test at each level)")
         rows = one_shot_sweep(
             graphdef,
             eval_graphdef,
@@ -133,22 +133,16 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         )
         for n, r in results["runs"].items()
     }
-    plot_lines(
-        os.fspath(workdir / "accuracy_vs_sparsity.png"),
+    write_line_plot(
+        workdir / "accuracy_vs_sparsity.png",
         series,
         xlabel="one-shot global sparsity (%)",
         ylabel="test accuracy (after BN reset)",
         title=f"{cfg.model} on {cfg.dataset}: one-shot pruning",
     )
+    print(table)
     return results
 
 
-def main(argv):
-    del argv
-    initialize_distributed()
-    results = run(_CONFIG.value, _WORKDIR.value)
-    print(results["table"])
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

@@ -5,6 +5,10 @@ Trains the same model from the same initialisation with SGD, Adam, dense M-FAC, 
 final test accuracy, the training-loss curves (PNG), optimizer-state bytes and step time.
 
     python -m experiments.efcp --config=experiments/configs/efcp.py --workdir=runs/efcp
+
+Each optimizer is one stage (``workdir/<optimizer>``) trained by ``jaxcomp.train.fit`` one epoch
+at a time, with a checkpoint and a test evaluation (``evals.json``) after every epoch, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import (
+    announce,
+    cli,
+    fit_stage,
+    read_json,
+    workdir_path,
+    write_json_atomic,
+    write_line_plot,
+    write_text_atomic,
+)
 from jaxcomp.data import DataStream, batches, load_classification
 from jaxcomp.models import build_classifier
 from jaxcomp.optim import ggt, lowrank, mfac, state_nbytes, topk
@@ -30,12 +42,11 @@ from jaxcomp.train import (
     classification_loss,
     evaluate,
     make_train_step,
-    plot_lines,
     split_model,
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/efcp.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/efcp", "output directory")
+DEFAULT_CONFIG = "experiments/configs/efcp.py"
+DEFAULT_WORKDIR = "runs/efcp"
 
 LABELS = {
     "sgd": "SGD (momentum)",
@@ -117,45 +128,93 @@ def test_accuracy(eval_graphdef, params, model_state, train, test, cfg) -> tuple
     return raw, evaluate(eval_gd, params_bn, state_bn, test_batches())["accuracy"]
 
 
-def train_one(name: str, cfg, train, test) -> dict:
-    """Train from the config's seed with optimizer `name`; per-step losses, timings, accuracy."""
+def timed(step_fn, times: list[float]):
+    """``step_fn`` that waits for its result and appends its wall time to ``times``."""
+
+    def step(*args):
+        start = time.perf_counter()
+        out = jax.block_until_ready(step_fn(*args))
+        times.append(time.perf_counter() - start)
+        return out
+
+    return step
+
+
+def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
+    """Train from the config's seed with optimizer `name` in ``workdir/name``, one ``fit`` call
+    per epoch followed by a test evaluation; per-step losses, timings, accuracy."""
     images, labels = train
+    announce(f"{name}: building {cfg.model} and the optimizer state")
     model = build_model(cfg, images)
     graphdef, eval_graphdef, params, model_state = split_model(model)
     tx = make_tx(name, cfg)
     opt_state = tx.init(params)
     opt_bytes = state_nbytes(opt_state)
-    step = make_train_step(classification_loss(graphdef), tx)
+    times: list[float] = []
+    step = timed(make_train_step(classification_loss(graphdef), tx), times)
     stream = DataStream(images, labels, cfg.batch_size, seed=cfg.seed)
     per_epoch = stream.steps_per_epoch
-    losses, times, test_acc, test_acc_bn = [], [], [], []
-    for s in range(cfg.epochs * per_epoch):
-        batch = jax.tree.map(jnp.asarray, stream.batch(s))
-        start = time.perf_counter()
-        params, model_state, opt_state, metrics = step(params, model_state, opt_state, batch)
-        loss = float(metrics["loss"])  # waits for the step
-        times.append(time.perf_counter() - start)
-        losses.append(loss)
-        if (s + 1) % per_epoch == 0:
-            acc, acc_bn = test_accuracy(eval_graphdef, params, model_state, train, test, cfg)
-            test_acc.append(acc)
-            test_acc_bn.append(acc_bn)
-            print(
-                f"{name:13s} epoch {(s + 1) // per_epoch}: "
-                f"train loss {np.mean(losses[-per_epoch:]):.4f}  test acc {acc:.4f}  "
-                f"(BN re-estimated: {acc_bn:.4f})",
-                flush=True,
-            )
+    evals_file = workdir_path(workdir / name) / "evals.json"
+    config = json.loads(json.dumps(cfg.to_dict()))
+    saved = read_json(evals_file) or {"config": config, "epochs": []}
+    if saved["config"] != config:
+        changed = sorted(k for k in config.keys() | saved["config"].keys()
+                         if config.get(k) != saved["config"].get(k))  # fmt: skip
+        raise ValueError(
+            f"{evals_file} was written with a different config (fields {changed}); "
+            "use another workdir"
+        )
+    evals = saved["epochs"]  # one row per finished epoch (resume skips them)
+    history = []
+    for epoch in range(len(evals), cfg.epochs):
+        times.clear()
+        params, model_state, opt_state, history = fit_stage(
+            step,
+            params,
+            model_state,
+            opt_state,
+            stream,
+            (epoch + 1) * per_epoch,
+            workdir=workdir,
+            stage=name,
+            config=cfg,
+            ckpt_every=per_epoch,
+            log_every=1,
+            desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
+            quiet=epoch > len(evals),
+        )
+        announce(f"{name}: evaluating epoch {epoch + 1} (and after re-estimating BatchNorm)")
+        acc, acc_bn = test_accuracy(eval_graphdef, params, model_state, train, test, cfg)
+        losses = [h["loss"] for h in history]
+        evals.append(
+            {"epoch": epoch + 1, "accuracy": acc, "accuracy_bn": acc_bn, "step_seconds": times[:]}
+        )
+        write_json_atomic(evals_file, {"config": config, "epochs": evals})
+        print(
+            f"{name:13s} epoch {epoch + 1}: "
+            f"train loss {np.mean(losses[-per_epoch:]):.4f}  test acc {acc:.4f}  "
+            f"(BN re-estimated: {acc_bn:.4f})",
+            flush=True,
+        )
+    if not history:  # everything was done by an earlier run: read its history back
+        *_, history = fit_stage(
+            step, params, model_state, opt_state, stream, cfg.epochs * per_epoch,
+            workdir=workdir, stage=name, ckpt_every=per_epoch, log_every=1, quiet=True,
+            config=cfg,
+            progress=False,
+        )  # fmt: skip
+    losses = [h["loss"] for h in history]
+    step_seconds = [t for e in evals for t in e["step_seconds"][1:]]  # first: compile/restore
     return {
         "label": LABELS[name],
-        "final_test_accuracy": test_acc[-1],
-        "final_test_accuracy_bn": test_acc_bn[-1],
-        "test_accuracy_per_epoch": test_acc,
-        "test_accuracy_bn_per_epoch": test_acc_bn,
+        "final_test_accuracy": evals[-1]["accuracy"],
+        "final_test_accuracy_bn": evals[-1]["accuracy_bn"],
+        "test_accuracy_per_epoch": [e["accuracy"] for e in evals],
+        "test_accuracy_bn_per_epoch": [e["accuracy_bn"] for e in evals],
         "final_train_loss": float(np.mean(losses[-per_epoch:])),
         "train_loss": losses,
         "optimizer_state_bytes": opt_bytes,
-        "step_ms_median": 1e3 * statistics.median(times[1:]),  # first step compiles
+        "step_ms_median": 1e3 * statistics.median(step_seconds) if step_seconds else None,
         "finite": bool(np.all(np.isfinite(losses))),
     }
 
@@ -171,20 +230,24 @@ def to_markdown(runs: dict) -> str:
         ratio = f"{dense / r['optimizer_state_bytes']:.1f}x smaller" if dense else "-"
         if r["optimizer_state_bytes"] == dense:
             ratio = "1x"
+        step_ms = "-" if r["step_ms_median"] is None else f"{r['step_ms_median']:.0f}"
         rows.append(
             f"| {r['label']} | {100 * r['final_test_accuracy_bn']:.2f}% "
             f"| {100 * r['final_test_accuracy']:.2f}% | {r['final_train_loss']:.4f} "
-            f"| {r['optimizer_state_bytes'] / 2**20:.2f} MiB | {ratio} | {r['step_ms_median']:.0f} |"
+            f"| {r['optimizer_state_bytes'] / 2**20:.2f} MiB | {ratio} | {step_ms} |"
         )
     return "\n".join(rows)
 
 
 def run(cfg, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    """Train every optimizer of ``cfg.optimizers``; results in ``workdir`` (results.json,
+    results.md, loss_curve.png) and one stage directory per optimizer."""
+    workdir = workdir_path(workdir)
+    announce(f"loading {cfg.dataset}")
     train, test = load_data(cfg)
     runs = {}
     for name in cfg.optimizers:
-        runs[name] = train_one(name, cfg, train, test)
+        runs[name] = train_one(name, cfg, train, test, workdir)
     table = to_markdown(runs)
     load = os.getloadavg()
     results = {
@@ -196,31 +259,24 @@ def run(cfg, workdir: str) -> dict:
     }
     model = build_model(cfg, train[0])
     results["num_params"] = int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table + "\n")
-    window = 10
+    write_json_atomic(workdir / "results.json", results)
+    write_text_atomic(workdir / "results.md", table + "\n")
+    window = min(10, min(len(r["train_loss"]) for r in runs.values()))
     series = {}
     for r in runs.values():
         smooth = np.convolve(r["train_loss"], np.ones(window) / window, mode="valid")
         series[r["label"]] = (list(range(window, len(r["train_loss"]) + 1)), list(smooth))
-    plot_lines(
-        os.path.join(workdir, "loss_curve.png"),
+    write_line_plot(
+        workdir / "loss_curve.png",
         series,
         xlabel="step",
         ylabel=f"training loss ({window}-step moving average)",
         title=f"{cfg.model} on {cfg.dataset}: EFCP vs baselines (m={cfg.num_grads})",
         logy=True,
     )
+    print(table)
     return results
 
 
-def main(argv):
-    del argv
-    results = run(_CONFIG.value, _WORKDIR.value)
-    print(results["table"])
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

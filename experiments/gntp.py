@@ -8,37 +8,46 @@ for the test countries against all regions.
   python -m experiments.gntp --config=experiments/configs/gntp_countries.py \
       --config.data_dir=DIR --config.variant=S1 --workdir=OUT
 
-Writes ``OUT/results.json`` (metrics, induced rules, example explanations) and ``OUT/loss.png``.
+Writes ``OUT/results.json`` (metrics, induced rules, example explanations) and ``OUT/loss.png``;
+training is one stage, ``OUT/train``, run by ``jaxcomp.train.fit`` (checkpoints, ``metrics.jsonl``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from etils import epath
 
+from experiments._harness import (
+    TableStream,
+    announce,
+    cli,
+    fit_stage,
+    progress,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+)
 from jaxcomp.data import kg
 from jaxcomp.prover.gntp import (
     ProverConfig,
     corrupt_triples,
     decode_rules,
     explain,
-    make_train_step,
+    gntp_loss,
     score_triples,
 )
-from jaxcomp.prover.kb import KnowledgeBase, init_params
+from jaxcomp.prover.kb import KBArrays, KnowledgeBase, init_params
 from jaxcomp.prover.metrics import auc_pr, evaluate_ranking
 from jaxcomp.prover.templates import load_templates, parse_templates
+from jaxcomp.train import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+DEFAULT_CONFIG = "experiments/configs/gntp_nations.py"
+DEFAULT_WORKDIR = "runs/gntp"
 
 
 def load_data(cfg):
@@ -47,7 +56,7 @@ def load_data(cfg):
     if cfg.dataset == "countries":
         d = kg.load_countries(cfg.data_dir, cfg.variant)
         train = d["train"]
-        tpl_text = cfg.templates or Path(d["templates_path"]).read_text()
+        tpl_text = cfg.templates or epath.Path(d["templates_path"]).read_text()
         templates = parse_templates(tpl_text)
         kb = KnowledgeBase.from_triples(
             train, extra_triples=[], extra_constants=d["regions"] + d["dev"] + d["test"]
@@ -71,7 +80,52 @@ def load_data(cfg):
     return kb, splits["train"], splits["valid"], splits["test"], templates, extra
 
 
-def train(cfg, kb, templates, log_every=20):
+def training_batches(cfg, kb) -> TableStream:
+    """Every step's goals (positives then corruptions), targets and masks, drawn up front from one
+    ``default_rng(cfg.seed)`` in the order of the reference loop (an epoch's permutation, then
+    each batch's corruptions), so ``batch(step)`` is a pure function of the step."""
+    facts = kb.facts
+    known = set(map(tuple, facts.tolist()))
+    rng = np.random.default_rng(cfg.seed)
+    n = len(facts)
+    bs = min(cfg.batch_size, n)
+    nb = max(n // bs, 1)
+    goals, targets, masks = [], [], []
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(n)
+        for b in range(nb):
+            ix = perm[b * bs : (b + 1) * bs]
+            pos = facts[ix]
+            neg = corrupt_triples(rng, pos, len(kb.constants), known, cfg.num_negatives)
+            goals.append(np.concatenate([pos, neg]).astype(np.int32))
+            targets.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(np.float32))
+            masks.append(np.r_[ix, -np.ones(len(neg))].astype(np.int32))
+    per_step = {"goals": np.stack(goals), "targets": np.stack(targets), "mask": np.stack(masks)}
+    return TableStream({}, None, seed=cfg.seed, batch_size=bs, per_step=per_step)
+
+
+def only_rules_until(num_steps: int) -> optax.GradientTransformation:
+    """Zero the updates of every parameter but the rule-template embeddings for the first
+    ``num_steps`` steps (the reference's ``--only-rules-epochs`` warm-up)."""
+
+    def init(params):
+        del params
+        return {"count": jnp.zeros([], jnp.int32)}
+
+    def update(updates, state, params=None):
+        del params
+        frozen = state["count"] < num_steps
+        updates = {
+            k: v if k == "rules" else jax.tree.map(lambda u: jnp.where(frozen, 0.0, u), v)
+            for k, v in updates.items()
+        }
+        return updates, {"count": state["count"] + 1}
+
+    return optax.GradientTransformation(init, update)
+
+
+def train(cfg, kb, templates, workdir: epath.Path):
+    """Adam on the GNTP loss (GNTP Sec. 3.2) through ``fit`` in ``workdir/train``."""
     prover = ProverConfig(
         depth=cfg.depth,
         k_facts=cfg.k_facts or None,
@@ -79,56 +133,59 @@ def train(cfg, kb, templates, log_every=20):
         unification=cfg.unification,
         train_slope=cfg.train_slope,
     )
+    announce(f"initialising embeddings (dim {cfg.dim}) and rule templates")
     params = init_params(
         jax.random.key(cfg.seed), kb, templates, cfg.dim, init_scale=cfg.init_scale, slope=cfg.slope
     )
+    announce(f"drawing {cfg.epochs} epochs of training batches and corruptions")
+    stream = training_batches(cfg, kb)
+    steps_per_epoch = stream.num_steps // max(cfg.epochs, 1)
     tx = optax.adam(cfg.learning_rate)
-    opt_state = tx.init(params)
-    step = make_train_step(templates, prover, tx, l2=cfg.l2)
-    arr = kb.arrays()
-    facts = kb.facts
-    known = set(map(tuple, facts.tolist()))
-    rng = np.random.default_rng(cfg.seed)
-    n = len(facts)
-    bs = min(cfg.batch_size, n)
-    losses, t0 = [], time.time()
-    nb = max(n // bs, 1)
-    for epoch in range(cfg.epochs):
-        perm = rng.permutation(n)
-        only_rules = epoch < cfg.only_rules_epochs
-        for b in range(nb):
-            ix = perm[b * bs : (b + 1) * bs]
-            pos = facts[ix]
-            neg = corrupt_triples(rng, pos, len(kb.constants), known, cfg.num_negatives)
-            goals = np.concatenate([pos, neg])
-            y = np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(np.float32)
-            mask = np.r_[ix, -np.ones(len(neg))].astype(np.int32)
-            params, opt_state, loss = step(
-                params, opt_state, arr, goals, y, mask, only_rules=only_rules
-            )
-            losses.append(float(loss))
-        if epoch % max(cfg.epochs // 10, 1) == 0 or epoch == cfg.epochs - 1:
-            logging.info(
-                "epoch %d loss %.4f (%.1fs)", epoch, np.mean(losses[-nb:]), time.time() - t0
-            )
-    return params, prover, losses, time.time() - t0
+    if cfg.only_rules_epochs:
+        tx = optax.chain(tx, only_rules_until(cfg.only_rules_epochs * steps_per_epoch))
+    templates = tuple(templates)
 
+    def loss_fn(params, kb_arrays, batch):
+        """The KB arrays are the model state (constant, passed through)."""
+        loss = gntp_loss(
+            params,
+            KBArrays(**kb_arrays),
+            batch["goals"],
+            batch["targets"],
+            batch["mask"],
+            templates,
+            prover,
+            l2=cfg.l2,
+        )
+        return loss, (kb_arrays, {})
 
-def main(argv):
-    del argv
-    cfg = _CONFIG.value
-    out = Path(_WORKDIR.value)
-    out.mkdir(parents=True, exist_ok=True)
-    kb, train_t, valid_t, test_t, templates, extra = load_data(cfg)
-    logging.info(
-        "%s: %d facts, %d predicates, %d constants, %d templates",
-        cfg.dataset,
-        kb.num_facts,
-        len(kb.predicates),
-        len(kb.constants),
-        len(templates),
+    t0 = time.time()
+    params, _, _, history = fit_stage(
+        make_train_step(loss_fn, tx),
+        params,
+        kb.arrays()._asdict(),
+        tx.init(params),
+        stream,
+        stream.num_steps,
+        workdir=workdir,
+        stage="train",
+        config=cfg,
+        ckpt_every=cfg.ckpt_every,
+        log_every=1,
     )
-    params, prover, losses, train_s = train(cfg, kb, templates)
+    return params, prover, [h["loss"] for h in history], time.time() - t0
+
+
+def run(cfg, workdir: str) -> dict:
+    """Train, then evaluate (ranking or AUC-PR), decode rules and explain a few goals."""
+    out = workdir_path(workdir)
+    announce(f"loading {cfg.dataset}")
+    kb, train_t, valid_t, test_t, templates, extra = load_data(cfg)
+    announce(
+        f"{cfg.dataset}: {kb.num_facts} facts, {len(kb.predicates)} predicates, "
+        f"{len(kb.constants)} constants, {len(templates)} templates"
+    )
+    params, prover, losses, train_s = train(cfg, kb, templates, out)
     arr = kb.arrays()
     if cfg.eval_k_facts:
         prover = ProverConfig(**{**prover.__dict__, "k_facts": cfg.eval_k_facts})
@@ -139,6 +196,7 @@ def main(argv):
     t0 = time.time()
     results = {"dataset": cfg.dataset, "config": cfg.to_dict(), "train_seconds": train_s}
     if cfg.dataset == "countries":
+        announce(f"scoring {len(extra['test'])} test countries against every region (AUC-PR)")
         loc = kb.predicates.index("locatedIn")
         regs = [kb.constants.index(r) for r in extra["regions"]]
         goals, labels = [], []
@@ -155,14 +213,28 @@ def main(argv):
         if cfg.max_test:
             test = test[: cfg.max_test]
         all_true = np.concatenate([kb.facts, kb.index(valid_t), kb.index(test_t)])
+        announce(f"ranking {len(test)} test triples against every corruption (filtered)")
+        bar = progress(None, desc="ranking", total=len(test))
+
+        def scored_with_progress(goals):
+            scores = score_fn(goals)
+            bar.update(1)
+            return scores
+
         results.update(
             evaluate_ranking(
-                score_fn, test, all_true.tolist(), len(kb.constants), other_ties=("average",)
+                scored_with_progress,
+                test,
+                all_true.tolist(),
+                len(kb.constants),
+                other_ties=("average",),
             )
         )
+        bar.close()
         results["num_test_triples"] = len(test)
         ex_goals = test[:5]
     results["eval_seconds"] = time.time() - t0
+    announce("decoding rules and explaining example goals")
     results["rules"] = [
         {"confidence": c, "rule": r}
         for c, r in decode_rules(params, templates, kb.predicates, top=cfg.show_rules)
@@ -183,25 +255,22 @@ def main(argv):
         goal = f"{kb.predicates[g[0]]}({kb.constants[g[1]]}, {kb.constants[g[2]]})"
         exps.append({"goal": goal, "score": pr.score, "proof": steps})
     results["explanations"] = exps
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    logging.info("results: %s", {k: v for k, v in results.items() if isinstance(v, float)})
-    try:
-        import matplotlib
+    write_json_atomic(out / "results.json", results)
+    print({k: v for k, v in results.items() if isinstance(v, float)}, flush=True)
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(losses, lw=0.8)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("logistic loss")
-        ax.set_title(f"GNTP on {cfg.dataset}")
-        fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=120)
-    except ImportError:
-        pass
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses, lw=0.8)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("logistic loss")
+    ax.set_title(f"GNTP on {cfg.dataset}")
+    fig.tight_layout()
+    write_figure(out / "loss.png", fig, dpi=120)
+    return results
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

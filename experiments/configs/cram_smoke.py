@@ -1,13 +1,14 @@
-"""Smoke test of the CrAM experiment: one epoch of MNIST-5k per optimizer, a short sweep."""
+"""A seconds-long smoke run of experiments/cram.py: SmallCNN on the 8x8 digits, two epochs."""
 
 from experiments.configs import cram_mnist
 
 
 def get_config():
     c = cram_mnist.get_config()
-    c.epochs = 1
-    c.batch_size = 256
+    c.dataset = "digits"
+    c.epochs = 2
+    c.batch_size = 64
     c.eval_sparsities = (0.5, 0.9)
     c.calibration_images = 256
-    c.ckpt_every = 8
+    c.ckpt_every = 10
     return c

@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_negatives = 1
     c.learning_rate = 0.03
     c.l2 = 0.0
+    c.ckpt_every = 0  # 0 = one checkpoint at the end of training
     c.seed = 0
     c.eval_k_facts = 0  # 0 = same k as training
     c.max_test = 0  # 0 = all test triples

@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = "pydoc"
     c.min_words, c.max_words, c.heldout_every = 5, 40, 3
     c.max_heldout = 300
+    c.max_train = 0  # 0 = every training sentence
     c.max_len = 32  # truncation (same for teacher and students); median sentence ~32 tokens
     c.ratios = (0.5, 0.3, 0.2, 0.15, 0.1)
     c.methods = ("losparse", "lowrank", "sparse")
@@ -25,5 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.prune_warmup = 0.1  # fraction of steps before pruning starts
     c.prune_final = 0.3  # fraction of steps at the final sparsity
     c.beta1, c.beta2, c.delta_t = 0.85, 1.0, 3
+    c.ckpt_every = 0  # 0 = a checkpoint at the end of each setting only
     c.seed = 0
     return c

@@ -39,8 +39,10 @@ def _plain(x: Any) -> Any:
         return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # numpy scalars
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:  # numpy / jax scalars
         return x.item()
+    if hasattr(x, "tolist") and hasattr(x, "ndim"):  # numpy / jax arrays
+        return x.tolist()
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
     return repr(x)

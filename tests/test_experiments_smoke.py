@@ -1,0 +1,143 @@
+"""Every experiment's smoke config runs end to end through the one trainer and writes only into its
+workdir: results.json, metrics.jsonl and (for the ones that train) checkpoints/ under it, and
+nothing anywhere in the repository (``git status`` including ignored files, before and after)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import pathlib
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# (experiment module, smoke config module, trains something)
+EXPERIMENTS = [
+    ("bvp", "bvp_smoke", False),
+    ("cram", "cram_smoke", True),
+    ("efcp", "efcp_smoke", True),
+    ("gntp", "gntp_smoke", True),
+    ("cocoop", "cocoop_smoke", True),
+    ("losparse", "losparse_smoke", True),
+]
+_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
+
+
+def _repo_status() -> set[str]:
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line for line in out.splitlines() if not any(c in line for c in _CACHES)}
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _numbers(v)]
+    return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_every_experiment_module_exposes_run_and_default_config():
+    for name, smoke, _ in EXPERIMENTS:
+        module = importlib.import_module(f"experiments.{name}")
+        assert callable(module.run), name
+        assert (REPO / module.DEFAULT_CONFIG).is_file(), module.DEFAULT_CONFIG
+        assert module.DEFAULT_WORKDIR == f"runs/{name}"
+        assert (REPO / "experiments" / "configs" / f"{smoke}.py").is_file()
+
+
+def test_configs_have_no_lists():
+    """ml_collections cannot override a list field from the command line: tuples only."""
+    import ml_collections
+
+    def lists(cfg, prefix=""):
+        for k, v in cfg.items():
+            if isinstance(v, ml_collections.ConfigDict):
+                yield from lists(v, f"{prefix}{k}.")
+            elif isinstance(v, list):
+                yield prefix + k
+
+    for path in sorted((REPO / "experiments" / "configs").glob("*.py")):
+        if path.stem in ("__init__", "gntp_base"):
+            continue
+        cfg = importlib.import_module(f"experiments.configs.{path.stem}").get_config()
+        assert not list(lists(cfg)), (path.name, list(lists(cfg)))
+
+
+# Each smoke run is under a minute on a quiet 2-core machine, the six together about five: slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("name,smoke,trains", EXPERIMENTS, ids=[e[0] for e in EXPERIMENTS])
+def test_smoke_config_writes_only_into_its_workdir(tmp_path, name, smoke, trains):
+    module = importlib.import_module(f"experiments.{name}")
+    cfg = importlib.import_module(f"experiments.configs.{smoke}").get_config()
+    before = _repo_status()
+    workdir = tmp_path / "run"
+    results = module.run(cfg, str(workdir))
+    assert _repo_status() == before, "the experiment wrote into the repository"
+
+    written = json.loads((workdir / "results.json").read_text())
+    assert written.keys() == results.keys()
+    numbers = _numbers(written)
+    assert numbers and all(math.isfinite(x) for x in numbers if x is not None)
+    assert not list(workdir.rglob("*.tmp")), "a temporary file was left behind"
+    metrics = list(workdir.rglob("metrics.jsonl"))
+    assert metrics, "no metrics.jsonl"
+    rows = [json.loads(line) for line in metrics[0].read_text().splitlines()]
+    assert rows and all("step" in r for r in rows)
+    checkpoints = [p for p in workdir.rglob("checkpoints") if p.is_dir()]
+    if trains:
+        assert checkpoints and all(any(p.iterdir()) for p in checkpoints)
+        assert all("loss" in r for r in rows)
+    assert list(workdir.glob("*.png")), "no figure in the workdir"
+
+
+def test_fit_stage_checkpoints_zero_size_arrays_and_resumes(tmp_path):
+    """Orbax cannot save a zero-size array (M-FAC's error buffer without a compressor, a rank-0
+    LoSparse factor): ``fit_stage`` hands ``fit`` placeholders, and a rerun restores the same
+    params exactly with the empty leaf intact."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from experiments._harness import TableStream, fit_stage
+    from jaxcomp.train import make_train_step
+
+    def init():  # fresh arrays each time: the train step donates its inputs
+        return {"w": jnp.ones((3,)), "empty": jnp.zeros((0, 4))}
+
+    def loss_fn(p, state, batch):
+        return jnp.sum((p["w"] - batch["x"]) ** 2) + jnp.sum(p["empty"]), (state, {})
+
+    tx = optax.adam(0.1)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    stream = TableStream({}, None, seed=0, batch_size=1, per_step={"x": x})
+    assert np.array_equal(stream.batch(2)["x"], x[2])
+
+    def run():
+        step, params = make_train_step(loss_fn, tx), init()
+        return fit_stage(
+            step, params, {}, tx.init(params), stream, 4, workdir=tmp_path, stage="s", log_every=1
+        )
+
+    p1, _, o1, h1 = run()
+    assert p1["empty"].shape == (0, 4) and len(h1) == 4
+    # By hand: four Adam steps on the same losses.
+    p = init()
+    o = tx.init(p)
+    for t in range(4):
+        g = {"w": 2 * (p["w"] - x[t]), "empty": jnp.zeros((0, 4))}
+        u, o = tx.update(g, o, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(p1["w"], p["w"], rtol=1e-6)
+    p2, _, _, h2 = run()  # everything restored from the checkpoint, history read back
+    np.testing.assert_array_equal(p2["w"], p1["w"])
+    assert p2["empty"].shape == (0, 4)
+    assert [r["step"] for r in h2] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in h2], [r["loss"] for r in h1])
