@@ -142,7 +142,7 @@ def evaluate_stacked(eval_graphdef, params, state, images, labels, k_t, batch_si
             logits = nnx.merge(eval_graphdef, p1, s1)(x)
             return jnp.argmax(logits[:, :k_t], -1)
 
-        return jax.vmap(one)(p, s)
+        return jax.lax.map(lambda a: one(*a), (p, s))
 
     correct = 0
     for i in range(0, len(images), batch_size):
@@ -157,7 +157,7 @@ def correlations_stacked(eval_graphdef, params, state, images, labels, k_t):
 
     @jax.jit
     def feats(p, s, x):
-        return jax.vmap(lambda p1, s1: conv_activations(nnx.merge(eval_graphdef, p1, s1), x))(p, s)
+        return jax.lax.map(lambda a: conv_activations(nnx.merge(eval_graphdef, *a), x), (p, s))
 
     x = jnp.asarray(images, jnp.float32) / 255.0
     acts = feats(params, state, x)  # {layer: (runs, N, C)}
@@ -204,7 +204,9 @@ def run_method(cfg, name, pool, test, aux_sets, probe, workdir, progress):
     step = make_train_step(make_loss(graphdef, kind, groups, lam, cfg.penalty), tx, donate=False)
 
     def vstep(p, s, o, b):
-        p, s, o, m = jax.vmap(step)(p, s, o, b)
+        # lax.map, not vmap: vmapped convolutions become grouped convolutions, which are very
+        # slow on XLA:CPU; a loop over runs inside one program compiles the step once.
+        p, s, o, m = jax.lax.map(lambda a: step(*a), (p, s, o, b))
         return p, s, o, jax.tree.map(jnp.mean, m)
 
     _log(f"{cfg.model}/{name}: training {len(runs)} runs x {cfg.steps} steps together")
