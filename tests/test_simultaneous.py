@@ -159,9 +159,9 @@ def test_bad_inputs_name_the_value():
 
 
 def test_extend_head_keeps_target_outputs():
-    model = SmallCNN(4, widths=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+    model = SmallCNN(4, widths=(2, 4), hidden=8, input_hw=(8, 8), rngs=nnx.Rngs(0))
     model.eval()
-    x = jnp.asarray(np.random.default_rng(5).random((3, 28, 28, 1)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(5).random((3, 8, 8, 1)), jnp.float32)
     before = np.asarray(model(x))
     extend_head(model, 6, dropout=0.5, rngs=nnx.Rngs(1))
     model.eval()  # dropout off
@@ -176,22 +176,25 @@ def test_extend_head_keeps_target_outputs():
 
 
 def test_conv_activations_are_gap_of_conv_outputs():
-    model = SmallCNN(3, widths=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+    model = SmallCNN(3, widths=(2, 4), hidden=8, input_hw=(8, 8), rngs=nnx.Rngs(0))
     model.eval()
-    x = jnp.asarray(np.random.default_rng(6).random((5, 28, 28, 1)), jnp.float32)
-    acts = conv_activations(model, x)
+    x = jnp.asarray(np.random.default_rng(6).random((5, 8, 8, 1)), jnp.float32)
+
+    @jax.jit
+    def run(x):
+        h = nnx.max_pool(nnx.relu(model.bn1(model.conv1(x))), (2, 2), strides=(2, 2))
+        return conv_activations(model, x), model.conv1(x).mean((1, 2)), model.conv2(h).mean((1, 2))
+
+    acts, want1, want2 = run(x)
     assert list(acts) == ["conv1", "conv2"]
-    np.testing.assert_allclose(
-        np.asarray(acts["conv1"]), np.asarray(model.conv1(x).mean((1, 2))), rtol=1e-5
-    )
-    h = nnx.max_pool(nnx.relu(model.bn1(model.conv1(x))), (2, 2), strides=(2, 2))
-    np.testing.assert_allclose(
-        np.asarray(acts["conv2"]), np.asarray(model.conv2(h).mean((1, 2))), rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(acts["conv1"]), np.asarray(want1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(acts["conv2"]), np.asarray(want2), rtol=1e-4, atol=1e-6)
     assert nnx.Conv.__call__.__name__ == "__call__"  # the recorder is removed again
     r = ResNet20(3, in_channels=1, rngs=nnx.Rngs(0))
     r.eval()
-    assert len(conv_activations(r, x[:2])) == 19  # stem + 9 blocks x 2 (option-A shortcuts)
+    shapes = jax.eval_shape(lambda x: conv_activations(r, x), x[:1])  # traced, not compiled
+    assert len(shapes) == 19  # stem + 9 blocks x 2 convs (option-A shortcuts have none)
+    assert shapes["blocks/8/conv2"].shape == (1, 64)
     with pytest.raises(ValueError, match="has no nnx.Conv layer"):
         conv_activations(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), x)
 
