@@ -315,7 +315,9 @@ def plot_accuracy(path: str, results: dict, sizes, title: str) -> None:
 
 
 def plot_correlations(path: str, results: dict, size_index: int, size: int, class_names) -> None:
-    """Heatmaps: one row per method, one column per conv layer (mean over seeds)."""
+    """Heatmaps: one row per method, one column per conv layer (mean over seeds). One colour
+    scale per layer, from the smallest value shown in that layer to 1 (raw GAP features correlate
+    at > 0.9, so a [-1, 1] scale would hide the differences)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,25 +325,34 @@ def plot_correlations(path: str, results: dict, size_index: int, size: int, clas
 
     names = list(results)
     layers = list(results[names[0]]["correlation"])
+    mats = {
+        (n, layer): np.asarray(
+            results[n]["correlation"][layer]["matrix_mean_over_seeds"][size_index]
+        )
+        for n in names
+        for layer in layers
+    }
     fig, axes = plt.subplots(
         len(names),
         len(layers),
-        figsize=(2.6 * len(layers), 2.4 * len(names)),
+        figsize=(3.2 * len(layers), 2.9 * len(names)),
         dpi=110,
         squeeze=False,
+        layout="constrained",
     )
-    for i, name in enumerate(names):
-        for j, layer in enumerate(layers):
-            c = results[name]["correlation"][layer]
-            m = np.asarray(c["matrix_mean_over_seeds"][size_index])
+    for j, layer in enumerate(layers):
+        lo = min(float(mats[n, layer].min()) for n in names)
+        for i, name in enumerate(names):
             ax = axes[i, j]
-            im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
-            off = c["off_diagonal_mean"][size_index]
-            ax.set_title(f"{name} / {layer}\noff-diag {off:.3f}", fontsize=7)
+            im = ax.imshow(mats[name, layer], vmin=lo, vmax=1.0, cmap="viridis")
+            off = results[name]["correlation"][layer]["off_diagonal_mean"][size_index]
+            ax.set_title(f"{name} / {layer}: off-diag {off:.4f}", fontsize=7)
             ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=5)
             ax.set_yticks(range(len(class_names)), class_names, fontsize=5)
-    fig.colorbar(im, ax=axes, shrink=0.6)
-    fig.suptitle(f"class correlation of GAP conv features, {size}/class", fontsize=9)
+        fig.colorbar(im, ax=axes[:, j], shrink=0.5)
+    fig.suptitle(
+        f"Pearson correlation of per-class mean GAP conv features, {size}/class", fontsize=9
+    )
     fig.savefig(path)
     plt.close(fig)
 
