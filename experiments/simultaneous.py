@@ -223,6 +223,8 @@ def run_method(cfg, name, pool, test, aux_sets, probe, workdir, progress):
         log_every=cfg.log_every,
         progress=progress,
         desc=name,
+        config=cfg,
+        force_resume=cfg.get("force_resume", False),
     )
     train_s = time.time() - t0
     _log(f"{cfg.model}/{name}: trained in {train_s:.0f}s; evaluating on {len(test[0])} images")

@@ -125,13 +125,11 @@ def run_experiment(name: str, argv: list[str]) -> int:
         raise SystemExit(f"jaxcomp run: unknown experiment {name!r}; known: {', '.join(known)}")
     sys.path.insert(0, os.getcwd())
     module = importlib.import_module(f"experiments.{name}")
-    from absl import app
-
-    flags = argv
-    if not any(a == "--workdir" or a.startswith("--workdir=") for a in flags):
-        flags = [*flags, f"--workdir=runs/{name}"]
+    harness = importlib.import_module("experiments._harness")
+    default_workdir = getattr(module, "DEFAULT_WORKDIR", f"runs/{name}")
+    sys.argv = [f"jaxcomp run {name}", *argv]
     try:
-        app.run(module.main, argv=[f"jaxcomp run {name}", *flags])
+        harness.cli(module.run, known[name], default_workdir)
     except SystemExit as e:
         return int(e.code or 0)
     return 0
