@@ -17,17 +17,16 @@ correlation of the per-class mean GAP activations across the five target classes
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import cli, write_figure
 from jaxcomp.data import MixedStream, StackedStream, load_fashion_mnist, load_mnist5k
 from jaxcomp.data.idx import FASHION_MNIST_CLASSES
 from jaxcomp.models import ResNet20, SmallCNN
@@ -40,10 +39,11 @@ from jaxcomp.regularize import (
     predict_target,
     simultaneous_loss,
 )
-from jaxcomp.train import fit, make_train_step, split_model
+from jaxcomp.train import config_diff, config_hash, fit, make_train_step, split_model
+from jaxcomp.train.workdir import write_json_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/simultaneous.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/simultaneous", "output directory")
+DEFAULT_CONFIG = "experiments/configs/simultaneous.py"
+DEFAULT_WORKDIR = "runs/simultaneous"
 
 # name -> (auxiliary data: None | "similar" | "dissimilar", loss: "ce" | "sl" | "multitask",
 #          lambda, dropout?)
@@ -254,11 +254,8 @@ def run_method(cfg, name, pool, test, aux_sets, probe, workdir, progress):
     }
 
 
-def _atomic_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def _atomic_json(path, obj) -> None:
+    write_json_atomic(path, obj)
 
 
 def markdown_table(results: dict, sizes) -> str:
@@ -312,8 +309,7 @@ def plot_accuracy(path: str, results: dict, sizes, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    write_figure(epath.Path(path), fig)
 
 
 def plot_correlations(path: str, results: dict, size_index: int, size: int, class_names) -> None:
@@ -355,12 +351,12 @@ def plot_correlations(path: str, results: dict, size_index: int, size: int, clas
     fig.suptitle(
         f"Pearson correlation of per-class mean GAP conv features, {size}/class", fontsize=9
     )
-    fig.savefig(path)
-    plt.close(fig)
+    write_figure(epath.Path(path), fig)
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
@@ -374,15 +370,22 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
     probe = (test[0][probe_idx], test[1][probe_idx])
     results = {}
     for name in cfg.methods:
-        sub = os.path.join(workdir, cfg.model, name)
-        os.makedirs(sub, exist_ok=True)
-        done = os.path.join(sub, "result.json")
-        if os.path.exists(done):
+        sub = workdir / cfg.model / name
+        sub.mkdir(parents=True, exist_ok=True)
+        done = sub / "result.json"
+        if done.exists():
+            prev = json.loads(done.read_text())
+            if prev.get("config_hash") != config_hash(cfg) and not cfg.get("force_resume", False):
+                raise ValueError(
+                    f"{done} was computed under another config: "
+                    + "; ".join(config_diff(prev.get("config", {}), cfg))
+                    + " (use another workdir or --config.force_resume)"
+                )
             _log(f"{cfg.model}/{name}: already done, loading {done}")
-            with open(done) as f:
-                results[name] = json.load(f)
+            results[name] = prev
             continue
         results[name] = run_method(cfg, name, pool, test, aux_sets, probe, sub, progress)
+        results[name].update(config_hash=config_hash(cfg), config=cfg.to_dict())
         _atomic_json(done, results[name])
         _log(
             f"{cfg.model}/{name}: accuracy "
@@ -405,9 +408,14 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             k: {kk: vv for kk, vv in v.items() if kk != "history"} for k, v in results.items()
         },
     }
-    _atomic_json(os.path.join(workdir, f"results_{cfg.model}.json"), out)
+    out["summary"] = [
+        {"method": m, **{f"acc@{n}": r["accuracy_mean"][i] for i, n in enumerate(sizes)}}
+        for m, r in results.items()
+    ]
+    _atomic_json(workdir / f"results_{cfg.model}.json", out)
+    _atomic_json(workdir / "results.json", out)
     plot_accuracy(
-        os.path.join(workdir, f"accuracy_{cfg.model}.png"),
+        workdir / f"accuracy_{cfg.model}.png",
         results,
         sizes,
         f"{cfg.model}: 5 Fashion-MNIST upper-body classes",
@@ -416,21 +424,16 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
     if heat:
         for i in sorted({0, len(sizes) - 1}):
             plot_correlations(
-                os.path.join(workdir, f"correlation_{cfg.model}_n{sizes[i]}.png"),
+                workdir / f"correlation_{cfg.model}_n{sizes[i]}.png",
                 {m: results[m] for m in heat},
                 i,
                 sizes[i],
                 class_names,
             )
+    print(out["table"])
+    print(out["correlation_table"])
     return out
 
 
-def main(argv):
-    del argv
-    out = run(_CONFIG.value, _WORKDIR.value)
-    print(out["table"])
-    print(out["correlation_table"])
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)
