@@ -7,6 +7,7 @@ Not an experiment itself (no ``DEFAULT_CONFIG``); the experiments are the other 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import json
 import math
@@ -213,10 +214,12 @@ def fit_stage(
     progress: bool = True,
     desc: str | None = None,
     quiet: bool = False,
+    config: Any = None,
 ) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     """``fit`` for one stage of an experiment in ``workdir/stage`` (its own checkpoints and
     ``metrics.jsonl``, so it resumes on its own); ``quiet`` skips the announcement (for a stage
-    trained in several calls). ``ckpt_every <= 0`` checkpoints only at the
+    trained in several calls). ``config`` goes to ``fit`` where it takes one (the config hash that
+    refuses to resume a run of another config). ``ckpt_every <= 0`` checkpoints only at the
     end. Returns ``fit``'s outputs; the history is that of the whole stage (steps logged by an
     earlier, resumed run are read back from ``metrics.jsonl``), one row per step."""
     stage_dir = workdir_path(epath.Path(workdir) / stage)
@@ -229,6 +232,9 @@ def fit_stage(
         step_fn, (params, model_state, opt_state), unpack = _without_empty_arrays(
             step_fn, params, model_state, opt_state
         )
+    extra = {}
+    if config is not None and "config" in inspect.signature(fit).parameters:
+        extra["config"] = config
     params, model_state, opt_state, history = fit(
         step_fn,
         params,
@@ -241,6 +247,7 @@ def fit_stage(
         log_every=log_every,
         progress=progress,
         desc=desc or stage,
+        **extra,
     )
     if unpack is not None:
         params, model_state, opt_state = unpack((params, model_state, opt_state))

@@ -9,17 +9,16 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-from flax import nnx
+import json
+import os
 
-from experiments._harness import (
-    announce,
-    cli,
-    workdir_path,
-    write_json_atomic,
-    write_line_plot,
-)
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
 from jaxcomp.data import load_classification
 from jaxcomp.models import build_classifier
+from jaxcomp.train import initialize_distributed, plot_lines
 from jaxcomp.train.recipes import (
     make_optimizer,
     one_shot_sweep,
@@ -28,13 +27,12 @@ from jaxcomp.train.recipes import (
     train_classifier,
 )
 
-DEFAULT_CONFIG = "experiments/configs/cram_mnist.py"
-DEFAULT_WORKDIR = "runs/cram"
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cram_mnist.py")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/cram", "output directory")
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    workdir = workdir_path(workdir)
-    announce(f"loading {cfg.dataset}")
+    os.makedirs(workdir, exist_ok=True)
     data_dir = cfg.data_dir or None
     x, y = load_classification(cfg.dataset, "train", data_dir=data_dir)
     test = load_classification(cfg.dataset, cfg.test_split, data_dir=data_dir)
@@ -65,7 +63,6 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             batch_norm=cfg.batch_norm,
             rngs=nnx.Rngs(cfg.seed),
         )
-        announce(f"{name}: building {cfg.model}, compiling the train step, then {total} steps")
         graphdef, eval_graphdef, params, state, history = train_classifier(
             model,
             tx,
@@ -75,13 +72,12 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             num_steps=total,
             seed=cfg.seed,
             augment=cfg.augment or None,
-            workdir=workdir / name,
+            workdir=os.path.join(workdir, name),
             ckpt_every=cfg.ckpt_every,
             log_every=steps_per_epoch,
             progress=progress,
             desc=name,
         )
-        announce(f"{name}: one-shot pruning sweep (BatchNorm reset and test at each level)")
         rows = one_shot_sweep(
             graphdef,
             eval_graphdef,
@@ -97,7 +93,8 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         results["runs"][name] = {"one_shot": rows, "history": history}
     table = rows_to_markdown({n: r["one_shot"] for n, r in results["runs"].items()})
     results["table"] = table
-    write_json_atomic(workdir / "results.json", results)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
     series = {
         n: (
             [row["sparsity"] * 100 for row in r["one_shot"] if ":" not in row["compression"]],
@@ -105,16 +102,22 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         )
         for n, r in results["runs"].items()
     }
-    write_line_plot(
-        workdir / "accuracy_vs_sparsity.png",
+    plot_lines(
+        os.path.join(workdir, "accuracy_vs_sparsity.png"),
         series,
         xlabel="one-shot global sparsity (%)",
         ylabel="test accuracy (after BN reset)",
         title=f"{cfg.model} on {cfg.dataset}: one-shot pruning",
     )
-    print(table)
     return results
 
 
+def main(argv):
+    del argv
+    initialize_distributed()
+    results = run(_CONFIG.value, _WORKDIR.value)
+    print(results["table"])
+
+
 if __name__ == "__main__":
-    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)
+    app.run(main)

@@ -181,6 +181,7 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
             log_every=1,
             desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
             quiet=epoch > len(evals),
+            config=cfg,
         )
         announce(f"{name}: evaluating epoch {epoch + 1} (and after re-estimating BatchNorm)")
         acc, acc_bn = test_accuracy(eval_graphdef, params, model_state, train, test, cfg)
@@ -199,7 +200,7 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
         *_, history = fit_stage(
             step, params, model_state, opt_state, stream, cfg.epochs * per_epoch,
             workdir=workdir, stage=name, ckpt_every=per_epoch, log_every=1, quiet=True,
-            progress=False,
+            progress=False, config=cfg,
         )  # fmt: skip
     losses = [h["loss"] for h in history]
     step_seconds = [t for e in evals for t in e["step_seconds"][1:]]  # first: compile/restore

@@ -171,6 +171,7 @@ def train(cfg, kb, templates, workdir: epath.Path):
         stage="train",
         ckpt_every=cfg.ckpt_every,
         log_every=1,
+        config=cfg,
     )
     return params, prover, [h["loss"] for h in history], time.time() - t0
 

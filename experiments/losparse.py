@@ -210,6 +210,7 @@ def distill(student, final_sparsity, train_tok, train_emb, cfg, seed, workdir, s
         stage=stage,
         ckpt_every=cfg.ckpt_every,
         log_every=1,
+        config=cfg,
     )
     return nnx.merge(graphdef, params, rest), [h["loss"] for h in history]
 
