@@ -180,17 +180,24 @@ def pretrain_demo_clip(cfg, images, labels, workdir):
         stage=f"pretrain-{_config_key(cfg)}",  # same pretraining config -> same stage, reused
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
+        config=_pretrain_config(cfg),  # a downstream-only change reuses the pretrained CLIP
     )
     return nnx.merge(graphdef, params, state), tok, time.time() - t0
+
+
+_PRETRAIN_KEYS = ("model", "pretrain_seed", "pretrain_steps", "pretrain_batch", "pretrain_lr",
+                  "pretrain_templates", "zero_shot_templates", "ctx_init")  # fmt: skip
+
+
+def _pretrain_config(cfg) -> dict:
+    """The fields of ``cfg`` that determine the pretrained demo CLIP."""
+    return {k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k] for k in _PRETRAIN_KEYS}
 
 
 def _config_key(cfg) -> str:
     import hashlib
 
-    keys = ("model", "pretrain_seed", "pretrain_steps", "pretrain_batch", "pretrain_lr",
-            "pretrain_templates", "zero_shot_templates", "ctx_init")  # fmt: skip
-    text = json.dumps({k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k]
-                       for k in keys}, sort_keys=True, default=str)  # fmt: skip
+    text = json.dumps(_pretrain_config(cfg), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

@@ -177,11 +177,11 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
             (epoch + 1) * per_epoch,
             workdir=workdir,
             stage=name,
-            config=cfg,
             ckpt_every=per_epoch,
             log_every=1,
             desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
             quiet=epoch > len(evals),
+            config=cfg,
         )
         announce(f"{name}: evaluating epoch {epoch + 1} (and after re-estimating BatchNorm)")
         acc, acc_bn = test_accuracy(eval_graphdef, params, model_state, train, test, cfg)
@@ -200,8 +200,7 @@ def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
         *_, history = fit_stage(
             step, params, model_state, opt_state, stream, cfg.epochs * per_epoch,
             workdir=workdir, stage=name, ckpt_every=per_epoch, log_every=1, quiet=True,
-            config=cfg,
-            progress=False,
+            progress=False, config=cfg,
         )  # fmt: skip
     losses = [h["loss"] for h in history]
     step_seconds = [t for e in evals for t in e["step_seconds"][1:]]  # first: compile/restore

@@ -169,9 +169,9 @@ def train(cfg, kb, templates, workdir: epath.Path):
         stream.num_steps,
         workdir=workdir,
         stage="train",
-        config=cfg,
         ckpt_every=cfg.ckpt_every,
         log_every=1,
+        config=cfg,
     )
     return params, prover, [h["loss"] for h in history], time.time() - t0
 

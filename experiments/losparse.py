@@ -208,9 +208,9 @@ def distill(student, final_sparsity, train_tok, train_emb, cfg, seed, workdir, s
         steps,
         workdir=workdir,
         stage=stage,
-        config=cfg,
         ckpt_every=cfg.ckpt_every,
         log_every=1,
+        config=cfg,
     )
     return nnx.merge(graphdef, params, rest), [h["loss"] for h in history]
 
