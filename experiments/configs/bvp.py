@@ -5,6 +5,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.force_resume = False  # resume even under a config that differs from the checkpoint's
     # Names from jaxcomp.numerics.examples.classic_problems().
     config.problems = ("dirichlet_linear", "robin_linear", "bratu", "cubic", "robin_nonlinear")
     config.degrees = (3, 4, 6, 8, 10)  # Bernstein degrees for the Galerkin method

@@ -8,6 +8,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.source = "mnist_demo"
     c.title = "MNIST-5k, tiny CLIP, 16 shots, base 0-4 / new 5-9"
     # Small CLIP (both towers: width, layers, heads; 28x28 digits in 7x7 patches).

@@ -17,6 +17,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.source = "hf"
     c.title = "CLIP ViT-B/16, 16 shots"
     c.clip_path = ""

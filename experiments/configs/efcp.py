@@ -11,6 +11,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.dataset = "mnist5k"  # or "digits"
     c.model = "resnet20"  # or "smallcnn"
     c.num_classes = 10

@@ -15,6 +15,7 @@ p(X, Y) :- q(X, Y) <20>
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.dataset = "nations"  # nations | umls | kinships | countries | tsv
     c.data_dir = ""  # countries: directory in the NTP layout
     c.variant = "S1"  # countries: S1 | S2 | S3

