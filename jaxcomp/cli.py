@@ -135,15 +135,6 @@ def run_experiment(name: str, argv: list[str]) -> int:
     return 0
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -153,6 +144,8 @@ def _fmt(v: Any) -> str:
 def results_table(workdirs: list[str]) -> str:
     """One markdown table from the ``summary`` of each workdir's ``results.json``: a row per
     workdir (or per row when the summary is a list), a column per field."""
+    from jaxcomp.train.workdir import flatten_dict
+
     rows: list[dict[str, Any]] = []
     for w in workdirs:
         path = epath.Path(w) / "results.json"
@@ -166,7 +159,7 @@ def results_table(workdirs: list[str]) -> str:
         if summary is None:  # fall back to the top-level scalars
             summary = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
         for r in summary if isinstance(summary, list) else [summary]:
-            rows.append({"run": os.fspath(w), **_flatten(r)})
+            rows.append({"run": os.fspath(w), **flatten_dict(r)})
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]

@@ -65,11 +65,12 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one dict with dotted keys (``{"a": {"b": 1}} -> {"a.b": 1}``)."""
     if isinstance(d, Mapping):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
 
@@ -77,7 +78,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_diff(old: Any, new: Any) -> list[str]:
     """The fields in which two configs differ, as ``"field: old -> new"`` lines (dotted names for
     nested fields; ``<absent>`` for a field only one of them has)."""
-    a, b = _flatten(config_dict(old)), _flatten(config_dict(new))
+    a, b = flatten_dict(config_dict(old)), flatten_dict(config_dict(new))
     lines = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
