@@ -1,5 +1,13 @@
 """Data: real small data sets bundled in PyPI packages, TFDS builders, deterministic batching."""
 
+from jaxcomp.data.folders import (
+    MSTAR_CLASSES,
+    MSTAR_DEFAULT_SPLIT,
+    load_image_folder,
+    load_mstar,
+    read_split_file,
+)
+from jaxcomp.data.glyphs import render_glyphs, split_by_script
 from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
 from jaxcomp.data.pipeline import DataStream, batches
 from jaxcomp.data.sources import (
@@ -10,6 +18,13 @@ from jaxcomp.data.sources import (
 )
 
 __all__ = [
+    "MSTAR_CLASSES",
+    "MSTAR_DEFAULT_SPLIT",
+    "load_image_folder",
+    "load_mstar",
+    "read_split_file",
+    "render_glyphs",
+    "split_by_script",
     "DataStream",
     "batches",
     "load_classification",
