@@ -65,9 +65,7 @@ def load_data(name: str, cfg, workdir: str) -> dict:
         if cfg.image_size != 28:
             raise ValueError(f"fashion_mnist is 28x28; set image_size=28, got {cfg.image_size}")
         base, novel = np.arange(5), np.arange(5, 10)
-        val_idx = np.concatenate(
-            [np.where(yte == c)[0][: cfg.fashion_val_per_class] for c in base]
-        )
+        val_idx = np.concatenate([np.where(yte == c)[0][: cfg.fashion_val_per_class] for c in base])
         parts = {
             "base": (xtr[np.isin(ytr, base)], ytr[np.isin(ytr, base)]),
             # validation: held-out test-split images of the base classes (only 10 classes)
@@ -79,9 +77,7 @@ def load_data(name: str, cfg, workdir: str) -> dict:
     if name == "mstar":
         if not cfg.mstar_root:
             raise ValueError("dataset 'mstar' needs config.mstar_root (root/<CLASS>/*)")
-        parts = load_mstar(
-            cfg.mstar_root, split=cfg.mstar_split or None, image_size=cfg.image_size
-        )
+        parts = load_mstar(cfg.mstar_root, split=cfg.mstar_split or None, image_size=cfg.image_size)
         if len(parts["val"][1]) == 0:
             parts["val"] = None
         return parts
@@ -135,8 +131,10 @@ def run_method(method: str, dataset: str, data: dict, cfg, workdir: str) -> list
         for k in todo:
             if (cfg.train_shot or k) != ts:
                 continue
-            print(f"[{dataset}/{method}] testing 5-way {k}-shot, {cfg.test_episodes} episodes",
-                  flush=True)
+            print(
+                f"[{dataset}/{method}] testing 5-way {k}-shot, {cfg.test_episodes} episodes",
+                flush=True,
+            )
             res = fs_test(
                 trained,
                 *data["novel"],
@@ -161,8 +159,10 @@ def run_method(method: str, dataset: str, data: dict, cfg, workdir: str) -> list
                 "epochs": cfg.epochs,
                 "load_average": list(os.getloadavg()),
             }
-            np.save(os.path.join(out_dir, f"{k}shot_episode_acc.npy"),
-                    np.asarray(res["episode_accuracies"], np.float32))
+            np.save(
+                os.path.join(out_dir, f"{k}shot_episode_acc.npy"),
+                np.asarray(res["episode_accuracies"], np.float32),
+            )
             _write_json(os.path.join(out_dir, f"{k}shot.json"), row)
             print(
                 f"[{dataset}/{method}] {k}-shot: {100 * row['accuracy']:.2f} +- "
@@ -184,33 +184,41 @@ def summarize(workdir: str, cfg) -> dict:
     order = [m for m in method_names() if any(r["method"] == m for r in rows)]
     shots = sorted({r["shot"] for r in rows})
     cell = {(r["dataset"], r["method"], r["shot"]): r for r in rows}
-    head = "| method | " + " | ".join(
-        f"{DATASET_LABELS[d]} {k}-shot" for d in datasets for k in shots
-    ) + " |"
+    head = (
+        "| method | "
+        + " | ".join(f"{DATASET_LABELS[d]} {k}-shot" for d in datasets for k in shots)
+        + " |"
+    )
     lines = [head, "|---" * (1 + len(datasets) * len(shots)) + "|"]
     for m in order:
         vals = []
         for d in datasets:
             for k in shots:
                 r = cell.get((d, m, k))
-                vals.append(
-                    f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f}" if r else "–"
-                )
+                vals.append(f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f}" if r else "–")
         lines.append(f"| {m} | " + " | ".join(vals) + " |")
     table = "\n".join(lines)
-    rt = ["| method | " + " | ".join(f"{DATASET_LABELS[d]} train s" for d in datasets)
-          + " | test ms/episode (1-shot / 5-shot) |",
-          "|---" * (2 + len(datasets)) + "|"]
+    rt = [
+        "| method | "
+        + " | ".join(f"{DATASET_LABELS[d]} train s" for d in datasets)
+        + " | test ms/episode (1-shot / 5-shot) |",
+        "|---" * (2 + len(datasets)) + "|",
+    ]
     for m in order:
         tr = [cell.get((d, m, shots[0])) or cell.get((d, m, shots[-1])) for d in datasets]
         te = [
-            np.mean([cell[(d, m, k)]["test_ms_per_episode"] for d in datasets
-                     if (d, m, k) in cell]) if any((d, m, k) in cell for d in datasets)
+            np.mean([cell[(d, m, k)]["test_ms_per_episode"] for d in datasets if (d, m, k) in cell])
+            if any((d, m, k) in cell for d in datasets)
             else float("nan")
             for k in shots
         ]
-        rt.append(f"| {m} | " + " | ".join(f"{r['train_time_s']:.0f}" if r else "–" for r in tr)
-                  + " | " + " / ".join(f"{t:.1f}" for t in te) + " |")
+        rt.append(
+            f"| {m} | "
+            + " | ".join(f"{r['train_time_s']:.0f}" if r else "–" for r in tr)
+            + " | "
+            + " / ".join(f"{t:.1f}" for t in te)
+            + " |"
+        )
     runtime = "\n".join(rt)
     summary = {
         "config": cfg.to_dict(),
@@ -234,7 +242,10 @@ def plot(workdir: str, rows, datasets, shots) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(
-        len(shots), len(datasets), figsize=(4 * len(datasets), 3.4 * len(shots)), dpi=110,
+        len(shots),
+        len(datasets),
+        figsize=(4 * len(datasets), 3.4 * len(shots)),
+        dpi=110,
         squeeze=False,
     )
     markers = {"metric": "o", "finetune": "s", "meta": "^"}
@@ -244,10 +255,21 @@ def plot(workdir: str, rows, datasets, shots) -> str:
             for r in rows:
                 if r["dataset"] != d or r["shot"] != k:
                     continue
-                ax.errorbar(r["train_time_s"], 100 * r["accuracy"], yerr=100 * r["ci95"],
-                            marker=markers.get(r["family"], "o"), ms=5, capsize=2)
-                ax.annotate(r["method"], (r["train_time_s"], 100 * r["accuracy"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.errorbar(
+                    r["train_time_s"],
+                    100 * r["accuracy"],
+                    yerr=100 * r["ci95"],
+                    marker=markers.get(r["family"], "o"),
+                    ms=5,
+                    capsize=2,
+                )
+                ax.annotate(
+                    r["method"],
+                    (r["train_time_s"], 100 * r["accuracy"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
             ax.set_title(f"{DATASET_LABELS[d]}, 5-way {k}-shot", fontsize=9)
             ax.set_xlabel("training time (s)")
             ax.set_ylabel("accuracy (%)")
@@ -263,8 +285,10 @@ def run(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-    methods = method_names() if cfg.method == "all" else tuple(
-        m.strip() for m in cfg.method.split(",") if m.strip()
+    methods = (
+        method_names()
+        if cfg.method == "all"
+        else tuple(m.strip() for m in cfg.method.split(",") if m.strip())
     )
     for m in methods:
         if m not in REGISTRY:

@@ -48,6 +48,8 @@ DEFAULT_SPLIT: dict[str, tuple[str, ...]] = {
     "novel": ("armenian", "georgian", "tifinagh", "nko", "lao", "old_italic"),
 }
 
+ALL_SCRIPTS = tuple(s for part in DEFAULT_SPLIT.values() for s in part)
+
 FONT_STYLES = (
     "DejaVuSans",
     "DejaVuSans-Bold",
@@ -105,12 +107,15 @@ def _render(char: str, style: str) -> np.ndarray:
     limit = _CANVAS - 8
     if max(h, w) > limit:  # shrink glyphs too large for the canvas
         s = limit / max(h, w)
-        a = np.asarray(
-            Image.fromarray((a * 255).astype(np.uint8)).resize(
-                (max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR
-            ),
-            np.float32,
-        ) / 255.0
+        a = (
+            np.asarray(
+                Image.fromarray((a * 255).astype(np.uint8)).resize(
+                    (max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR
+                ),
+                np.float32,
+            )
+            / 255.0
+        )
         h, w = a.shape
     out = np.zeros((_CANVAS, _CANVAS), np.float32)
     top, left = (_CANVAS - h) // 2, (_CANVAS - w) // 2
@@ -191,7 +196,7 @@ def _classes(scripts, min_fonts: int, dedupe: float):
 def render_glyphs(
     cache_dir: str | os.PathLike,
     *,
-    scripts=tuple(s for split in DEFAULT_SPLIT.values() for s in split),
+    scripts: tuple[str, ...] = ALL_SCRIPTS,
     per_class: int = 20,
     image_size: int = 28,
     seed: int = 0,

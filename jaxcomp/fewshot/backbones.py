@@ -68,7 +68,9 @@ class Conv64F(nnx.Module):
         chans = (in_channels, width, width, width, width)
         self.blocks = nnx.List(
             [
-                ConvBlock(chans[i], chans[i + 1], pool=bool(pools[i]), negative_slope=slope, rngs=rngs)
+                ConvBlock(
+                    chans[i], chans[i + 1], pool=bool(pools[i]), negative_slope=slope, rngs=rngs
+                )
                 for i in range(4)
             ]
         )

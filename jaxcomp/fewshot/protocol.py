@@ -44,8 +44,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 1000):
         m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c
@@ -279,7 +281,9 @@ def train(
         raise ValueError(f"model.training must be 'episodic' or 'pretrain', got {model.training!r}")
     step = make_train_step(loss_fn, tx)
     val_sampler = (
-        EpisodeSampler(val[1], way, shot, val_query, seed=seed + 10_000) if val is not None else None
+        EpisodeSampler(val[1], way, shot, val_query, seed=seed + 10_000)
+        if val is not None
+        else None
     )
 
     hist_path = os.path.join(workdir, "history.json")

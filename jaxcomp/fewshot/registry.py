@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
-from jaxcomp.fewshot.metric import ATLNet, CovaMNet, DN4, FEAT, ProtoNet, RelationNet
+from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
 @dataclasses.dataclass(frozen=True)

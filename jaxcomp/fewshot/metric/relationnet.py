@@ -62,9 +62,7 @@ class RelationNet(FewShotModel):
     ):
         if loss not in ("ce", "mse"):
             raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}")
-        self.backbone = build_backbone(
-            backbone, in_channels, pools=pools, flatten=False, rngs=rngs
-        )
+        self.backbone = build_backbone(backbone, in_channels, pools=pools, flatten=False, rngs=rngs)
         self.relation = RelationModule(self.backbone.width, tuple(feat_hw), rngs=rngs)
         self.loss = loss
 
