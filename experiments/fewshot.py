@@ -106,6 +106,8 @@ def run_method(method: str, dataset: str, data: dict, cfg, workdir: str) -> list
             image_hw=x.shape[1:3],
             num_base_classes=len(np.unique(y)),
             rngs=nnx.Rngs(cfg.seed),
+            backbone=cfg.backbone,
+            width=cfg.width,
             **({"loss": cfg.relation_loss} if method == "relationnet" else {}),
         )
         print(f"[{dataset}/{method}] training ({model.training}, {ts}-shot episodes)", flush=True)

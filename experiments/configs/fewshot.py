@@ -16,6 +16,7 @@ def get_config():
     c.datasets = ("glyphs", "glyphs_sar", "fashion_mnist")
     c.image_size = 28
     c.backbone = "conv64f"
+    c.width = 32  # 64 = Conv64F (the paper); 32 = LibFewShot's Conv32F, to fit the shared CPU
     c.way = 5
     c.shots = (1, 5)
     c.train_shot = 5  # 0: train one model per test shot, with that shot
@@ -25,7 +26,7 @@ def get_config():
     c.val_episodes = 50
     c.val_query = 15
     c.episodes_per_epoch = 50
-    c.epochs = 3
+    c.epochs = 2
     c.batch_size = 64  # pretraining batch (Baseline, Baseline++; the fork: 128)
     c.lr = 1e-3
     c.lr_step_epochs = 1

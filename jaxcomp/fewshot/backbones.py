@@ -149,11 +149,20 @@ def build_backbone(
     pools: Sequence[bool] = (True, True, True, True),
     leaky_relu: bool = False,
     flatten: bool = True,
+    width: int = 64,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """``"conv64f"`` or ``"resnet12"`` (ResNet-12 ignores ``pools``/``leaky_relu``)."""
+    """``"conv64f"`` (``width`` 32 gives LibFewShot's Conv32F) or ``"resnet12"`` (ResNet-12
+    ignores ``pools``/``leaky_relu``/``width``)."""
     if name == "conv64f":
-        return Conv64F(in_channels, pools=pools, leaky_relu=leaky_relu, flatten=flatten, rngs=rngs)
+        return Conv64F(
+            in_channels,
+            width=width,
+            pools=pools,
+            leaky_relu=leaky_relu,
+            flatten=flatten,
+            rngs=rngs,
+        )
     if name == "resnet12":
         return ResNet12(in_channels, flatten=flatten, rngs=rngs)
     raise ValueError(f"unknown backbone {name!r}; choose 'conv64f' or 'resnet12'")

@@ -128,7 +128,9 @@ register(
         "feat",
         "metric",
         "Ye et al., Few-shot Learning via Embedding Adaptation with Set-to-Set Functions, CVPR 2020",
-        lambda c, hw, nb, rngs, **kw: FEAT(c, feat_dim=_flat_dim(hw), rngs=rngs, **kw),
+        lambda c, hw, nb, rngs, **kw: FEAT(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **kw
+        ),
     )
 )
 register(
@@ -137,7 +139,7 @@ register(
         "finetune",
         "Chen et al., A Closer Look at Few-shot Classification, ICLR 2019",
         lambda c, hw, nb, rngs, **kw: Baseline(
-            c, feat_dim=_flat_dim(hw), num_classes=nb, rngs=rngs, **kw
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
         ),
     )
 )
@@ -147,7 +149,7 @@ register(
         "finetune",
         "Chen et al., A Closer Look at Few-shot Classification (Baseline++), ICLR 2019",
         lambda c, hw, nb, rngs, **kw: BaselinePlus(
-            c, feat_dim=_flat_dim(hw), num_classes=nb, rngs=rngs, **kw
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
         ),
     )
 )

@@ -115,9 +115,10 @@ class Baseline(FewShotModel):
         inner_iters: int = 100,
         inner_batch_size: int = 4,
         backbone: str = "conv64f",
+        width: int = 64,
         rngs: nnx.Rngs,
     ):
-        self.backbone = build_backbone(backbone, in_channels, rngs=rngs)
+        self.backbone = build_backbone(backbone, in_channels, width=width, rngs=rngs)
         self.head = nnx.Linear(feat_dim, num_classes, rngs=rngs)
         self.feat_dim = feat_dim
         self.inner_lr, self.inner_iters, self.inner_batch_size = (
@@ -171,6 +172,7 @@ class BaselinePlus(Baseline):
         inner_iters: int = 100,
         inner_batch_size: int = 4,
         backbone: str = "conv64f",
+        width: int = 64,
         rngs: nnx.Rngs,
     ):
         super().__init__(
@@ -181,6 +183,7 @@ class BaselinePlus(Baseline):
             inner_iters=inner_iters,
             inner_batch_size=inner_batch_size,
             backbone=backbone,
+            width=width,
             rngs=rngs,
         )
         del self.head

@@ -74,11 +74,18 @@ class ATLNet(FewShotModel):
         from_value: float = 0.4,
         value_interval: float = 0.5,
         backbone: str = "conv64f",
+        width: int = 64,
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
         self.backbone = build_backbone(
-            backbone, in_channels, pools=pools, leaky_relu=True, flatten=False, rngs=rngs
+            backbone,
+            in_channels,
+            width=width,
+            pools=pools,
+            leaky_relu=True,
+            flatten=False,
+            rngs=rngs,
         )
         c = self.backbone.width
         self.w_conv = nnx.Conv(c, c, (1, 1), use_bias=False, rngs=rngs)

@@ -41,11 +41,18 @@ class CovaMNet(FewShotModel):
         *,
         num_local: int,
         backbone: str = "conv64f",
+        width: int = 64,
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
         self.backbone = build_backbone(
-            backbone, in_channels, pools=pools, leaky_relu=True, flatten=False, rngs=rngs
+            backbone,
+            in_channels,
+            width=width,
+            pools=pools,
+            leaky_relu=True,
+            flatten=False,
+            rngs=rngs,
         )
         self.dropout = nnx.Dropout(0.5, rngs=rngs)
         bound = 1.0 / float(num_local) ** 0.5  # torch Conv1d default init

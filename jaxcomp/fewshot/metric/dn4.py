@@ -46,11 +46,18 @@ class DN4(FewShotModel):
         *,
         n_k: int = 3,
         backbone: str = "conv64f",
+        width: int = 64,
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
         self.backbone = build_backbone(
-            backbone, in_channels, pools=pools, leaky_relu=True, flatten=False, rngs=rngs
+            backbone,
+            in_channels,
+            width=width,
+            pools=pools,
+            leaky_relu=True,
+            flatten=False,
+            rngs=rngs,
         )
         self.n_k = n_k
 

@@ -56,9 +56,10 @@ class FEAT(FewShotModel):
         temperature2: float = 1.0,
         balance: float = 0.5,
         backbone: str = "conv64f",
+        width: int = 64,
         rngs: nnx.Rngs,
     ):
-        self.backbone = build_backbone(backbone, in_channels, rngs=rngs)
+        self.backbone = build_backbone(backbone, in_channels, width=width, rngs=rngs)
         self.attn = SelfAttention(feat_dim, rngs=rngs)
         self.temperature, self.temperature2, self.balance = temperature, temperature2, balance
 

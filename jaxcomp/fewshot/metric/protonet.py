@@ -33,8 +33,10 @@ def protonet_logits(support: jax.Array, query: jax.Array) -> jax.Array:
 class ProtoNet(FewShotModel):
     """Conv64F (flattened) + nearest prototype in squared Euclidean distance."""
 
-    def __init__(self, in_channels: int, *, backbone: str = "conv64f", rngs: nnx.Rngs):
-        self.backbone = build_backbone(backbone, in_channels, rngs=rngs)
+    def __init__(
+        self, in_channels: int, *, backbone: str = "conv64f", width: int = 64, rngs: nnx.Rngs
+    ):
+        self.backbone = build_backbone(backbone, in_channels, width=width, rngs=rngs)
 
     def logits(self, support, query):
         return protonet_logits(support, query)

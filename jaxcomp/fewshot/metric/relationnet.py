@@ -57,12 +57,15 @@ class RelationNet(FewShotModel):
         feat_hw: tuple[int, int],
         loss: str = "ce",
         backbone: str = "conv64f",
+        width: int = 64,
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
         if loss not in ("ce", "mse"):
             raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}")
-        self.backbone = build_backbone(backbone, in_channels, pools=pools, flatten=False, rngs=rngs)
+        self.backbone = build_backbone(
+            backbone, in_channels, width=width, pools=pools, flatten=False, rngs=rngs
+        )
         self.relation = RelationModule(self.backbone.width, tuple(feat_hw), rngs=rngs)
         self.loss = loss
 
