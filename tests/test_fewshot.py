@@ -297,3 +297,13 @@ def test_train_selects_best_validation_epoch_and_resumes(tmp_path):
     jax.tree.map(np.testing.assert_allclose, again["params"], out["params"])
     with open(os.path.join(str(tmp_path / "run"), "history.json")) as f:
         assert len(json.load(f)["epochs"]) == 2
+
+
+def test_resnet12_option_shapes():
+    from jaxcomp.fewshot import ResNet12
+
+    net = ResNet12(1, widths=(4, 4, 8, 8), rngs=nnx.Rngs(0))
+    assert net(jnp.ones((2, 16, 16, 1))).shape == (2, 8)
+    assert net.output_shape((16, 16)) == (1, 1, 8)
+    with pytest.raises(ValueError, match=r"\(8, 8\) is too small"):
+        net.output_shape((8, 8))
