@@ -107,13 +107,15 @@ def read_split_file(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     return split
 
 
-def check_split(split: dict[str, tuple[str, ...]]) -> None:
+def check_split(split: dict[str, tuple[str, ...]], what: str = "class") -> dict[str, str]:
+    """``{name: part}`` of a ``{part: names}`` split; ``ValueError`` naming a name in two parts."""
     seen: dict[str, str] = {}
     for part, names in split.items():
         for n in names:
             if n in seen:
-                raise ValueError(f"class {n!r} is in both {seen[n]!r} and {part!r} of the split")
+                raise ValueError(f"{what} {n!r} is in both {seen[n]!r} and {part!r} of the split")
             seen[n] = part
+    return seen
 
 
 def load_mstar(

@@ -262,12 +262,9 @@ def split_by_script(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"base"|"val"|"novel": (images, labels)}`` with each class's label its global index;
     raises ``ValueError`` when a script is in two parts of ``split``."""
-    seen: dict[str, str] = {}
-    for part, scripts in split.items():
-        for s in scripts:
-            if s in seen:
-                raise ValueError(f"script {s!r} is in both {seen[s]!r} and {part!r}")
-            seen[s] = part
+    from jaxcomp.data.folders import check_split
+
+    seen = check_split(split, "script")
     class_part = np.array([seen.get(str(s), "") for s in data["scripts"]])
     out = {}
     for part in split:

@@ -166,3 +166,13 @@ def build_backbone(
     if name == "resnet12":
         return ResNet12(in_channels, flatten=flatten, rngs=rngs)
     raise ValueError(f"unknown backbone {name!r}; choose 'conv64f' or 'resnet12'")
+
+
+def descriptor_backbone(
+    name: str, in_channels: int, *, width: int, pools: Sequence[bool], rngs: nnx.Rngs
+) -> nnx.Module:
+    """The local-descriptor backbone of DN4 / CovaMNet / ATL-Net: LeakyReLU(0.2), unflattened
+    ``(B, h, w, C)`` maps, pooling only where ``pools`` says."""
+    return build_backbone(
+        name, in_channels, width=width, pools=pools, leaky_relu=True, flatten=False, rngs=rngs
+    )

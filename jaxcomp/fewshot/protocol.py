@@ -207,26 +207,23 @@ def step_lr(lr: float, steps_per_epoch: int, step_epochs: int, gamma: float) -> 
     )
 
 
-def episodic_loss(graphdef: nnx.GraphDef):
-    """``loss_fn(params, state, episode)`` for ``make_train_step`` (``model.episode_loss``)."""
-
+def _model_loss(graphdef: nnx.GraphDef, method: str, keys: tuple[str, str]):
     def loss_fn(params, state, batch):
         model = nnx.merge(graphdef, params, state)
-        loss, metrics = model.episode_loss(batch["support"], batch["query"])
+        loss, metrics = getattr(model, method)(batch[keys[0]], batch[keys[1]])
         return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), metrics)
 
     return loss_fn
+
+
+def episodic_loss(graphdef: nnx.GraphDef):
+    """``loss_fn(params, state, episode)`` for ``make_train_step`` (``model.episode_loss``)."""
+    return _model_loss(graphdef, "episode_loss", ("support", "query"))
 
 
 def pretrain_loss(graphdef: nnx.GraphDef):
     """``loss_fn`` for standard classification on the base classes (``model.classify_loss``)."""
-
-    def loss_fn(params, state, batch):
-        model = nnx.merge(graphdef, params, state)
-        loss, metrics = model.classify_loss(batch["image"], batch["label"])
-        return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), metrics)
-
-    return loss_fn
+    return _model_loss(graphdef, "classify_loss", ("image", "label"))
 
 
 def _write_json(path: str, obj: Any) -> None:

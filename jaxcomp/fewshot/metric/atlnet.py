@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcomp.fewshot.backbones import _bn, build_backbone
+from jaxcomp.fewshot.backbones import _bn, descriptor_backbone
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.metric.dn4 import l2_normalize, local_descriptors
 
@@ -78,14 +78,8 @@ class ATLNet(FewShotModel):
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
-        self.backbone = build_backbone(
-            backbone,
-            in_channels,
-            width=width,
-            pools=pools,
-            leaky_relu=True,
-            flatten=False,
-            rngs=rngs,
+        self.backbone = descriptor_backbone(
+            backbone, in_channels, width=width, pools=pools, rngs=rngs
         )
         c = self.backbone.width
         self.w_conv = nnx.Conv(c, c, (1, 1), use_bias=False, rngs=rngs)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcomp.fewshot.backbones import build_backbone
+from jaxcomp.fewshot.backbones import descriptor_backbone
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.metric.dn4 import local_descriptors
 
@@ -45,14 +45,8 @@ class CovaMNet(FewShotModel):
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
-        self.backbone = build_backbone(
-            backbone,
-            in_channels,
-            width=width,
-            pools=pools,
-            leaky_relu=True,
-            flatten=False,
-            rngs=rngs,
+        self.backbone = descriptor_backbone(
+            backbone, in_channels, width=width, pools=pools, rngs=rngs
         )
         self.dropout = nnx.Dropout(0.5, rngs=rngs)
         bound = 1.0 / float(num_local) ** 0.5  # torch Conv1d default init

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcomp.fewshot.backbones import build_backbone
+from jaxcomp.fewshot.backbones import descriptor_backbone
 from jaxcomp.fewshot.base import FewShotModel
 
 
@@ -50,14 +50,8 @@ class DN4(FewShotModel):
         pools=(True, True, False, False),
         rngs: nnx.Rngs,
     ):
-        self.backbone = build_backbone(
-            backbone,
-            in_channels,
-            width=width,
-            pools=pools,
-            leaky_relu=True,
-            flatten=False,
-            rngs=rngs,
+        self.backbone = descriptor_backbone(
+            backbone, in_channels, width=width, pools=pools, rngs=rngs
         )
         self.n_k = n_k
 
