@@ -96,6 +96,38 @@ def run_method(method: str, dataset: str, data: dict, cfg, workdir: str) -> list
     """Train ``method`` on ``data`` and test it at every shot of ``cfg.shots``; one row each."""
     out_dir = os.path.join(workdir, dataset, method)
     todo = [k for k in cfg.shots if not os.path.exists(os.path.join(out_dir, f"{k}shot.json"))]
+    if todo and not _lock(out_dir):
+        print(f"[{dataset}/{method}] running in another process; skipped", flush=True)
+        return []
+    try:
+        return _run_method(method, dataset, data, cfg, out_dir, todo)
+    finally:
+        if todo:
+            os.remove(os.path.join(out_dir, ".lock"))
+
+
+def _lock(out_dir: str) -> bool:
+    """Take ``out_dir/.lock`` (holding our pid) unless a live process holds it."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(open(path).read().strip() or 0)
+                os.kill(pid, 0)
+                return False  # held by a live process
+            except (ValueError, ProcessLookupError, PermissionError):
+                os.remove(path)  # stale
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
     rows = []
     train_shots = sorted({cfg.train_shot or k for k in todo})
     for ts in train_shots:
