@@ -86,7 +86,7 @@ def load_data(name: str, cfg, workdir: str) -> dict:
 
 def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
@@ -118,7 +118,9 @@ def _lock(out_dir: str) -> bool:
                 pid = int(open(path).read().strip() or 0)
                 os.kill(pid, 0)
                 return False  # held by a live process
-            except (ValueError, ProcessLookupError, PermissionError):
+            except PermissionError:
+                return False  # alive, another user's
+            except (ValueError, ProcessLookupError):
                 os.remove(path)  # stale
                 continue
         os.write(fd, str(os.getpid()).encode())
@@ -262,8 +264,10 @@ def summarize(workdir: str, cfg) -> dict:
         "note": "times measured on a shared 2-core CPU under parallel load",
     }
     _write_json(os.path.join(workdir, "results.json"), summary)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
+    tmp = os.path.join(workdir, f"results.md.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
         f.write(table + "\n\n" + runtime + "\n")
+    os.replace(tmp, os.path.join(workdir, "results.md"))
     if rows:
         plot(workdir, rows, datasets, shots)
     return summary
