@@ -27,7 +27,7 @@ from jaxcomp.fewshot.protocol import episodic_loss
 from jaxcomp.train.step import make_train_step, split_model
 
 WAY, SHOT, QUERY, SIZE = 5, 1, 15, 28
-EPISODES, ROUNDS = 4, 3
+EPISODES, ROUNDS = 3, 3
 
 
 def main() -> None:

@@ -299,11 +299,12 @@ def test_train_selects_best_validation_epoch_and_resumes(tmp_path):
         assert len(json.load(f)["epochs"]) == 2
 
 
+@pytest.mark.slow
 def test_resnet12_option_shapes():
     from jaxcomp.fewshot import ResNet12
 
     net = ResNet12(1, widths=(4, 4, 8, 8), rngs=nnx.Rngs(0))
-    assert net(jnp.ones((2, 16, 16, 1))).shape == (2, 8)
+    assert nnx.jit(lambda m, x: m(x))(net, jnp.ones((2, 16, 16, 1))).shape == (2, 8)
     assert net.output_shape((16, 16)) == (1, 1, 8)
     with pytest.raises(ValueError, match=r"\(8, 8\) is too small"):
         net.output_shape((8, 8))
