@@ -1,6 +1,14 @@
 """Data: real small data sets bundled in PyPI packages, TFDS builders, deterministic batching."""
 
 from jaxcomp.data.folder import list_image_folder, load_image_folder, read_image
+from jaxcomp.data.folders import (
+    MSTAR_CLASSES,
+    MSTAR_DEFAULT_SPLIT,
+    load_chip_folder,
+    load_mstar,
+    read_split_file,
+)
+from jaxcomp.data.glyphs import render_glyphs, split_by_script
 from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
 from jaxcomp.data.mixed import MixedStream, StackedStream
 from jaxcomp.data.pipeline import DataStream, batches
@@ -12,6 +20,13 @@ from jaxcomp.data.sources import (
 )
 
 __all__ = [
+    "MSTAR_CLASSES",
+    "MSTAR_DEFAULT_SPLIT",
+    "load_chip_folder",
+    "load_mstar",
+    "read_split_file",
+    "render_glyphs",
+    "split_by_script",
     "DataStream",
     "MixedStream",
     "StackedStream",
