@@ -21,18 +21,17 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import cli
 from jaxcomp.data import load_fashion_mnist, render_glyphs, split_by_script
 from jaxcomp.data.folders import load_mstar
 from jaxcomp.fewshot import REGISTRY, build_method, check_disjoint, method_names
 from jaxcomp.fewshot import test as fs_test
 from jaxcomp.fewshot import train as fs_train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/fewshot.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/fewshot", "output directory")
+DEFAULT_CONFIG = "experiments/configs/fewshot.py"
+DEFAULT_WORKDIR = "runs/fewshot"
 
 DATASET_LABELS = {
     "glyphs": "Glyphs",
@@ -344,17 +343,12 @@ def run(cfg, workdir: str) -> dict:
         for m in methods:
             run_method(m, dataset, data, cfg, workdir)
             summarize(workdir, cfg)
-    return summarize(workdir, cfg)
-
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    results = run(_CONFIG.value, _WORKDIR.value)
+    results = summarize(workdir, cfg)
     print(results["table"])
     print()
     print(results["runtime_table"])
+    return results
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli(run, DEFAULT_CONFIG, DEFAULT_WORKDIR)
