@@ -1,0 +1,14 @@
+"""A seconds-long smoke run of experiments/cram.py: SmallCNN on the 8x8 digits, two epochs."""
+
+from experiments.configs import cram_mnist
+
+
+def get_config():
+    c = cram_mnist.get_config()
+    c.dataset = "digits"
+    c.epochs = 2
+    c.batch_size = 64
+    c.eval_sparsities = (0.5, 0.9)
+    c.calibration_images = 256
+    c.ckpt_every = 10
+    return c
