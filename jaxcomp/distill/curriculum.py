@@ -245,6 +245,7 @@ def fit_curriculum(
     stop_at: int | None = None,
     progress: bool = True,
     desc: str = "curriculum",
+    step_cache: dict | None = None,
 ) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     """Train through every stage with the one trainer (``jaxcomp.train.fit``).
 
@@ -255,6 +256,9 @@ def fit_curriculum(
     ``[boundaries[i], boundaries[i+1])`` of ``stream``, so re-running after an interruption resumes
     exactly. ``stop_at`` ends training at that global step (with a checkpoint), as a preemption
     would. Returns ``(params, model_state, opt_state, history)``; history steps are global.
+    Stages that differ only in their learning rate share one compiled step; pass the same
+    ``step_cache`` dict to several calls (e.g. seeds) with the same ``target_fn`` object to share
+    compiled steps across them too.
     """
     from jaxcomp.train import fit, make_train_step  # the trainer ties the layers together
 
@@ -266,7 +270,7 @@ def fit_curriculum(
     opt_state = tx.init(params)
     history: list[dict[str, float]] = []
     b = curriculum.boundaries
-    steps: dict[tuple, Callable] = {}  # stages that differ only in lr share one compiled step
+    steps = {} if step_cache is None else step_cache
     end_step = curriculum.total_steps if stop_at is None else stop_at
     for i, st in enumerate(curriculum.stages):
         start, end = b[i], b[i + 1]
@@ -275,7 +279,7 @@ def fit_curriculum(
         if reset_opt_state and i > 0:
             opt_state = tx.init(params)
         opt_state = _set_lr(opt_state, learning_rate * st.lr_scale)
-        sig = (st.features, st.losses, st.weights)
+        sig = (graphdef, st.features, st.losses, st.weights, target_fn, optimizer, pkt_kernel)
         if sig not in steps:
             steps[sig] = make_train_step(
                 stage_loss(graphdef, st, target_fn, pkt_kernel=pkt_kernel), tx
