@@ -39,7 +39,7 @@ from jaxcomp.data import DataStream, load_fashion_mnist
 from jaxcomp.distill.curriculum import fit_curriculum, indistill_curriculum, single_curriculum
 from jaxcomp.distill.indistill import PrunedBlocks, layerwise_targets, select_channels
 from jaxcomp.distill.retrieval import retrieval_metrics
-from jaxcomp.models import ResNet20
+from jaxcomp.models import ResNet, ResNet20
 from jaxcomp.models.cnn32 import auxiliary_cnn, student_cnn
 from jaxcomp.train import plot_lines, split_model
 from jaxcomp.train.recipes import train_classifier
@@ -82,8 +82,8 @@ def embed_fn(graphdef, state, kind: str):
     @jax.jit
     def f(x):
         m = nnx.merge(graphdef, state)
-        if kind == "teacher":
-            e = m.features(x)
+        if kind == "teacher" and isinstance(m, ResNet):
+            e = m.features(x)  # average-pooled penultimate features (the reference's layer 3)
             return e, m.head(e)
         feats = m.features(x)
         return feats[3], feats[4]
@@ -202,7 +202,8 @@ def run_curriculum(name, model, curriculum, target_fn, cfg, x, y, seed, workdir)
 
 def _teacher_target(t_gd, t_st):
     def fn(x):
-        return {3: nnx.merge(t_gd, t_st).features(x)}
+        t = nnx.merge(t_gd, t_st)
+        return {3: t.features(x) if isinstance(t, ResNet) else t.embed(x)}
 
     return fn
 
@@ -311,28 +312,43 @@ def run(cfg, workdir: str) -> dict:
         pruned_rand = nnx.split(PrunedBlocks(aux, keep_rand))
         plans = {
             "student_ce": (
-                single_curriculum(spe, 4, "ce", epochs=cfg.final_epoch,
-                                  finetune_epochs=cfg.finetune_epochs),
+                single_curriculum(
+                    spe, 4, "ce", epochs=cfg.final_epoch, finetune_epochs=cfg.finetune_epochs
+                ),
                 None,
             ),
             "student_pkt": (
-                single_curriculum(spe, 3, "pkt", epochs=cfg.final_epoch,
-                                  finetune_epochs=cfg.finetune_epochs),
+                single_curriculum(
+                    spe, 3, "pkt", epochs=cfg.final_epoch, finetune_epochs=cfg.finetune_epochs
+                ),
                 target_aux,
             ),
             "indistill": (
-                indistill_curriculum(spe, block_epochs=blocks, final_epochs=cfg.final_epoch,
-                                     finetune_epochs=cfg.finetune_epochs),
+                indistill_curriculum(
+                    spe,
+                    block_epochs=blocks,
+                    final_epochs=cfg.final_epoch,
+                    finetune_epochs=cfg.finetune_epochs,
+                ),
                 target_l1,
             ),
             "ablation_random": (
-                indistill_curriculum(spe, block_epochs=blocks, final_epochs=cfg.final_epoch,
-                                     finetune_epochs=cfg.finetune_epochs),
+                indistill_curriculum(
+                    spe,
+                    block_epochs=blocks,
+                    final_epochs=cfg.final_epoch,
+                    finetune_epochs=cfg.finetune_epochs,
+                ),
                 _aux_target(a_gd, a_st, *pruned_rand),
             ),
             "ablation_all_at_once": (
-                single_curriculum(spe, (0, 1, 2, 3), ("mse", "mse", "mse", "pkt"),
-                                  epochs=cfg.final_epoch, finetune_epochs=cfg.finetune_epochs),
+                single_curriculum(
+                    spe,
+                    (0, 1, 2, 3),
+                    ("mse", "mse", "mse", "pkt"),
+                    epochs=cfg.final_epoch,
+                    finetune_epochs=cfg.finetune_epochs,
+                ),
                 target_l1,
             ),
         }
@@ -341,8 +357,11 @@ def run(cfg, workdir: str) -> dict:
             student = student_cnn(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(seed))
             tag = f"{name}_seed{seed}"
             (s_gd, s_st), _ = run_curriculum(tag, student, cur, target_fn, cfg, x, y, seed, workdir)
-            record(name, seed, evaluate_model(tag, embed_fn(s_gd, s_st, "cnn"), train, test,
-                                              cfg, workdir))
+            record(
+                name,
+                seed,
+                evaluate_model(tag, embed_fn(s_gd, s_st, "cnn"), train, test, cfg, workdir),
+            )
             _finish(cfg, workdir, per_seed, prune_info, t_start, partial=True)
     for name, tag, f in deferred:
         record(name, cfg.teacher_seed, evaluate_model(tag, f, train, test, cfg, workdir))

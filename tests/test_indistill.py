@@ -136,14 +136,24 @@ def _trained_like(model: Cnn32, seed: int) -> Cnn32:
 
 
 def test_cnn_shapes_match_the_reference():
-    x = jnp.ones((2, 32, 32, 1))
+    x = jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32)
     aux = auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(0))
     stu = student_cnn(10, in_channels=1, rngs=nnx.Rngs(0))
-    assert [f.shape for f in aux.features(x)] == [
-        (2, 15, 15, 16), (2, 6, 6, 32), (2, 2, 2, 64), (2, 128), (2, 10)
+    aux.eval()
+    stu.eval()
+    assert [f.shape for f in jax.eval_shape(aux.features, x)] == [
+        (2, 15, 15, 16),
+        (2, 6, 6, 32),
+        (2, 2, 2, 64),
+        (2, 128),
+        (2, 10),
     ]
-    assert [f.shape for f in stu.features(x)] == [
-        (2, 15, 15, 8), (2, 6, 6, 16), (2, 2, 2, 32), (2, 64), (2, 10)
+    assert [f.shape for f in jax.eval_shape(stu.features, x)] == [
+        (2, 15, 15, 8),
+        (2, 6, 6, 16),
+        (2, 2, 2, 32),
+        (2, 64),
+        (2, 10),
     ]
     assert aux.fc1.kernel.value.shape == (256, 128) and stu.fc1.kernel.value.shape == (128, 64)
 
@@ -169,14 +179,14 @@ def test_pruned_targets_equal_eval_mode_auxiliary_on_kept_channels():
     pruned = PrunedBlocks(aux, keep)
     aux.eval()
     x = jax.random.uniform(jax.random.key(0), (5, 32, 32, 1))
-    feats = aux.features(x)
-    targets = layerwise_targets(aux, pruned, x)
+    both = nnx.jit(lambda a, p, x: (a.features(x), layerwise_targets(a, p, x)))
+    feats, targets = both(aux, pruned, x)
     for got, want in zip(targets[:3], restrict(feats[:3], keep)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(targets[3], feats[3])  # fc1 comes from the unpruned auxiliary
-    # the targets use the running statistics: a train-mode auxiliary would give something else
+    # the targets use the running statistics: batch statistics would give something else
     aux.train()
-    train_feats = aux.features(x)
+    train_feats, _ = both(aux, pruned, x)
     assert not np.allclose(train_feats[0][..., keep[0]], targets[0], atol=1e-3)
 
 
@@ -201,6 +211,9 @@ def _tiny_setup():
     return x, y, target_fn, cur
 
 
+_STEPS: dict = {}  # compiled steps shared by the three runs below
+
+
 def _train(cur, x, y, target_fn, workdir, stop_at=None):
     student = Cnn32((2, 2, 2), 4, 3, in_channels=1, rngs=nnx.Rngs(5))
     graphdef, _, params, state = split_model(student)
@@ -217,6 +230,7 @@ def _train(cur, x, y, target_fn, workdir, stop_at=None):
         log_every=1,
         stop_at=stop_at,
         progress=False,
+        step_cache=_STEPS,
     )
 
 
@@ -229,6 +243,8 @@ def test_resume_mid_curriculum_equals_straight_run(tmp_path):
     _, _, o_mid, _ = _train(cur, x, y, target_fn, tmp_path / "b", stop_at=7)  # stage 3, step 1
     assert int(o_mid.count) == 7  # one optimizer across stages: 7 updates so far
     p_resumed, s_resumed, o_resumed, _ = _train(cur, x, y, target_fn, tmp_path / "b")
-    for a, b in zip(jax.tree.leaves((p_straight, s_straight)), jax.tree.leaves((p_resumed, s_resumed))):
+    for a, b in zip(
+        jax.tree.leaves((p_straight, s_straight)), jax.tree.leaves((p_resumed, s_resumed))
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(o_resumed.hyperparams["learning_rate"], 1e-3)  # lr / 10 stage

@@ -44,9 +44,7 @@ def select_channels(
     if len(widths) != len(aux.widths):
         raise ValueError(f"need {len(aux.widths)} widths, got {widths}")
     if any(w < 1 or w > a for w, a in zip(widths, aux.widths)):
-        raise ValueError(
-            f"widths must be in [1, auxiliary widths {aux.widths}], got {widths}"
-        )
+        raise ValueError(f"widths must be in [1, auxiliary widths {aux.widths}], got {widths}")
     if method not in ("l1", "random"):
         raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
     if method == "random" and key is None:

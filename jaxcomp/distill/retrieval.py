@@ -185,7 +185,12 @@ def retrieval_metrics(
     aps, levels, pks = [], [], []
     for s in range(0, len(qs), c):
         keys = _chunk_keys(
-            jnp.asarray(qs[s : s + c]), jnp.asarray(ql[s : s + c]), db_j, dbl_j, db_sq, metric=metric
+            jnp.asarray(qs[s : s + c]),
+            jnp.asarray(ql[s : s + c]),
+            db_j,
+            dbl_j,
+            db_sq,
+            metric=metric,
         )
         if host_sort:
             ap, lev, pk = _ranked_stats_host(keys, jstar[s : s + c], num_rel[s : s + c], k=int(k))

@@ -53,9 +53,7 @@ class Cnn32(nnx.Module):
         cins = (in_channels, *widths[:2])
         self.convs = nnx.List(
             [
-                nnx.Conv(
-                    c, w, (3, 3), padding="VALID", kernel_init=_torch_init, rngs=rngs
-                )
+                nnx.Conv(c, w, (3, 3), padding="VALID", kernel_init=_torch_init, rngs=rngs)
                 for c, w in zip(cins, widths)
             ]
         )
