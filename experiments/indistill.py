@@ -138,9 +138,14 @@ def train_teacher(cfg, x, y, workdir):
     spe = _steps_per_epoch(cfg, cfg.teacher_epoch_images)
     e1, e2 = cfg.teacher_epochs
     schedule = optax.piecewise_constant_schedule(cfg.learning_rate, {e1 * spe: 0.1})
-    model = ResNet20(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+    if cfg.teacher_model == "resnet20":
+        model = ResNet20(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+    elif cfg.teacher_model == "cnn32":  # smoke tests only: compiles in seconds
+        model = auxiliary_cnn(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+    else:
+        raise ValueError(f"teacher_model must be 'resnet20' or 'cnn32', got {cfg.teacher_model!r}")
     _wait_or_mark(cfg, workdir, "teacher", done=False)
-    log(f"teacher: ResNet-20, {(e1 + e2) * spe} steps of {cfg.batch_size}")
+    log(f"teacher: {cfg.teacher_model}, {(e1 + e2) * spe} steps of {cfg.batch_size}")
     graphdef, eval_graphdef, params, state, _ = train_classifier(
         model,
         optax.adam(schedule),

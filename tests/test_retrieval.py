@@ -89,7 +89,7 @@ def test_closest_recall_counts_matches_argmin():
         got = closest_recall_counts(np.array([r]))[0]
         js = np.arange(r + 1)
         for lv in range(21):
-            if (2 * lv * r) % 20 == 10:  # exact half-way: the smaller count (first argmin);
+            if (lv * r) % 20 == 10:  # exact half-way: the smaller count (first argmin);
                 assert got[lv] == (lv * r) // 20  # float argmin would depend on rounding noise
             else:
                 assert got[lv] == int(np.argmin(np.abs(js / r - lv / 20)))
