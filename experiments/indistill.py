@@ -103,7 +103,7 @@ def embed(f, images: np.ndarray, batch: int = 1000):
 
 def evaluate_model(name, f, train, test, cfg, workdir: str) -> dict:
     """Retrieval (both metrics) and test accuracy, cached in ``workdir/<name>/retrieval.json``."""
-    path = os.path.join(workdir, name, "retrieval.json")
+    path = os.path.join(workdir, name, f"retrieval{_eval_tag(cfg)}.json")
     if cfg.role == "train":
         return None
     if os.path.exists(path):
@@ -130,6 +130,20 @@ def evaluate_model(name, f, train, test, cfg, workdir: str) -> dict:
     return out
 
 
+def _create(factory, *args, seed: int, **kwargs):
+    """Initialise a model in one compiled program (eager NNX initialisation dispatches, and on
+    CPU compiles, every initializer separately; same values either way)."""
+    return nnx.jit(lambda: factory(*args, rngs=nnx.Rngs(seed), **kwargs))()
+
+
+def _eval_tag(cfg) -> str:
+    """File-name suffix of a reduced evaluation, so that runs of different evaluation sizes can
+    share one workdir (and its trained checkpoints) without mixing their results."""
+    if not cfg.eval_database and not cfg.eval_queries:
+        return ""
+    return f"_db{cfg.eval_database or 'all'}_q{cfg.eval_queries or 'all'}"
+
+
 def _steps_per_epoch(cfg, images: int) -> int:
     return max(1, images // cfg.batch_size)
 
@@ -139,9 +153,9 @@ def train_teacher(cfg, x, y, workdir):
     e1, e2 = cfg.teacher_epochs
     schedule = optax.piecewise_constant_schedule(cfg.learning_rate, {e1 * spe: 0.1})
     if cfg.teacher_model == "resnet20":
-        model = ResNet20(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+        model = _create(ResNet20, cfg.num_classes, in_channels=1, seed=cfg.teacher_seed)
     elif cfg.teacher_model == "cnn32":  # smoke tests only: compiles in seconds
-        model = auxiliary_cnn(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+        model = _create(auxiliary_cnn, cfg.num_classes, in_channels=1, seed=cfg.teacher_seed)
     else:
         raise ValueError(f"teacher_model must be 'resnet20' or 'cnn32', got {cfg.teacher_model!r}")
     _wait_or_mark(cfg, workdir, "teacher", done=False)
@@ -288,7 +302,7 @@ def run(cfg, workdir: str) -> dict:
     deferred.append(("teacher", "teacher", embed_fn(t_gd, t_st, "teacher")))
     # 2-3. auxiliary: CE baseline, then PKT from the teacher
     spe = _steps_per_epoch(cfg, cfg.epoch_images)
-    aux = auxiliary_cnn(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(cfg.teacher_seed))
+    aux = _create(auxiliary_cnn, cfg.num_classes, in_channels=1, seed=cfg.teacher_seed)
     e1, e2 = cfg.aux_ce_epochs
     cur = single_curriculum(spe, 4, "ce", epochs=e1, finetune_epochs=e2)
     (a_gd, a_st), _ = run_curriculum("aux_ce", aux, cur, None, cfg, x, y, cfg.teacher_seed, workdir)
@@ -359,7 +373,7 @@ def run(cfg, workdir: str) -> dict:
         }
         for name in cfg.students:
             cur, target_fn = plans[name]
-            student = student_cnn(cfg.num_classes, in_channels=1, rngs=nnx.Rngs(seed))
+            student = _create(student_cnn, cfg.num_classes, in_channels=1, seed=seed)
             tag = f"{name}_seed{seed}"
             (s_gd, s_st), _ = run_curriculum(tag, student, cur, target_fn, cfg, x, y, seed, workdir)
             record(
@@ -388,7 +402,7 @@ def _finish(cfg, workdir, per_seed, prune_info, t_start, *, partial: bool) -> di
         "table": table(summary, cfg.metrics),
         "wall_seconds": time.time() - t_start,
     }
-    _write_json(os.path.join(workdir, "results.json"), results)
+    _write_json(os.path.join(workdir, f"results{_eval_tag(cfg)}.json"), results)
     if not partial:
         m = cfg.metrics[0]
         series = {}
@@ -397,11 +411,12 @@ def _finish(cfg, workdir, per_seed, prune_info, t_start, *, partial: bool) -> di
             levels = next(iter(seeds.values()))[m]["recall_levels"]
             series[name] = (levels, curves.mean(axis=0))
         plot_lines(
-            os.path.join(workdir, "precision_recall.png"),
+            os.path.join(workdir, f"precision_recall{_eval_tag(cfg)}.png"),
             series,
             xlabel="recall",
             ylabel=f"interpolated precision ({m})",
-            title="Fashion-MNIST retrieval (60k database, 10k queries)",
+            title=f"Fashion-MNIST retrieval ({cfg.eval_database or 60000} database, "
+            f"{cfg.eval_queries or 10000} queries)",
         )
     return results
 

@@ -136,30 +136,31 @@ def _trained_like(model: Cnn32, seed: int) -> Cnn32:
 
 
 def test_cnn_shapes_match_the_reference():
-    x = jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32)
-    aux = auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(0))
-    stu = student_cnn(10, in_channels=1, rngs=nnx.Rngs(0))
-    aux.eval()
-    stu.eval()
-    assert [f.shape for f in jax.eval_shape(aux.features, x)] == [
+    x = jnp.ones((2, 32, 32, 1))
+
+    def shapes(make):  # traced only: no parameter is materialised
+        return [
+            f.shape
+            for f in nnx.eval_shape(lambda: make(10, in_channels=1, rngs=nnx.Rngs(0)).features(x))
+        ]
+
+    assert shapes(auxiliary_cnn) == [
         (2, 15, 15, 16),
         (2, 6, 6, 32),
         (2, 2, 2, 64),
         (2, 128),
         (2, 10),
     ]
-    assert [f.shape for f in jax.eval_shape(stu.features, x)] == [
-        (2, 15, 15, 8),
-        (2, 6, 6, 16),
-        (2, 2, 2, 32),
-        (2, 64),
-        (2, 10),
-    ]
+    assert shapes(student_cnn) == [(2, 15, 15, 8), (2, 6, 6, 16), (2, 2, 2, 32), (2, 64), (2, 10)]
+    aux = nnx.eval_shape(lambda: auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(0)))
+    stu = nnx.eval_shape(lambda: student_cnn(10, in_channels=1, rngs=nnx.Rngs(0)))
     assert aux.fc1.kernel.value.shape == (256, 128) and stu.fc1.kernel.value.shape == (128, 64)
+    with pytest.raises(ValueError, match="too small"):
+        Cnn32(input_hw=8, rngs=nnx.Rngs(0))
 
 
 def test_l1_channel_selection_and_bad_widths():
-    aux = auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(3))
+    aux = nnx.jit(lambda: auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(3)))()
     keep = select_channels(aux, (8, 16, 32))
     for k, idx in enumerate(keep):
         w = np.asarray(aux.convs[k].kernel.value)
@@ -174,7 +175,8 @@ def test_l1_channel_selection_and_bad_widths():
 
 
 def test_pruned_targets_equal_eval_mode_auxiliary_on_kept_channels():
-    aux = _trained_like(auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(1)), seed=2)
+    aux = nnx.jit(lambda: auxiliary_cnn(10, in_channels=1, rngs=nnx.Rngs(1)))()
+    aux = _trained_like(aux, seed=2)
     keep = select_channels(aux, (8, 16, 32))
     pruned = PrunedBlocks(aux, keep)
     aux.eval()

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.teacher_epoch_images = 1280
     c.teacher_epochs = (5, 3)
     # the epoch unit of the small networks
-    c.epoch_images = 512
+    c.epoch_images = 256
     c.aux_ce_epochs = (50, 30)  # reference 50 + 30
     c.aux_pkt_epochs = 20  # reference 50 (shortened: every step runs the ResNet-20 teacher)
     c.block_epochs = (3, 4, 5)  # reference curriculum: blocks 1, 2, 3 ...
@@ -45,13 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.precision_k = 100
     c.eval_chunk = 256
     c.eval_database = 0  # 0 = all 60000 training images
-    c.eval_queries = 0  # 0 = all 10000 test images
+    c.eval_queries = 0  # 0 = all 10000 test images (the run in docs used 500, see there)
     c.eval_auxiliary = True
     # "all": train and evaluate in one process; "train" / "eval": two processes on the same
     # workdir, the eval one waits for each model's TRAINED mark (evaluation overlaps training)
     c.role = "all"
     # bookkeeping
-    c.ckpt_every = 500
+    c.ckpt_every = 100
     c.log_every = 50
     c.progress = False
     c.scale_note = (
