@@ -299,7 +299,8 @@ def run(cfg, workdir: str) -> dict:
     deferred = []
     # 1. teacher
     t_gd, t_st = train_teacher(cfg, x, y, workdir)
-    deferred.append(("teacher", "teacher", embed_fn(t_gd, t_st, "teacher")))
+    if cfg.eval_teacher:
+        deferred.append(("teacher", "teacher", embed_fn(t_gd, t_st, "teacher")))
     # 2-3. auxiliary: CE baseline, then PKT from the teacher
     spe = _steps_per_epoch(cfg, cfg.epoch_images)
     aux = _create(auxiliary_cnn, cfg.num_classes, in_channels=1, seed=cfg.teacher_seed)
@@ -319,6 +320,8 @@ def run(cfg, workdir: str) -> dict:
     keep_l1 = select_channels(aux, cfg.student_widths, method="l1")
     pruned = {"l1": nnx.split(PrunedBlocks(aux, keep_l1))}
     prune_info = {"l1": [k.tolist() for k in keep_l1], "random": {}}
+    if cfg.role != "eval":
+        _write_json(os.path.join(workdir, "kept_channels.json"), prune_info)
     # 5. students, per seed (target functions built once, so compiled steps are shared)
     blocks = tuple(cfg.block_epochs)
     target_aux = _aux_target(a_gd, a_st)
@@ -421,9 +424,35 @@ def _finish(cfg, workdir, per_seed, prune_info, t_start, *, partial: bool) -> di
     return results
 
 
+def summarize_only(cfg, workdir: str) -> dict:
+    """``role="summarize"``: assemble results from the per-model retrieval files that other
+    processes (e.g. one ``role="eval"`` process per seed) have written; trains and restores nothing."""
+    tag = _eval_tag(cfg)
+    per_seed: dict[str, dict[int, dict]] = {}
+    entries = [("teacher", "teacher", cfg.teacher_seed)]
+    entries.append(("auxiliary (PKT from teacher)", "aux_pkt", cfg.teacher_seed))
+    entries += [(n, f"{n}_seed{s}", s) for s in cfg.seeds for n in cfg.students]
+    for name, sub, seed in entries:
+        path = os.path.join(workdir, sub, f"retrieval{tag}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                per_seed.setdefault(name, {})[seed] = json.load(f)
+        else:
+            log(f"missing {path}")
+    keep_path = os.path.join(workdir, "kept_channels.json")
+    prune_info = json.load(open(keep_path)) if os.path.exists(keep_path) else {}
+    return _finish(cfg, workdir, per_seed, prune_info, time.time(), partial=False)
+
+
 def main(argv):
     del argv
-    results = run(_CONFIG.value, _WORKDIR.value)
+    cfg = _CONFIG.value
+    if cfg.role not in ("all", "train", "eval", "summarize"):
+        raise ValueError(f"role must be all, train, eval or summarize, got {cfg.role!r}")
+    if cfg.role == "summarize":
+        results = summarize_only(cfg, _WORKDIR.value)
+    else:
+        results = run(cfg, _WORKDIR.value)
     print(results["table"])
 
 

@@ -47,8 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_database = 0  # 0 = all 60000 training images
     c.eval_queries = 0  # 0 = all 10000 test images (the run in docs used 500, see there)
     c.eval_auxiliary = True
-    # "all": train and evaluate in one process; "train" / "eval": two processes on the same
-    # workdir, the eval one waits for each model's TRAINED mark (evaluation overlaps training)
+    c.eval_teacher = True
+    # "all": train and evaluate in one process; "train" / "eval": processes on the same workdir,
+    # an eval one waits for each model's TRAINED mark (evaluation overlaps training); several
+    # of each may split the seeds (--config.seeds="(1,)"); "summarize" then assembles the
+    # per-model retrieval files into the results JSON, table and PNG without training anything
     c.role = "all"
     # bookkeeping
     c.ckpt_every = 100
