@@ -9,6 +9,7 @@ loader module has its own ``load_pretrained`` / ``load_tokenizer``; call them th
 from jaxcomp.models import bert, clip, resnet, weights
 from jaxcomp.models.bert import BertConfig, BertModel
 from jaxcomp.models.clip import CLIP, CLIPConfig
+from jaxcomp.models.cnn32 import Cnn32, auxiliary_cnn, student_cnn
 from jaxcomp.models.resnet import (
     ResNet,
     ResNet18,
@@ -23,14 +24,17 @@ __all__ = [
     "BertConfig",
     "BertModel",
     "CLIPConfig",
+    "Cnn32",
     "ResNet",
     "ResNet18",
     "ResNet20",
     "ResNet50",
     "SmallCNN",
+    "auxiliary_cnn",
     "bert",
     "build_classifier",
     "clip",
     "resnet",
+    "student_cnn",
     "weights",
 ]
