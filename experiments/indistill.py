@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
+from experiments._harness import cli
 from jaxcomp.data import DataStream, load_fashion_mnist
 from jaxcomp.distill.curriculum import fit_curriculum, indistill_curriculum, single_curriculum
 from jaxcomp.distill.indistill import PrunedBlocks, layerwise_targets, select_channels
@@ -44,8 +43,8 @@ from jaxcomp.models.cnn32 import auxiliary_cnn, student_cnn
 from jaxcomp.train import plot_lines, split_model
 from jaxcomp.train.recipes import train_classifier
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/indistill.py")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/indistill", "output directory")
+DEFAULT_CONFIG = "experiments/configs/indistill.py"
+DEFAULT_WORKDIR = "runs/indistill"
 
 STUDENTS = ("student_ce", "student_pkt", "indistill", "ablation_random", "ablation_all_at_once")
 METRICS = ("map", "map_11pt", "precision_at_k")
@@ -444,17 +443,14 @@ def summarize_only(cfg, workdir: str) -> dict:
     return _finish(cfg, workdir, per_seed, prune_info, time.time(), partial=False)
 
 
-def main(argv):
-    del argv
-    cfg = _CONFIG.value
+def main(cfg, workdir: str) -> dict:
+    """``role``: all (train + evaluate), train, eval, or summarize the saved per-seed results."""
     if cfg.role not in ("all", "train", "eval", "summarize"):
         raise ValueError(f"role must be all, train, eval or summarize, got {cfg.role!r}")
-    if cfg.role == "summarize":
-        results = summarize_only(cfg, _WORKDIR.value)
-    else:
-        results = run(cfg, _WORKDIR.value)
+    results = summarize_only(cfg, workdir) if cfg.role == "summarize" else run(cfg, workdir)
     print(results["table"])
+    return results
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli(main, DEFAULT_CONFIG, DEFAULT_WORKDIR)
