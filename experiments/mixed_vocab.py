@@ -84,13 +84,20 @@ def load_corpus(cfg):
     held = mv.make_chunks(held_docs, cfg.chunk_words)
     held_sentences = [s for d in held_docs for s in d if 8 <= len(s.split()) <= 40]
     rng = np.random.default_rng(0)
-    held_sentences = [held_sentences[i] for i in sorted(rng.permutation(len(held_sentences))[: cfg.fidelity_sentences])]
+    held_sentences = [
+        held_sentences[i]
+        for i in sorted(rng.permutation(len(held_sentences))[: cfg.fidelity_sentences])
+    ]
     return train, held, held_sentences
 
 
 def optimizer(lr: float, steps: int, warmup: float, weight_decay: float):
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, int(warmup * steps)), steps, lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay))
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, lr, max(1, int(warmup * steps)), steps, lr * 0.1
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay)
+    )
 
 
 def eval_mlm(loss_fn_eval, stream, num_batches: int) -> float:
@@ -131,7 +138,13 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
     stream = mv.MixedMLMStream(
         segmenter, train_seqs, cfg.stage1_batch_size, cfg.max_len, "mixed", ramp, seed=cfg.seed
     )
-    say("stage I: %d steps, batch %d, p_t %.2f -> %.2f", cfg.stage1_steps, cfg.stage1_batch_size, cfg.p_start, cfg.p_end)
+    say(
+        "stage I: %d steps, batch %d, p_t %.2f -> %.2f",
+        cfg.stage1_steps,
+        cfg.stage1_batch_size,
+        cfg.p_start,
+        cfg.p_end,
+    )
     t0 = time.time()
     params, rest, _, history = fit(
         make_train_step(loss_fn, tx),
@@ -155,7 +168,15 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
 
     result = {"seconds": round(time.time() - t0, 1), "history": history}
     for mode, p in (("teacher", 0.0), ("mixed", 0.5), ("student", 1.0)):
-        s = mv.MixedMLMStream(segmenter, held_seqs, cfg.eval_batch_size, cfg.max_len, "mixed", lambda t, p=p: p, seed=1234)
+        s = mv.MixedMLMStream(
+            segmenter,
+            held_seqs,
+            cfg.eval_batch_size,
+            cfg.max_len,
+            "mixed",
+            lambda t, p=p: p,
+            seed=1234,
+        )
         accs = [jax.device_get(counts(params, s.batch(i))) for i in range(cfg.eval_batches)]
         result[f"acc_teacher_head_{mode}"] = float(np.mean([a["acc_teacher"] for a in accs]))
         result[f"acc_student_head_{mode}"] = float(np.mean([a["acc_student"] for a in accs]))
@@ -201,15 +222,22 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
     graphdef, mparams, rest = nnx.split(student, nnx.Param, ...)
     mparams, rest = nnx.as_pure(mparams), nnx.as_pure(rest)
     t_flat = mv.flat_params(nnx.as_pure(nnx.state(teacher, nnx.Param)))
-    dims = [(teacher.config.hidden_size, cfg.d_s), (teacher.config.intermediate_size, cfg.student_intermediate)]
+    dims = [
+        (teacher.config.hidden_size, cfg.d_s),
+        (teacher.config.intermediate_size, cfg.student_intermediate),
+    ]
     proj = pj.init_projections(jax.random.key(cfg.seed + 2), dims) if use_proj else {}
-    s_flat0 = {k[len("bert/"):]: x for k, x in mv.flat_params(mparams).items() if k.startswith("bert/")}
+    s_flat0 = {
+        k[len("bert/") :]: x for k, x in mv.flat_params(mparams).items() if k.startswith("bert/")
+    }
     keys = pj.matched_keys(t_flat, s_flat0, proj) if use_proj else []
     if use_proj:
         say("stage II %s: projection loss over %d tensors (%s)", name, len(keys), cfg.proj_type)
     params = {"model": mparams, "proj": proj}
     # Copies: fit donates the model state, the teacher's own buffers must survive.
-    frozen = {k: jnp.array(t_flat[k], copy=True) for k in keys} if cfg.proj_type == "weights" else {}
+    frozen = (
+        {k: jnp.array(t_flat[k], copy=True) for k in keys} if cfg.proj_type == "weights" else {}
+    )
     state = {"rest": rest, "teacher": frozen}
     k_pred, alpha = cfg.max_predictions, cfg.proj_weight
     hidden_key = pj.projection_key(teacher.config.hidden_size, cfg.d_s)
@@ -218,21 +246,31 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
         m = nnx.merge(graphdef, params["model"], st["rest"])
         loss, metrics = m.loss(batch, k_pred)
         if use_proj and cfg.proj_type == "weights":
-            s_flat = {k[len("bert/"):]: x for k, x in mv.flat_params(params["model"]).items() if k.startswith("bert/")}
-            pl = pj.shared_projection_loss(st["teacher"], s_flat, params["proj"], direction=cfg.proj_direction, keys=keys)
+            s_flat = {
+                k[len("bert/") :]: x
+                for k, x in mv.flat_params(params["model"]).items()
+                if k.startswith("bert/")
+            }
+            pl = pj.shared_projection_loss(
+                st["teacher"], s_flat, params["proj"], direction=cfg.proj_direction, keys=keys
+            )
             metrics["proj"] = pl
             loss = loss + alpha * pl
         elif use_proj:  # hidden-state variant: teacher reads the same student ids via Stage I
             ht = stage1_model_fn(batch)
             _, hs = m.bert(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
-            pl = pj.hidden_projection_loss(ht, hs, params["proj"][hidden_key], batch["attention_mask"])
+            pl = pj.hidden_projection_loss(
+                ht, hs, params["proj"][hidden_key], batch["attention_mask"]
+            )
             metrics["proj"] = pl
             loss = loss + alpha * pl
         return loss, (st, metrics)
 
     tx = optimizer(cfg.stage2_lr, cfg.stage2_steps, cfg.warmup, cfg.weight_decay)
     mode = "student" if vocab == "student" else "teacher"
-    stream = mv.MixedMLMStream(segmenter, train_seqs, cfg.stage2_batch_size, cfg.max_len, mode, seed=cfg.seed + 3)
+    stream = mv.MixedMLMStream(
+        segmenter, train_seqs, cfg.stage2_batch_size, cfg.max_len, mode, seed=cfg.seed + 3
+    )
     say("stage II %s: %d steps, batch %d", name, cfg.stage2_steps, cfg.stage2_batch_size)
     t0 = time.time()
     params, rest_state, _, history = fit(
@@ -278,11 +316,52 @@ class Classifier(nnx.Module):
         return self.head(bert.mean_pool(h, attention_mask, normalize=False))
 
 
+def finetune_classifier(cfg, encoder, arrays, test, lr: float, seed: int) -> np.ndarray:
+    """Fine-tunes ``encoder`` + a linear head on ``arrays``; predicted labels of ``test``."""
+    model = Classifier(encoder, 2, rngs=nnx.Rngs(seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+
+    def loss_fn(params, st, batch):
+        logits = nnx.merge(graphdef, params, st)(batch["input_ids"], batch["attention_mask"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (st, {"acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})
+
+    tx = optimizer(lr, cfg.polarity_steps, 0.1, 0.01)
+    stream = ArrayStream(arrays, cfg.polarity_batch_size, seed=seed)
+    params, rest, _, _ = fit(
+        make_train_step(loss_fn, tx),
+        params,
+        rest,
+        tx.init(params),
+        stream,
+        cfg.polarity_steps,
+        log_every=0,
+        progress=False,
+    )
+
+    @jax.jit
+    def predict(params, ids, mask):
+        return jnp.argmax(nnx.merge(graphdef, params, rest)(ids, mask), -1)
+
+    n = len(test["input_ids"])
+    return np.concatenate(
+        [
+            np.asarray(
+                predict(params, test["input_ids"][i : i + 200], test["attention_mask"][i : i + 200])
+            )
+            for i in range(0, n, 200)
+        ]
+    )
+
+
 def polarity_accuracy(cfg, load_encoder, tok, texts, labels, lr: float) -> dict:
     """Fine-tunes a fresh copy of the encoder per seed on the fixed split; test accuracy."""
     rng = np.random.default_rng(0)
     test_idx = np.sort(
-        np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: cfg.polarity_test // 2] for c in (0, 1)])
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[: cfg.polarity_test // 2] for c in (0, 1)]
+        )
     )
     train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
     enc = bert.tokenize(tok, texts, max_length=cfg.polarity_max_len, pad_to=cfg.polarity_max_len)
@@ -291,33 +370,14 @@ def polarity_accuracy(cfg, load_encoder, tok, texts, labels, lr: float) -> dict:
     test = {k: enc[k][test_idx] for k in ("input_ids", "attention_mask")}
     accs = []
     for seed in cfg.polarity_seeds:
-        model = Classifier(load_encoder(), 2, rngs=nnx.Rngs(seed))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-
-        def loss_fn(params, st, batch):
-            logits = nnx.merge(graphdef, params, st)(batch["input_ids"], batch["attention_mask"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return loss, (st, {"acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})
-
-        tx = optimizer(lr, cfg.polarity_steps, 0.1, 0.01)
-        stream = ArrayStream(arrays, cfg.polarity_batch_size, seed=seed)
-        params, _, _, _ = fit(
-            make_train_step(loss_fn, tx), params, rest, tx.init(params), stream,
-            cfg.polarity_steps, log_every=0, progress=False,
-        )
-
-        @jax.jit
-        def predict(params, ids, mask):
-            return jnp.argmax(nnx.merge(graphdef, params, rest)(ids, mask), -1)
-
-        pred = np.concatenate([
-            np.asarray(predict(params, test["input_ids"][i : i + 200], test["attention_mask"][i : i + 200]))
-            for i in range(0, len(test_idx), 200)
-        ])
+        pred = finetune_classifier(cfg, load_encoder(), arrays, test, lr, seed)
         accs.append(float(np.mean(pred == labels[test_idx])))
         say("  polarity seed %d: %.4f", seed, accs[-1])
-    return {"polarity_acc": float(np.mean(accs)), "polarity_std": float(np.std(accs)), "polarity_runs": accs}
+    return {
+        "polarity_acc": float(np.mean(accs)),
+        "polarity_std": float(np.std(accs)),
+        "polarity_runs": accs,
+    }
 
 
 def count_params(model: bert.BertModel) -> int:
@@ -338,8 +398,16 @@ def evaluate_encoder(cfg, name, load_encoder, tok, data, mlm_acc, nbytes) -> dic
         "simlex999": word_similarity(encoder, tok, data["simlex"]),
     }
     say("%s: %s", name, row)
-    row.update(polarity_accuracy(cfg, load_encoder, tok, data["pol_texts"], data["pol_labels"],
-                                 cfg.polarity_lr_teacher if name == "teacher" else cfg.polarity_lr_student))
+    row.update(
+        polarity_accuracy(
+            cfg,
+            load_encoder,
+            tok,
+            data["pol_texts"],
+            data["pol_labels"],
+            cfg.polarity_lr_teacher if name == "teacher" else cfg.polarity_lr_student,
+        )
+    )
     row["eval_seconds"] = round(time.time() - t0, 1)
     return row
 
@@ -435,7 +503,12 @@ def main(argv):
     say("teacher: %s, %d parameters", path, teacher_params)
 
     train, held, held_sentences = load_corpus(cfg)
-    say("corpus: %d training chunks, %d held-out chunks, %d fidelity sentences", len(train), len(held), len(held_sentences))
+    say(
+        "corpus: %d training chunks, %d held-out chunks, %d fidelity sentences",
+        len(train),
+        len(held),
+        len(held_sentences),
+    )
     tok_file = os.path.join(workdir, "student_tokenizer.json")
     if os.path.exists(tok_file):
         from tokenizers import Tokenizer
@@ -450,10 +523,14 @@ def main(argv):
 
     pol_texts, pol_labels = text_data.load_polarity(cfg.polarity_path)
     if len(pol_texts) != 4000 or int(pol_labels.sum()) != 2000:
-        raise ValueError(f"polarity file: expected 4000 sentences / 2000 positive, got {len(pol_texts)} / {pol_labels.sum()}")
+        raise ValueError(
+            f"polarity file: expected 4000 sentences / 2000 positive, got {len(pol_texts)} / {pol_labels.sum()}"
+        )
     data = {
         "held_sentences": held_sentences,
-        "teacher_emb": bert.encode_sentences(teacher, teacher_tok, held_sentences, max_length=cfg.max_len),
+        "teacher_emb": bert.encode_sentences(
+            teacher, teacher_tok, held_sentences, max_length=cfg.max_len
+        ),
         "wordsim": text_data.load_word_similarity("wordsim353.tsv"),
         "simlex": text_data.load_word_similarity("simlex999.txt"),
         "pol_texts": pol_texts,
@@ -462,12 +539,22 @@ def main(argv):
     teacher_bytes = os.path.getsize(os.path.join(path, "model.safetensors"))
 
     if "teacher" in cfg.rows and not os.path.exists(os.path.join(workdir, "rows", "teacher.json")):
-        row = evaluate_encoder(cfg, "teacher", lambda: bert.load_pretrained(path), teacher_tok, data, None, teacher_bytes)
+        row = evaluate_encoder(
+            cfg,
+            "teacher",
+            lambda: bert.load_pretrained(path),
+            teacher_tok,
+            data,
+            None,
+            teacher_bytes,
+        )
         write_json(os.path.join(workdir, "rows", "teacher.json"), row)
         assemble(cfg, workdir, teacher_params)
 
     variants = [r for r in cfg.rows if r in VARIANTS]
-    needs_stage1 = any(VARIANTS[v][1] for v in variants) or cfg.proj_type == "hidden" or cfg.run_stage1
+    needs_stage1 = (
+        any(VARIANTS[v][1] for v in variants) or cfg.proj_type == "hidden" or cfg.run_stage1
+    )
     stage1_emb, stage1_fn = None, None
     if needs_stage1:
         stage1_emb, _ = run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs)
@@ -479,23 +566,46 @@ def main(argv):
             def stage1_fn(batch):
                 t = nnx.merge(t_graph, t_state)
                 x = e_s[batch["input_ids"]]
-                _, hs = t(batch["input_ids"], batch["attention_mask"], inputs_embeds=x, output_hidden_states=True)
+                _, hs = t(
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    inputs_embeds=x,
+                    output_hidden_states=True,
+                )
                 return [jax.lax.stop_gradient(h) for h in hs]
 
     for name in variants:
         if os.path.exists(os.path.join(workdir, "rows", f"{name}.json")):
             say("%s: row exists, skipping", name)
             continue
-        export_dir, info = run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, stage1_fn)
+        export_dir, info = run_stage2(
+            cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, stage1_fn
+        )
         vocab = VARIANTS[name][0]
         tok = bert.load_tokenizer(export_dir)
         acc = student_mlm_acc(cfg, export_dir, segmenter, held_seqs, vocab)
-        row = evaluate_encoder(cfg, name, lambda d=export_dir: bert.load_pretrained(d), tok, data, acc, info["export_bytes"])
+        row = evaluate_encoder(
+            cfg,
+            name,
+            lambda d=export_dir: bert.load_pretrained(d),
+            tok,
+            data,
+            acc,
+            info["export_bytes"],
+        )
         row["train_seconds"] = info["seconds"]
         write_json(os.path.join(workdir, "rows", f"{name}.json"), row)
         assemble(cfg, workdir, teacher_params)
     summary = assemble(cfg, workdir, teacher_params)
-    say("done: %s", json.dumps({k: {m: r.get(m) for m in ("params", "mlm_acc", "fidelity", "polarity_acc")} for k, r in summary["rows"].items()}))
+    say(
+        "done: %s",
+        json.dumps(
+            {
+                k: {m: r.get(m) for m in ("params", "mlm_acc", "fidelity", "polarity_acc")}
+                for k, r in summary["rows"].items()
+            }
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -100,9 +100,7 @@ def test_mixed_segmentation_follows_p_and_decodes(segmenter, corpus):
         ids = segmenter.segment(words, use)
         assert segmenter.decode(ids) == " ".join(segmenter.words(text))
         # Student pieces exactly where a word was drawn from the student vocabulary.
-        per_word = [
-            segmenter.segment(words[i : i + 1], use[i : i + 1]) for i in range(len(words))
-        ]
+        per_word = [segmenter.segment(words[i : i + 1], use[i : i + 1]) for i in range(len(words))]
         for piece, u in zip(per_word, use):
             assert np.all((piece >= segmenter.v_t) == u)
 
@@ -112,7 +110,9 @@ def test_student_segmentation_equals_student_tokenizer(segmenter, corpus):
     seqs = segmenter.index(corpus[:40])
     for words, text in zip(seqs, corpus[:40]):
         ids = segmenter.segment(words, np.ones(len(words), bool))
-        np.testing.assert_array_equal(ids - segmenter.v_t, segmenter.student.encode(text, add_special_tokens=False).ids)
+        np.testing.assert_array_equal(
+            ids - segmenter.v_t, segmenter.student.encode(text, add_special_tokens=False).ids
+        )
 
 
 def test_mlm_stream_modes(segmenter, corpus):
@@ -200,7 +200,10 @@ def test_hidden_projection_loss_equals_numpy():
         [np.sum(np.mean((a @ u - b) ** 2, -1) * mask) / mask.sum() for a, b in zip(ht, hs)]
     )
     got = pj.hidden_projection_loss(
-        [jnp.asarray(x) for x in ht], [jnp.asarray(x) for x in hs], jnp.asarray(u), jnp.asarray(mask)
+        [jnp.asarray(x) for x in ht],
+        [jnp.asarray(x) for x in hs],
+        jnp.asarray(u),
+        jnp.asarray(mask),
     )
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
@@ -241,7 +244,9 @@ def test_dual_vocab_mlm_embeds_and_trains(segmenter, corpus):
     dec = teacher.embeddings.word_embeddings.embedding[...]
     np.testing.assert_allclose(np.asarray(lt), np.asarray(model.teacher_head(want, dec)), atol=1e-5)
     assert lt.shape == (4, 6, segmenter.v_t) and ls.shape == (4, 6, segmenter.v_s)
-    graphdef, params, rest = nnx.split(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher"))), ...)
+    graphdef, params, rest = nnx.split(
+        model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher"))), ...
+    )
     batch = jax.tree.map(jnp.asarray, b)
     grads = jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(batch, 6)[0])(params)
     assert float(jnp.abs(grads["student_embed"]["embedding"][...]).sum()) > 0

@@ -256,7 +256,9 @@ class MixedMLMStream:
         if self.mode not in ("mixed", "student", "teacher"):
             raise ValueError(f"mode must be 'mixed', 'student' or 'teacher', got {self.mode!r}")
         if not 1 <= self.batch_size <= len(self.sequences):
-            raise ValueError(f"batch_size must be in [1, {len(self.sequences)}], got {self.batch_size}")
+            raise ValueError(
+                f"batch_size must be in [1, {len(self.sequences)}], got {self.batch_size}"
+            )
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         seg = self.segmenter
@@ -392,7 +394,9 @@ class BertMLM(nnx.Module):
         pos = masked_positions(batch["mlm_weights"], max_predictions)
         labels = gather_positions(batch["mlm_labels"], pos)
         w = gather_positions(batch["mlm_weights"], pos)
-        loss, correct, total = mlm_loss(self(batch["input_ids"], batch["attention_mask"], pos), labels, w)
+        loss, correct, total = mlm_loss(
+            self(batch["input_ids"], batch["attention_mask"], pos), labels, w
+        )
         return loss, {"mlm": loss, "acc": correct / jnp.maximum(total, 1.0)}
 
 

@@ -112,11 +112,7 @@ class BertEmbeddings(nnx.Module):
     ) -> jax.Array:
         positions = jnp.arange(input_ids.shape[-1])[None, :]
         words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        x = (
-            words
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        x = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         return self.norm(x)
 
 
