@@ -231,8 +231,14 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
         k[len("bert/") :]: x for k, x in mv.flat_params(mparams).items() if k.startswith("bert/")
     }
     keys = pj.matched_keys(t_flat, s_flat0, proj) if use_proj else []
-    if use_proj:
-        say("stage II %s: projection loss over %d tensors (%s)", name, len(keys), cfg.proj_type)
+    if use_proj and cfg.proj_type == "weights":
+        say("stage II %s: weight projection loss over %d tensors", name, len(keys))
+    elif use_proj:
+        say(
+            "stage II %s: hidden-state projection loss over %d layers",
+            name,
+            scfg.num_hidden_layers + 1,
+        )
     params = {"model": mparams, "proj": proj}
     # Copies: fit donates the model state, the teacher's own buffers must survive.
     frozen = (

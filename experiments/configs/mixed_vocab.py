@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage1_lr = 1e-3
     c.p_start, c.p_end, c.p_ramp = 0.1, 0.9, 0.8  # p_t ramps linearly over the first 80% of steps
     # Stage II
-    c.stage2_steps = 300
+    c.stage2_steps = 100
     c.stage2_batch_size = 32
     c.stage2_lr = 1e-3
     c.proj_type = "weights"  # or "hidden"
@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     # polarity fine-tuning (fixed stratified split: 1000 test, 3000 train)
     c.polarity_test = 1000
     c.polarity_max_len = 48
-    c.polarity_steps = 120
+    c.polarity_steps = 60
     c.polarity_batch_size = 16
     c.polarity_lr_teacher = 5e-5
     c.polarity_lr_student = 3e-4
