@@ -26,7 +26,8 @@ from jaxcomp.data import text as text_data
 from jaxcomp.distill import mixed_vocab as mv
 from jaxcomp.models import bert
 
-BATCH, MAX_LEN, REPEATS = 32, 64, 15
+BATCH, MAX_LEN = 32, 64
+REPEATS = int(os.environ.get("MIXED_VOCAB_BENCH_REPEATS", "15"))
 
 
 def main() -> None:
