@@ -161,7 +161,7 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
     model = nnx.merge(graphdef, params, rest)
 
     @jax.jit
-    def counts(params, batch):
+    def counts(params, rest, batch):  # the frozen teacher is an argument, not a constant
         m = nnx.merge(graphdef, params, rest)
         _, met = m.loss(batch, k)
         return met
@@ -177,7 +177,7 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
             lambda t, p=p: p,
             seed=1234,
         )
-        accs = [jax.device_get(counts(params, s.batch(i))) for i in range(cfg.eval_batches)]
+        accs = [jax.device_get(counts(params, rest, s.batch(i))) for i in range(cfg.eval_batches)]
         result[f"acc_teacher_head_{mode}"] = float(np.mean([a["acc_teacher"] for a in accs]))
         result[f"acc_student_head_{mode}"] = float(np.mean([a["acc_student"] for a in accs]))
     say("stage I eval: %s", {k: v for k, v in result.items() if k.startswith("acc")})
@@ -241,9 +241,10 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
         )
     params = {"model": mparams, "proj": proj}
     # Copies: fit donates the model state, the teacher's own buffers must survive.
-    frozen = (
-        {k: jnp.array(t_flat[k], copy=True) for k in keys} if cfg.proj_type == "weights" else {}
-    )
+    if cfg.proj_type == "weights":
+        frozen = {k: jnp.array(t_flat[k], copy=True) for k in keys}
+    else:  # hidden: the teacher's whole state, an argument of the step (not a jit constant)
+        frozen = jax.tree.map(jnp.copy, stage1_model_fn[1]) if use_proj else {}
     state = {"rest": rest, "teacher": frozen}
     k_pred, alpha = cfg.max_predictions, cfg.proj_weight
     hidden_key = pj.projection_key(teacher.config.hidden_size, cfg.d_s)
@@ -263,7 +264,7 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
             metrics["proj"] = pl
             loss = loss + alpha * pl
         elif use_proj:  # hidden-state variant: teacher reads the same student ids via Stage I
-            ht = stage1_model_fn(batch)
+            ht = stage1_model_fn[0](batch, st["teacher"])
             _, hs = m.bert(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
             pl = pj.hidden_projection_loss(
                 ht, hs, params["proj"][hidden_key], batch["attention_mask"]
@@ -569,7 +570,7 @@ def main(argv):
             e_s = jnp.asarray(stage1_emb["E_s"]) @ stage1_emb["P_kernel"] + stage1_emb["P_bias"]
             t_graph, t_state = nnx.split(teacher)
 
-            def stage1_fn(batch):
+            def hidden_fn(batch, t_state):
                 t = nnx.merge(t_graph, t_state)
                 x = e_s[batch["input_ids"]]
                 _, hs = t(
@@ -579,6 +580,8 @@ def main(argv):
                     output_hidden_states=True,
                 )
                 return [jax.lax.stop_gradient(h) for h in hs]
+
+            stage1_fn = (hidden_fn, nnx.as_pure(t_state))
 
     for name in variants:
         if os.path.exists(os.path.join(workdir, "rows", f"{name}.json")):
