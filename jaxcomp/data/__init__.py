@@ -11,6 +11,7 @@ from jaxcomp.data.folders import (
 from jaxcomp.data.glyphs import render_glyphs, split_by_script
 from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
 from jaxcomp.data.mixed import MixedStream, StackedStream
+from jaxcomp.data.mlm import ArrayStream, mask_tokens
 from jaxcomp.data.pipeline import DataStream, batches
 from jaxcomp.data.sources import (
     load_classification,
@@ -27,6 +28,7 @@ __all__ = [
     "read_split_file",
     "render_glyphs",
     "split_by_script",
+    "ArrayStream",
     "DataStream",
     "MixedStream",
     "StackedStream",
@@ -37,6 +39,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "load_mnist5k",
+    "mask_tokens",
     "read_idx",
     "read_idx_classification",
     "read_image",

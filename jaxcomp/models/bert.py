@@ -171,13 +171,15 @@ class BertEmbeddings(nnx.Module):
         self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs)
         self.norm = _layer_norm(cfg, rngs)
 
-    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        inputs_embeds: jax.Array | None = None,
+    ) -> jax.Array:
         positions = jnp.arange(input_ids.shape[-1])[None, :]
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        x = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         return self.norm(x)
 
 
@@ -236,24 +238,35 @@ class BertModel(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
+        *,
+        inputs_embeds: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         """Returns the last hidden states ``(batch, seq, hidden)``.
 
+        ``inputs_embeds`` (``(batch, seq, hidden)``) replaces the word-embedding lookup, as in HF
+        (``input_ids`` then only give the shape); with ``output_hidden_states`` the output is
+        ``(last, [embedding output, layer 1, ..., layer L])``.
+
         Inputs are checked by :func:`check_inputs` (``ValueError``): shapes and dtypes always,
-        id ranges when the ids are concrete. Under ``jax.jit`` an out-of-range id is not detected
-        and its sequence's outputs are NaN (never a clamped, plausible embedding).
+        id ranges when the ids are concrete (not with ``inputs_embeds``, where ids only give the
+        shape). Under ``jax.jit`` an out-of-range id is not detected and its sequence's outputs
+        are NaN (never a clamped, plausible embedding).
         """
-        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
+        if inputs_embeds is None:
+            check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids, inputs_embeds)
+        hidden = [x]
         # Additive mask as in HF BERT: 0 for attended keys, the dtype's minimum for padding.
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(x.dtype).min)
         for layer in self.layers:
             x = layer(x, mask_bias.astype(x.dtype))
-        return x
+            hidden.append(x)
+        return (x, hidden) if output_hidden_states else x
 
     def pool(self, hidden: jax.Array) -> jax.Array:
         """BERT's pooled output: ``tanh(dense(hidden[:, 0]))`` (needs the pooler weights)."""
