@@ -102,13 +102,13 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="labels must match"):
         retrieval_metrics(db, dbl[:10], q, ql)
     with pytest.raises(ValueError, match=r"query labels \[9\]"):
-        retrieval_metrics(db, dbl, q, np.full(5, 9))
+        retrieval_metrics(db, dbl, q, np.full(5, 9), k=10)
     with pytest.raises(ValueError, match="metric"):
         retrieval_metrics(db, dbl, q, ql, metric="manhattan")
     with pytest.raises(ValueError, match="k must be"):
         retrieval_metrics(db, dbl, q, ql, k=51)
     with pytest.raises(ValueError, match="NaN"):
-        retrieval_metrics(np.full_like(db, np.nan), dbl, q, ql)
+        retrieval_metrics(np.full_like(db, np.nan), dbl, q, ql, k=10)
 
 
 @pytest.mark.slow
