@@ -246,6 +246,7 @@ def fit_curriculum(
     progress: bool = True,
     desc: str = "curriculum",
     step_cache: dict | None = None,
+    config: Any = None,
 ) -> tuple[Any, Any, Any, list[dict[str, float]]]:
     """Train through every stage with the one trainer (``jaxcomp.train.fit``).
 
@@ -259,6 +260,11 @@ def fit_curriculum(
     Stages that differ only in their learning rate share one compiled step; pass the same
     ``step_cache`` dict to several calls (e.g. seeds) with the same ``target_fn`` object to share
     compiled steps across them too.
+
+    Each stage's checkpoints carry its identity: the stage (features, losses, weights, epochs,
+    learning rate), ``pkt_kernel``, ``reset_opt_state`` and the caller's ``config`` (the run's
+    other training settings); resuming a stage under a different one is refused by ``fit``,
+    naming the fields.
     """
     from jaxcomp.train import fit, make_train_step  # the trainer ties the layers together
 
@@ -297,6 +303,17 @@ def fit_curriculum(
             log_every=log_every,
             progress=progress,
             desc=f"{desc} stage {i}",
+            config={
+                "run": config,
+                "stage": i,
+                "features": tuple(st.features),
+                "losses": tuple(st.losses),
+                "weights": None if st.weights is None else tuple(st.weights),
+                "epochs": st.epochs,
+                "learning_rate": learning_rate * st.lr_scale,
+                "pkt_kernel": pkt_kernel,
+                "reset_opt_state": reset_opt_state,
+            },
         )
         history += [{**h, "step": h["step"] + start, "stage": i} for h in hist]
     return params, model_state, opt_state, history

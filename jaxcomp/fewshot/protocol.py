@@ -253,14 +253,34 @@ def train(
     val_query: int = 15,
     seed: int = 0,
     log=print,
+    config: Any = None,
 ) -> dict[str, Any]:
     """Train ``model`` (episodically or by base-class pretraining, by ``model.training``) for
     ``epochs`` epochs of ``episodes_per_epoch`` steps, in ``workdir`` (checkpointed and resumable
     per epoch). After every epoch the model is tested on ``val_episodes`` fixed validation
     episodes (``way``-way ``shot``-shot); the best one is kept (the last one without ``val``).
 
+    The checkpoints carry the run's identity (every argument above plus the caller's ``config``):
+    resuming under other settings is refused by ``fit``, naming the fields.
+
     Returns ``{"graphdef", "eval_graphdef", "params", "state", "history", "train_time_s"}``.
     """
+    identity = {
+        "run": config,
+        "way": way,
+        "shot": shot,
+        "query": query,
+        "episodes_per_epoch": episodes_per_epoch,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_step_epochs": lr_step_epochs,
+        "lr_gamma": lr_gamma,
+        "val_episodes": val_episodes,
+        "val_query": val_query,
+        "seed": seed,
+        "training": model.training,
+    }
     os.makedirs(workdir, exist_ok=True)
     graphdef, eval_graphdef, params, state = split_model(model)
     tx = optax.adam(step_lr(lr, episodes_per_epoch, lr_step_epochs, lr_gamma))
@@ -306,6 +326,7 @@ def train(
             stream,
             epoch * P,
             workdir=os.path.join(workdir, "train"),
+            config=identity,
             ckpt_every=P,
             log_every=P,
             progress=False,

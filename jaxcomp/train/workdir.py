@@ -50,13 +50,19 @@ def _plain(x: Any) -> Any:
 
 def config_dict(config: Any) -> dict[str, Any]:
     """``config`` as a JSON-ready dict (tuples as lists, numpy scalars as Python numbers), without
-    the fields in ``IGNORED_FIELDS``."""
+    the fields in ``IGNORED_FIELDS`` (at any depth)."""
     if config is None:
         return {}
     d = _plain(config)
     if not isinstance(d, dict):
         raise TypeError(f"config must be a ConfigDict, dataclass or mapping, got {type(config)}")
-    return {k: v for k, v in d.items() if k not in IGNORED_FIELDS}
+    return _drop_ignored(d)
+
+
+def _drop_ignored(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_ignored(v) for k, v in d.items() if k not in IGNORED_FIELDS}
+    return d
 
 
 def config_hash(config: Any) -> str:
