@@ -363,7 +363,9 @@ def plot(workdir: epath.Path, rows, datasets, shots) -> epath.Path:
 def run(cfg, workdir: str) -> dict:
     check_config(cfg, CONFIG_RULES)
     if "fashion_mnist" in cfg.datasets and cfg.image_size != 28:
-        raise ValueError(f"fashion_mnist is 28x28; set image_size=28, got {cfg.image_size}")
+        raise ValueError(
+            f"config.image_size must be 28 for fashion_mnist (28x28 images), got {cfg.image_size}"
+        )
     if "mstar" in cfg.datasets and not cfg.mstar_root:
         raise ValueError("dataset 'mstar' needs config.mstar_root (root/<CLASS>/*)")
     methods = parse_methods(cfg.method)
