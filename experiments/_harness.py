@@ -195,7 +195,7 @@ def _write_bytes_atomic(path: epath.Path, data: bytes) -> None:
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_bytes(data)
-    tmp.rename(path)
+    tmp.replace(path)  # overwrites (``rename`` refuses an existing file on local disk)
 
 
 def write_line_plot(path: epath.Path, series: Mapping, **kwargs: Any) -> None:
