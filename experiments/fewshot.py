@@ -94,7 +94,7 @@ CONFIG_RULES = {
 
 def load_data(name: str, cfg, workdir: epath.Path) -> dict:
     """``{"base": (x, y), "val": (x, y) | None, "novel": (x, y)}`` for data set ``name``."""
-    cache = cfg.cache_dir or os.fspath(epath.Path(workdir) / "cache")
+    cache = cfg.cache_dir or epath.Path(workdir) / "cache"
     if name in ("glyphs", "glyphs_sar", "glyphs_small"):
         kw = {}
         if name == "glyphs_small":
@@ -195,7 +195,7 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
             model,
             x,
             y,
-            workdir=os.fspath(out_dir / f"train_{ts}shot"),
+            workdir=out_dir / f"train_{ts}shot",
             way=cfg.way,
             shot=ts,
             query=cfg.train_query,
@@ -254,13 +254,27 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
     return rows
 
 
+def _row_files(workdir: epath.Path) -> list[epath.Path]:
+    """``workdir/<dataset>/<method>/<K>shot.json`` in path order (hidden entries skipped, as
+    ``glob.glob`` did); listed level by level, which every ``epath`` backend supports alike."""
+
+    def subdirs(d):
+        return [p for p in d.iterdir() if not p.name.startswith(".") and p.is_dir()]
+
+    files = [
+        f
+        for d in subdirs(workdir)
+        for m in subdirs(d)
+        for f in m.iterdir()
+        if f.name.endswith("shot.json") and not f.name.startswith(".")
+    ]
+    return sorted(files, key=str)
+
+
 def summarize(workdir: epath.Path, cfg) -> dict:
     """Collect every row under ``workdir`` into results.json / results.md / a PNG."""
     workdir = epath.Path(workdir)
-    rows = []
-    for p in sorted(workdir.glob("*/*/*shot.json"), key=str):
-        if not any(part.startswith(".") for part in p.relative_to(workdir).parts):
-            rows.append(json.loads(p.read_text()))
+    rows = [json.loads(p.read_text()) for p in _row_files(workdir)]
     datasets = [d for d in DATASET_LABELS if any(r["dataset"] == d for r in rows)]
     order = [m for m in method_names() if any(r["method"] == m for r in rows)]
     shots = sorted({r["shot"] for r in rows})

@@ -109,10 +109,6 @@ def say(msg, *args):
     print(msg % args if args else msg, flush=True)
 
 
-def write_json(path: epath.PathLike, obj) -> None:
-    write_json_atomic(path, obj)
-
-
 def read_json(path: epath.PathLike):
     return json.loads(epath.Path(path).read_text())
 
@@ -235,7 +231,7 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
     }
     with emb_file.open("wb") as f:
         np.savez(f, **emb)
-    write_json(eval_file, result)
+    write_json_atomic(eval_file, result)
     return emb, result
 
 
@@ -344,7 +340,7 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
     tok = segmenter.student if vocab == "student" else segmenter.teacher
     nbytes = mv.export_student(student, tok, os.fspath(export_dir))
     train_info = {"seconds": round(time.time() - t0, 1), "history": history, "export_bytes": nbytes}
-    write_json(out_dir / "train.json", train_info)
+    write_json_atomic(out_dir / "train.json", train_info)
     return export_dir, train_info
 
 
@@ -514,7 +510,7 @@ def assemble(cfg, workdir: epath.Path, teacher_params) -> dict:
     summary = {"config": cfg.to_dict(), "teacher_params": teacher_params, "rows": rows}
     if s1.exists():
         summary["stage1"] = {k: v for k, v in read_json(s1).items() if k != "history"}
-    write_json(workdir / "results.json", summary)
+    write_json_atomic(workdir / "results.json", summary)
     plot(workdir, list(rows))
     return summary
 
@@ -606,7 +602,7 @@ def run(cfg, workdir: str) -> dict:
             None,
             teacher_bytes,
         )
-        write_json(workdir / "rows" / "teacher.json", row)
+        write_json_atomic(workdir / "rows" / "teacher.json", row)
         assemble(cfg, workdir, teacher_params)
 
     variants = [r for r in cfg.rows if r in VARIANTS]
@@ -654,7 +650,7 @@ def run(cfg, workdir: str) -> dict:
             info["export_bytes"],
         )
         row["train_seconds"] = info["seconds"]
-        write_json(workdir / "rows" / f"{name}.json", row)
+        write_json_atomic(workdir / "rows" / f"{name}.json", row)
         assemble(cfg, workdir, teacher_params)
     summary = assemble(cfg, workdir, teacher_params)
     say(

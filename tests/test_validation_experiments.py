@@ -5,12 +5,14 @@ config field and the value. Also ``check_config``'s own rules and ``workdir_path
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import pathlib
 import re
 
 import ml_collections
 import pytest
+import test_harness
 
 from experiments import _harness
 from experiments._harness import EachRule, OptionalRule, check_config, each, optional
@@ -28,6 +30,8 @@ NAMES = (
     "mixed_vocab",
     "simultaneous",
 )
+
+fake_gcs = test_harness.fake_gcs  # the fixture: gs:// served from memory through etils
 
 # String fields that are free text (paths, titles, templates), not choices: the only fields of a
 # config that need no rule.
@@ -337,3 +341,58 @@ def test_nested_optional_callable_and_missing_fields():
 def test_first_violation_in_rule_order_is_reported():
     rules = {"a": "int>=1", "b": ">0"}
     assert _error({"a": 0, "b": -1.0}, rules).startswith("config.a ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot results on a gs:// workdir (issue 11): rows, summary, table and figure land in the
+# bucket, the local-only cell lock is skipped, nothing is written to the local disk.
+
+
+def test_fewshot_summary_and_cells_on_a_gs_workdir(tmp_path, monkeypatch, fake_gcs):
+    from etils import epath
+
+    fewshot = importlib.import_module("experiments.fewshot")
+    monkeypatch.chdir(tmp_path)
+    workdir = epath.Path("gs://bucket/fs")
+    row = {"dataset": "glyphs_small", "method": "protonet", "family": "metric", "shot": 1,
+           "accuracy": 0.25, "ci95": 0.04, "train_time_s": 10.0, "test_ms_per_episode": 5.0}  # fmt: skip
+    cell = workdir / "glyphs_small" / "protonet"
+    assert fewshot._lock(cell)  # no O_EXCL lock file on an object store
+    (cell / "1shot.json").write_text(json.dumps(row))
+    summary = fewshot.summarize(workdir, _config("fewshot_smoke"))
+    assert summary["rows"] == [row]
+    assert "| protonet | 25.00 ± 4.00 |" in summary["table"]
+    written = json.loads(fake_gcs["gs://bucket/fs/results.json"].getvalue())
+    assert written["table"] == summary["table"]
+    assert fake_gcs["gs://bucket/fs/results.md"].getvalue().decode().startswith(summary["table"])
+    png = fake_gcs["gs://bucket/fs/accuracy_vs_train_time.png"].getvalue()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [k for k in fake_gcs if ".tmp" in k or k.endswith(".lock")], sorted(fake_gcs)
+    assert not any(tmp_path.iterdir()), "a gs:// workdir wrote to the local disk"
+
+
+def test_figures_overwrite_on_a_gs_workdir(tmp_path, monkeypatch, fake_gcs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.chdir(tmp_path)
+    for size in (2, 3):  # fewshot rewrites its figure after every method
+        _harness.write_figure("gs://bucket/fig.png", plt.figure(figsize=(size, size)), dpi=10)
+    assert fake_gcs["gs://bucket/fig.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(fake_gcs) == ["gs://bucket/fig.png"]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FileExistsError,
+    reason="jaxcomp.train.workdir.write_text_atomic renames onto an existing gs:// object, which "
+    "etils refuses: it should use tmp.replace(path) (as write_figure does)",
+)
+def test_results_overwrite_on_a_gs_workdir(tmp_path, monkeypatch, fake_gcs):
+    monkeypatch.chdir(tmp_path)
+    _harness.write_json_atomic("gs://bucket/results.json", {"rows": 1})
+    _harness.write_json_atomic("gs://bucket/results.json", {"rows": 2})  # fewshot, losparse, ...
+    assert json.loads(fake_gcs["gs://bucket/results.json"].getvalue()) == {"rows": 2}
