@@ -104,7 +104,7 @@ def _bound(text: str) -> int | float:
 
 def _rule_problem(rule: Any, v: Any) -> str | None:
     """``None`` if ``v`` satisfies ``rule``, else what it must be (``"must be ..."``)."""
-    if callable(rule) and not isinstance(rule, (EachRule, OptionalRule)):
+    if callable(rule):
         return rule(v)
     if isinstance(rule, str):
         if m := _COMPARE_RE.match(rule.replace(" ", "")):
