@@ -496,7 +496,8 @@ def student_mlm_acc(cfg, export_dir, segmenter, held_seqs, vocab) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def assemble(cfg, workdir: epath.Path, teacher_params) -> dict:
+def assemble(cfg, workdir: epath.PathLike, teacher_params) -> dict:
+    workdir = epath.Path(workdir)
     rows = {}
     for name in ("teacher", *VARIANTS):
         f = workdir / "rows" / f"{name}.json"
@@ -515,7 +516,8 @@ def assemble(cfg, workdir: epath.Path, teacher_params) -> dict:
     return summary
 
 
-def plot(workdir: epath.Path, names) -> None:
+def plot(workdir: epath.PathLike, names) -> None:
+    workdir = epath.Path(workdir)
     import matplotlib
 
     matplotlib.use("Agg")
