@@ -107,7 +107,9 @@ def _instrument(monkeypatch, calls: list, crash: tuple[int, int] | None = None):
         calls.append((kw["desc"], start, num_steps, kw["ckpt_every"]))
         if crash is not None and len(calls) - 1 == crash[0]:
             stream = _CrashingStream(stream, crash[1])
-        return real(step_fn, params, model_state, opt_state, stream, num_steps, start, history, **kw)
+        return real(
+            step_fn, params, model_state, opt_state, stream, num_steps, start, history, **kw
+        )
 
     monkeypatch.setattr(loop_module, "_loop", loop)
 
@@ -123,6 +125,29 @@ def _crash_point(calls) -> tuple[int, int] | None:
                 return i, (half // every) * every + 1 if (half // every) * every + 1 < n else half
             return i, half
     return None
+
+
+def _training_strings(name, module, cfg) -> list[bytes]:
+    """The first 40 characters of every training text of a text experiment."""
+    if name == "losparse":
+        train, _ = module.pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
+        texts = train[: cfg.get("max_train") or len(train)]
+    elif name == "mixed_vocab":
+        from jaxcomp.data import text as text_data
+
+        texts = module.load_corpus(cfg)[0] + text_data.load_polarity(cfg.polarity_path)[0]
+    else:  # image, BVP and knowledge-base experiments have no training text
+        return []
+    return [t[:40].encode() for t in texts if len(t) >= 40]
+
+
+def _longest_number_run(tree) -> int:
+    if isinstance(tree, dict):
+        return max((_longest_number_run(v) for v in tree.values()), default=0)
+    if isinstance(tree, list):
+        numeric = sum(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tree)
+        return max([numeric] + [_longest_number_run(v) for v in tree])
+    return 0
 
 
 _REAL_LOOP = loop_module._loop
@@ -155,7 +180,9 @@ def _load_results(workdir: pathlib.Path):
 # whole set takes about a quarter of an hour of CPU: slow.
 @pytest.mark.slow
 @pytest.mark.parametrize("name,smoke,trains", EXPERIMENTS, ids=[e[0] for e in EXPERIMENTS])
-def test_smoke_config_writes_only_into_its_workdir(tmp_path, monkeypatch, name, smoke, trains):
+def test_smoke_config_writes_only_into_its_workdir(
+    tmp_path, monkeypatch, capfd, name, smoke, trains
+):
     module = importlib.import_module(f"experiments.{name}")
     cfg = importlib.import_module(f"experiments.configs.{smoke}").get_config()
     if name == "mixed_vocab":
@@ -188,14 +215,20 @@ def test_smoke_config_writes_only_into_its_workdir(tmp_path, monkeypatch, name, 
         events = list(workdir.rglob("events.out.tfevents.*"))
         assert events and all(f.stat().st_size > 0 for f in events), "no TensorBoard events"
     assert list(workdir.glob("*.png")), "no figure in the workdir"
-    if name == "losparse":  # log privacy: no training sentence in metrics, logs, results, plots
-        train, _ = module.pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
-        probes = [s[:40].encode() for s in train[: cfg.get("max_train") or len(train)]]
-        for f in workdir.rglob("*"):
-            if f.is_file() and "checkpoints" not in f.parts:
-                data = f.read_bytes()
-                leaked = [p for p in probes if p in data]
-                assert not leaked, (f, leaked[:2])
+    # Log privacy: no training text in the console log, metrics, results, tables or plots, and no
+    # raw input (no run of >= 256 numbers in any JSON/JSONL output: an image is 784 or 1024).
+    out = capfd.readouterr()
+    probes = _training_strings(name, module, cfg)
+    files = [f for f in workdir.rglob("*") if f.is_file() and "checkpoints" not in f.parts]
+    for where, data in [("stdout", out.out.encode()), ("stderr", out.err.encode())] + [
+        (f, f.read_bytes()) for f in files
+    ]:
+        leaked = [p for p in probes if p in data]
+        assert not leaked, (where, leaked[:2])
+    for f in files:
+        if f.suffix in (".json", ".jsonl"):
+            for line in f.read_text().splitlines() if f.suffix == ".jsonl" else [f.read_text()]:
+                assert _longest_number_run(json.loads(line)) < 256, f
 
     # Crash in the middle of the last training stage, then run again: identical results/history.
     point = _crash_point(calls)
@@ -211,8 +244,8 @@ def test_smoke_config_writes_only_into_its_workdir(tmp_path, monkeypatch, name, 
     resumed_calls: list = []
     _instrument(monkeypatch, resumed_calls)
     module.run(cfg, str(again))
-    desc, _, n, every = calls[point[0]]
-    if every:
+    desc, start, n, every = calls[point[0]]
+    if every and (point[1] // every) * every > start:  # a checkpoint was saved before the crash
         starts = [c[1] for c in resumed_calls if c[0] == desc and c[2] == n]
         assert starts and max(starts) > 0, "the crashed stage did not resume from a checkpoint"
     assert _load_results(again) == _load_results(workdir)
@@ -296,4 +329,6 @@ def test_experiment_on_a_gs_workdir_writes_only_to_the_bucket(tmp_path, monkeypa
     assert {"results.json", "metrics.jsonl", "bvp_error_vs_n.png"} <= names, names
     written = json.loads(FakeGCS.store["gs://bucket/bvp/results.json"].getvalue())
     assert written.keys() == results.keys()
-    assert FakeGCS.store["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        FakeGCS.store["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    )

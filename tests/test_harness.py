@@ -129,7 +129,7 @@ def test_remote_workdir_never_lands_on_local_disk(stream, tmp_path, monkeypatch)
 def fake_gcs(monkeypatch):
     """``gs://`` served by fsspec's in-memory file system, through etils' own fsspec backend: the
     same code path as a real bucket with ``gcsfs`` installed, minus the network."""
-    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("fsspec")
     from fsspec.implementations.memory import MemoryFileSystem
 
     class FakeGCS(MemoryFileSystem):

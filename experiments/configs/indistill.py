@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.teacher_seed = 0
     # teacher (ResNet-20): reference 50 + 30 epochs
     c.teacher_model = "resnet20"
-    c.teacher_epoch_images = 3840
+    c.teacher_epoch_images = 1280
     c.teacher_epochs = (5, 3)
     # the epoch unit of the small networks
     c.epoch_images = 1280
