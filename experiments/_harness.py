@@ -1,5 +1,6 @@
-"""What every experiment script shares: phase announcements, atomic result files, step-indexed
-batch streams over precomputed index tables, and ``fit`` for one stage in its own sub-workdir.
+"""What every experiment script shares: config checks before any work, phase announcements,
+atomic result files, step-indexed batch streams over precomputed index tables, and ``fit`` for one
+stage in its own sub-workdir.
 
 Not an experiment itself (no ``DEFAULT_CONFIG``); the experiments are the other modules here.
 """
@@ -11,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,10 +35,150 @@ def announce(message: str) -> None:
 
 
 def workdir_path(workdir: str | epath.PathLike) -> epath.Path:
-    """``epath.Path(workdir)``, created (``gs://`` works wherever a local path does)."""
+    """``epath.Path(workdir)``, created (``gs://`` works wherever a local path does); a workdir
+    that exists and is not a directory is refused, naming it."""
     path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"workdir {workdir} exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Config checks: every experiment checks its whole config before it touches data or the workdir.
+
+
+@dataclasses.dataclass(frozen=True)
+class EachRule:
+    """Rule of a tuple-valued field: ``rule`` holds for every element (see ``each``)."""
+
+    rule: Any
+    allow_empty: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionalRule:
+    """Rule of a field that may be ``None`` (see ``optional``)."""
+
+    rule: Any
+
+
+def each(rule: Any, *, allow_empty: bool = False) -> EachRule:
+    """A tuple (or list) whose every element satisfies ``rule``; empty only if ``allow_empty``."""
+    return EachRule(rule, allow_empty)
+
+
+def optional(rule: Any) -> OptionalRule:
+    """``None``, or a value that satisfies ``rule``."""
+    return OptionalRule(rule)
+
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_COMPARE_RE = re.compile(rf"^(int)?\s*(>=|>|<=|<)\s*({_NUM})$")
+_INTERVAL_RE = re.compile(rf"^(int)?\s*([\[(])\s*({_NUM})\s*,\s*({_NUM})\s*([\])])$")
+_OPS = {
+    ">=": lambda v, b: v >= b,
+    ">": lambda v, b: v > b,
+    "<=": lambda v, b: v <= b,
+    "<": lambda v, b: v < b,
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    """A finite real number (int or float; bool is not a number here)."""
+    return (
+        isinstance(v, (int, float, np.integer, np.floating))
+        and not isinstance(v, (bool, np.bool_))
+        and math.isfinite(v)
+    )
+
+
+def _bound(text: str) -> int | float:
+    x = float(text)
+    return int(x) if x.is_integer() else x
+
+
+def _rule_problem(rule: Any, v: Any) -> str | None:
+    """``None`` if ``v`` satisfies ``rule``, else what it must be (``"must be ..."``)."""
+    if callable(rule):
+        return rule(v)
+    if isinstance(rule, str):
+        if m := _COMPARE_RE.match(rule.replace(" ", "")):
+            is_int, op, b = m.group(1), m.group(2), _bound(m.group(3))
+            what = f"an int {op} {b}" if is_int else f"a finite number {op} {b}"
+            ok = (_is_int(v) if is_int else _is_number(v)) and _OPS[op](v, b)
+            return None if ok else f"must be {what}"
+        if m := _INTERVAL_RE.match(rule.replace(" ", "")):
+            is_int, left, lo, hi, right = m.groups()
+            lo, hi = _bound(lo), _bound(hi)
+            what = f"{'an int' if is_int else 'a number'} in {left}{lo}, {hi}{right}"
+            ok = (_is_int(v) if is_int else _is_number(v)) and (
+                (lo <= v if left == "[" else lo < v) and (v <= hi if right == "]" else v < hi)
+            )
+            return None if ok else f"must be {what}"
+        raise ValueError(f"unknown config rule {rule!r}")
+    if isinstance(rule, (tuple, list, set, frozenset)):
+        choices = sorted(rule, key=repr) if isinstance(rule, (set, frozenset)) else list(rule)
+        if any(type(v) is type(c) and v == c for c in choices):
+            return None
+        return "must be one of " + ", ".join(repr(c) for c in choices)
+    raise ValueError(f"unknown config rule {rule!r}")
+
+
+def _check_field(name: str, rule: Any, v: Any) -> None:
+    if isinstance(rule, OptionalRule):
+        if v is not None:
+            _check_field(name, rule.rule, v)
+        return
+    if isinstance(rule, EachRule):
+        if not isinstance(v, (tuple, list)):
+            raise ValueError(f"config.{name} must be a tuple, got {v!r}")
+        if not v and not rule.allow_empty:
+            raise ValueError(f"config.{name} must be a non-empty tuple, got {v!r}")
+        for i, x in enumerate(v):
+            _check_field(f"{name}[{i}]", rule.rule, x)
+        return
+    problem = _rule_problem(rule, v)
+    if problem is not None:
+        raise ValueError(f"config.{name} {problem}, got {v!r}")
+
+
+def _lookup(cfg: Any, field: str) -> tuple[bool, Any]:
+    node = cfg
+    for part in field.split("."):
+        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
+            return False, None
+        if part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_config(cfg: Any, rules: Mapping[str, Any]) -> None:
+    """Check ``cfg`` (a ``ConfigDict`` or mapping) against ``rules``, before any work.
+
+    ``rules`` maps a field name (dotted for nested dicts: ``"coop.lr"``) to what it must be:
+
+    * ``"int>=1"``, ``"int>=0"`` (any ``int`` comparison): an int (``bool`` is not one);
+    * ``">0"``, ``">=0"`` (any comparison): a finite int or float;
+    * ``"[0,1]"``, ``"[0,1)"``, ``"(0,1]"`` (any bounds; ``"int[1,3]"`` for ints): a finite
+      number in that interval;
+    * a tuple or set of allowed values (``("log", "linear")``);
+    * ``each(rule)``: a non-empty tuple whose every element satisfies ``rule``
+      (``each(rule, allow_empty=True)`` when empty is fine); ``optional(rule)``: ``None`` or ``rule``;
+    * a callable ``value -> None | "must be ..."`` for anything else.
+
+    A field the config lacks is skipped (variants of an experiment's config differ). The first
+    violation raises ``ValueError("config.<field> must be <what>, got <value>")``.
+    """
+    for field, rule in rules.items():
+        found, v = _lookup(cfg, field)
+        if found:
+            _check_field(field, rule, v)
 
 
 def write_figure(path: epath.Path, fig: Any, **savefig_kwargs: Any) -> None:
@@ -53,7 +195,7 @@ def _write_bytes_atomic(path: epath.Path, data: bytes) -> None:
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_bytes(data)
-    tmp.rename(path)
+    tmp.replace(path)  # overwrites (``rename`` refuses an existing file on local disk)
 
 
 def write_line_plot(path: epath.Path, series: Mapping, **kwargs: Any) -> None:

@@ -24,7 +24,9 @@ from etils import epath
 
 from experiments._harness import (
     announce,
+    check_config,
     cli,
+    each,
     progress,
     workdir_path,
     write_figure,
@@ -40,6 +42,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 DEFAULT_CONFIG = "experiments/configs/bvp.py"
 DEFAULT_WORKDIR = "runs/bvp"
+
+
+def _file_name(v) -> str | None:
+    ok = isinstance(v, str) and "/" not in v and "\\" not in v
+    return None if ok else "must be a file name inside the workdir ('' = no figure)"
+
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "problems": each(tuple(classic_problems())),
+    "degrees": each("int[2,60]"),  # the Galerkin solver's Bernstein degrees
+    "grid_sizes": each("int>=4"),  # compact FD4 intervals
+    "eval_points": "int>=2",
+    "png": _file_name,
+}
 
 
 def _max_error(values, exact, x) -> float:
@@ -123,13 +140,9 @@ def plot(results: dict, degrees, grid_sizes, path: epath.Path) -> None:
 
 def run(config, workdir: str) -> dict:
     """Every problem of ``config.problems``; returns (and writes) the results payload."""
+    check_config(config, CONFIG_RULES)
     workdir = workdir_path(workdir)
-    if "/" in config.png or "\\" in config.png:
-        raise ValueError(f"png must be a file name inside the workdir, got {config.png!r}")
     problems = classic_problems()
-    unknown = [p for p in config.problems if p not in problems]
-    if unknown:
-        raise ValueError(f"unknown problems {unknown}; choose from {sorted(problems)}")
     degrees, grid_sizes = list(config.degrees), list(config.grid_sizes)
     results, seconds, rows = {}, {}, []
     announce(

@@ -42,9 +42,12 @@ from flax import nnx
 from experiments._harness import (
     TableStream,
     announce,
+    check_config,
     cli,
     concatenated_permutation_indices,
+    each,
     fit_stage,
+    optional,
     own,
     progress,
     workdir_path,
@@ -57,6 +60,40 @@ from jaxcomp.train import make_train_step
 
 DEFAULT_CONFIG = "experiments/configs/cocoop.py"
 DEFAULT_WORKDIR = "runs/cocoop"
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "source": ("mnist_demo", "hf"),
+    "model.width": "int>=1",
+    "model.layers": "int>=1",
+    "model.heads": "int>=1",
+    "model.patch_size": "int>=1",
+    "model.context_length": "int>=1",
+    "model.projection_dim": "int>=1",
+    "pretrain_seed": "int>=0",
+    "pretrain_steps": "int>=1",
+    "pretrain_batch": "int>=1",
+    "pretrain_lr": ">0",
+    "ckpt_every": "int>=0",
+    "log_every": "int>=0",
+    "downstream_shift": ("none", "vflip", "hflip"),
+    "max_test": optional("int>=1"),
+    "shots": "int>=1",
+    "seeds": each("int>=0"),
+    "methods": each(("coop", "cocoop")),
+    "coop.n_ctx": "int>=0",
+    "coop.class_token_position": P.CLASS_TOKEN_POSITIONS,
+    "coop.lr": ">0",
+    "coop.momentum": "[0,1)",
+    "coop.steps": "int>=1",
+    "coop.batch_size": "int>=1",
+    "cocoop.n_ctx": "int>=0",
+    "cocoop.lr": ">0",
+    "cocoop.momentum": "[0,1)",
+    "cocoop.steps": "int>=1",
+    "cocoop.batch_size": "int>=1",
+    "cocoop.chunk_size": "int>=1",
+}
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -294,6 +331,7 @@ def train_prompts(model, feats, labels, cfg, seed, workdir, stage):
 def run(cfg, workdir: str) -> dict:
     """Zero-shot, then every prompt learner of ``cfg.methods`` for every seed; results.json and
     cocoop.png in ``workdir``."""
+    check_config(cfg, CONFIG_RULES)
     workdir = workdir_path(workdir)
     t_start = time.time()
     if cfg.source == "mnist_demo":

@@ -9,12 +9,13 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-from etils import epath
 from flax import nnx
 
 from experiments._harness import (
     announce,
+    check_config,
     cli,
+    each,
     workdir_path,
     write_json_atomic,
     write_line_plot,
@@ -33,22 +34,41 @@ DEFAULT_CONFIG = "experiments/configs/cram_mnist.py"
 DEFAULT_WORKDIR = "runs/cram"
 
 
-def check_config(cfg) -> None:
-    """Every value a run needs, checked before any work (named by its config field)."""
-    for field in ("batch_size", "epochs", "num_classes"):
-        v = cfg[field]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"config.{field} must be an int >= 1, got {v!r}")
-    if cfg.ckpt_every < 0:
-        raise ValueError(f"config.ckpt_every must be >= 0, got {cfg.ckpt_every}")
-    if not cfg.optimizers:
-        raise ValueError("config.optimizers is empty")
+def _nm_pattern(v) -> str | None:
+    ok = (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in v)
+        and 1 <= v[0] <= v[1]
+    )
+    return None if ok else "must be an (n, m) pair of ints with 1 <= n <= m"
+
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "num_classes": "int>=1",
+    "model": ("smallcnn", "resnet20", "resnet18", "resnet50"),
+    "batch_size": "int>=1",
+    "epochs": "int>=1",
+    "learning_rate": ">0",
+    "momentum": "[0,1)",
+    "weight_decay": ">=0",
+    "warmup_epochs": "int>=0",
+    "augment": ("", "crop_flip"),
+    "optimizers": each(("sgd", "cram", "cram_plus", "cram_plus_multi")),
+    "rho": ">=0",
+    "sparsities": each("[0,1)"),
+    "compression": ("global", "layer", "nm"),
+    "eval_sparsities": each("[0,1)", allow_empty=True),
+    "eval_nm": each(_nm_pattern, allow_empty=True),
+    "calibration_images": "int>=1",
+    "ckpt_every": "int>=0",
+    "seed": "int>=0",
+}
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    check_config(cfg)
-    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
-        raise ValueError(f"workdir {workdir} exists and is not a directory")
+    check_config(cfg, CONFIG_RULES)
     workdir = workdir_path(workdir)
     announce(f"loading {cfg.dataset}")
     data_dir = cfg.data_dir or None

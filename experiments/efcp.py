@@ -26,7 +26,9 @@ from flax import nnx
 
 from experiments._harness import (
     announce,
+    check_config,
     cli,
+    each,
     fit_stage,
     read_json,
     workdir_path,
@@ -56,6 +58,32 @@ LABELS = {
     "mfac_lowrank": "M-FAC low-rank (EF)",
     "ggt": "GGT dense",
     "ggt_topk": "GGT top-k (EF)",
+}
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "dataset": ("mnist5k", "digits", "fashion_mnist"),  # the bundled sets (no data_dir here)
+    "model": ("smallcnn", "resnet20", "resnet18", "resnet50"),
+    "num_classes": "int>=1",
+    "epochs": "int>=1",
+    "batch_size": "int>=1",
+    "seed": "int>=0",
+    "bn_images": "int>=1",
+    "optimizers": each(tuple(LABELS)),
+    "sgd_lr": ">0",
+    "sgd_momentum": "[0,1)",
+    "adam_lr": ">0",
+    "weight_decay": ">=0",
+    "num_grads": "int>=1",
+    "mfac_lr": ">0",
+    "damping": ">0",
+    "mfac_momentum": "[0,1)",
+    "topk_fraction": "(0,1]",
+    "rank": "int>=1",
+    "ggt_lr": ">0",
+    "ggt_eps": ">0",
+    "ggt_num_grads": "int>=1",
+    "ggt_beta1": "[0,1)",
 }
 
 
@@ -140,14 +168,16 @@ def timed(step_fn, times: list[float]):
     return step
 
 
-def train_one(name: str, cfg, train, test, workdir: epath.Path) -> dict:
+def train_one(
+    name: str, cfg, train, test, workdir: epath.Path, tx: optax.GradientTransformation | None = None
+) -> dict:
     """Train from the config's seed with optimizer `name` in ``workdir/name``, one ``fit`` call
     per epoch followed by a test evaluation; per-step losses, timings, accuracy."""
     images, labels = train
     announce(f"{name}: building {cfg.model} and the optimizer state")
     model = build_model(cfg, images)
     graphdef, eval_graphdef, params, model_state = split_model(model)
-    tx = make_tx(name, cfg)
+    tx = make_tx(name, cfg) if tx is None else tx
     opt_state = tx.init(params)
     opt_bytes = state_nbytes(opt_state)
     times: list[float] = []
@@ -241,12 +271,20 @@ def to_markdown(runs: dict) -> str:
 def run(cfg, workdir: str) -> dict:
     """Train every optimizer of ``cfg.optimizers``; results in ``workdir`` (results.json,
     results.md, loss_curve.png) and one stage directory per optimizer."""
+    check_config(cfg, CONFIG_RULES)
+    if cfg.bn_images < cfg.batch_size:
+        raise ValueError(
+            f"config.bn_images must be >= config.batch_size ({cfg.batch_size}) to re-estimate "
+            f"BatchNorm on at least one batch, got {cfg.bn_images}"
+        )
+    # Every optimizer first: a bad hyperparameter fails before any data or training.
+    txs = {name: make_tx(name, cfg) for name in cfg.optimizers}
     workdir = workdir_path(workdir)
     announce(f"loading {cfg.dataset}")
     train, test = load_data(cfg)
     runs = {}
-    for name in cfg.optimizers:
-        runs[name] = train_one(name, cfg, train, test, workdir)
+    for name, tx in txs.items():
+        runs[name] = train_one(name, cfg, train, test, workdir, tx)
     table = to_markdown(runs)
     load = os.getloadavg()
     results = {

@@ -14,21 +14,30 @@ from all rows present, so methods can run in separate processes.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from experiments._harness import cli
+from experiments._harness import (
+    check_config,
+    cli,
+    each,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+    write_text_atomic,
+)
 from jaxcomp.data import load_fashion_mnist, render_glyphs, split_by_script
 from jaxcomp.data.folders import load_mstar
 from jaxcomp.fewshot import REGISTRY, build_method, check_disjoint, method_names
 from jaxcomp.fewshot import test as fs_test
 from jaxcomp.fewshot import train as fs_train
+from jaxcomp.train.workdir import is_local
 
 DEFAULT_CONFIG = "experiments/configs/fewshot.py"
 DEFAULT_WORKDIR = "runs/fewshot"
@@ -42,9 +51,50 @@ DATASET_LABELS = {
 }
 
 
-def load_data(name: str, cfg, workdir: str) -> dict:
+def parse_methods(method: str) -> tuple[str, ...]:
+    """``config.method``: a registered name, a comma-separated list of them, or ``"all"``."""
+    if method == "all":
+        return method_names()
+    return tuple(m.strip() for m in method.split(",") if m.strip())
+
+
+def _method_rule(v) -> str | None:
+    ok = isinstance(v, str) and bool(parse_methods(v))
+    ok = ok and all(m in REGISTRY for m in parse_methods(v))
+    return None if ok else f"must be 'all' or comma-separated names from {sorted(REGISTRY)}"
+
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "method": _method_rule,
+    "datasets": each(tuple(DATASET_LABELS)),
+    "image_size": "int>=1",
+    "backbone": ("conv64f", "resnet12"),
+    "width": "int>=1",
+    "way": "int>=1",
+    "shots": each("int>=1"),
+    "train_shot": "int>=0",  # 0: one model per test shot
+    "train_query": "int>=1",
+    "test_query": "int>=1",
+    "test_episodes": "int>=1",
+    "val_episodes": "int>=1",
+    "val_query": "int>=1",
+    "episodes_per_epoch": "int>=1",
+    "epochs": "int>=1",
+    "batch_size": "int>=1",
+    "lr": ">0",
+    "lr_step_epochs": "int>=1",
+    "lr_gamma": "(0,1]",
+    "relation_loss": ("ce", "mse"),
+    "seed": "int>=0",
+    "test_seed": "int>=0",
+    "fashion_val_per_class": "int>=1",
+}
+
+
+def load_data(name: str, cfg, workdir: epath.Path) -> dict:
     """``{"base": (x, y), "val": (x, y) | None, "novel": (x, y)}`` for data set ``name``."""
-    cache = cfg.cache_dir or os.path.join(workdir, "cache")
+    cache = cfg.cache_dir or epath.Path(workdir) / "cache"
     if name in ("glyphs", "glyphs_sar", "glyphs_small"):
         kw = {}
         if name == "glyphs_small":
@@ -83,38 +133,35 @@ def load_data(name: str, cfg, workdir: str) -> dict:
     raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASET_LABELS)}")
 
 
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def run_method(method: str, dataset: str, data: dict, cfg, workdir: str) -> list[dict]:
+def run_method(method: str, dataset: str, data: dict, cfg, workdir: epath.Path) -> list[dict]:
     """Train ``method`` on ``data`` and test it at every shot of ``cfg.shots``; one row each."""
-    out_dir = os.path.join(workdir, dataset, method)
-    todo = [k for k in cfg.shots if not os.path.exists(os.path.join(out_dir, f"{k}shot.json"))]
+    out_dir = epath.Path(workdir) / dataset / method
+    todo = [k for k in cfg.shots if not (out_dir / f"{k}shot.json").exists()]
     if todo and not _lock(out_dir):
         print(f"[{dataset}/{method}] running in another process; skipped", flush=True)
         return []
     try:
         return _run_method(method, dataset, data, cfg, out_dir, todo)
     finally:
-        if todo:
-            os.remove(os.path.join(out_dir, ".lock"))
+        if todo and is_local(out_dir):
+            os.remove(out_dir / ".lock")
 
 
-def _lock(out_dir: str) -> bool:
-    """Take ``out_dir/.lock`` (holding our pid) unless a live process holds it."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, ".lock")
+def _lock(out_dir: epath.Path) -> bool:
+    """Take ``out_dir/.lock`` (holding our pid) unless a live process holds it. The lock is a
+    local-filesystem mechanism (``O_EXCL``, pids): on an object store (``gs://``) there is none
+    and every process runs its cells."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not is_local(out_dir):
+        return True
+    path = os.fspath(out_dir / ".lock")
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid = int(open(path).read().strip() or 0)
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
                 os.kill(pid, 0)
                 return False  # held by a live process
             except PermissionError:
@@ -148,7 +195,7 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
             model,
             x,
             y,
-            workdir=os.path.join(out_dir, f"train_{ts}shot"),
+            workdir=out_dir / f"train_{ts}shot",
             way=cfg.way,
             shot=ts,
             query=cfg.train_query,
@@ -194,11 +241,9 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
                 "epochs": cfg.epochs,
                 "load_average": list(os.getloadavg()),
             }
-            np.save(
-                os.path.join(out_dir, f"{k}shot_episode_acc.npy"),
-                np.asarray(res["episode_accuracies"], np.float32),
-            )
-            _write_json(os.path.join(out_dir, f"{k}shot.json"), row)
+            with (out_dir / f"{k}shot_episode_acc.npy").open("wb") as f:
+                np.save(f, np.asarray(res["episode_accuracies"], np.float32))
+            write_json_atomic(out_dir / f"{k}shot.json", row)
             print(
                 f"[{dataset}/{method}] {k}-shot: {100 * row['accuracy']:.2f} +- "
                 f"{100 * row['ci95']:.2f} (train {row['train_time_s']:.0f}s, "
@@ -209,12 +254,27 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
     return rows
 
 
-def summarize(workdir: str, cfg) -> dict:
+def _row_files(workdir: epath.Path) -> list[epath.Path]:
+    """``workdir/<dataset>/<method>/<K>shot.json`` in path order (hidden entries skipped, as
+    ``glob.glob`` did); listed level by level, which every ``epath`` backend supports alike."""
+
+    def subdirs(d):
+        return [p for p in d.iterdir() if not p.name.startswith(".") and p.is_dir()]
+
+    files = [
+        f
+        for d in subdirs(workdir)
+        for m in subdirs(d)
+        for f in m.iterdir()
+        if f.name.endswith("shot.json") and not f.name.startswith(".")
+    ]
+    return sorted(files, key=str)
+
+
+def summarize(workdir: epath.Path, cfg) -> dict:
     """Collect every row under ``workdir`` into results.json / results.md / a PNG."""
-    rows = []
-    for p in sorted(glob.glob(os.path.join(workdir, "*", "*", "*shot.json"))):
-        with open(p) as f:
-            rows.append(json.load(f))
+    workdir = epath.Path(workdir)
+    rows = [json.loads(p.read_text()) for p in _row_files(workdir)]
     datasets = [d for d in DATASET_LABELS if any(r["dataset"] == d for r in rows)]
     order = [m for m in method_names() if any(r["method"] == m for r in rows)]
     shots = sorted({r["shot"] for r in rows})
@@ -262,17 +322,14 @@ def summarize(workdir: str, cfg) -> dict:
         "runtime_table": runtime,
         "note": "times measured on a shared 2-core CPU under parallel load",
     }
-    _write_json(os.path.join(workdir, "results.json"), summary)
-    tmp = os.path.join(workdir, f"results.md.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(table + "\n\n" + runtime + "\n")
-    os.replace(tmp, os.path.join(workdir, "results.md"))
+    write_json_atomic(workdir / "results.json", summary)
+    write_text_atomic(workdir / "results.md", table + "\n\n" + runtime + "\n")
     if rows:
         plot(workdir, rows, datasets, shots)
     return summary
 
 
-def plot(workdir: str, rows, datasets, shots) -> str:
+def plot(workdir: epath.Path, rows, datasets, shots) -> epath.Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,24 +369,24 @@ def plot(workdir: str, rows, datasets, shots) -> str:
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = os.path.join(workdir, "accuracy_vs_train_time.png")
-    fig.savefig(path)
-    plt.close(fig)
+    path = epath.Path(workdir) / "accuracy_vs_train_time.png"
+    write_figure(path, fig)
     return path
 
 
 def run(cfg, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-    methods = (
-        method_names()
-        if cfg.method == "all"
-        else tuple(m.strip() for m in cfg.method.split(",") if m.strip())
-    )
-    for m in methods:
-        if m not in REGISTRY:
-            raise ValueError(f"unknown method {m!r}; choose from {sorted(REGISTRY)}")
+    check_config(cfg, CONFIG_RULES)
+    if "fashion_mnist" in cfg.datasets and cfg.image_size != 28:
+        raise ValueError(
+            f"config.image_size must be 28 for fashion_mnist (28x28 images), got {cfg.image_size}"
+        )
+    if "mstar" in cfg.datasets and not cfg.mstar_root:
+        raise ValueError("dataset 'mstar' needs config.mstar_root (root/<CLASS>/*)")
+    methods = parse_methods(cfg.method)
+    workdir = workdir_path(workdir)
+    if is_local(workdir):  # the persistent compilation cache is a local directory
+        jax.config.update("jax_compilation_cache_dir", os.fspath(workdir / ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     for dataset in cfg.datasets:
         t0 = time.perf_counter()
         print(f"[{dataset}] loading data", flush=True)

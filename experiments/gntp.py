@@ -25,6 +25,7 @@ from etils import epath
 from experiments._harness import (
     TableStream,
     announce,
+    check_config,
     cli,
     fit_stage,
     progress,
@@ -48,6 +49,30 @@ from jaxcomp.train import make_train_step
 
 DEFAULT_CONFIG = "experiments/configs/gntp_nations.py"
 DEFAULT_WORKDIR = "runs/gntp"
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "dataset": (*kg.PYKEEN_DATASETS, "countries", "tsv"),
+    "variant": ("S1", "S2", "S3"),
+    "dim": "int>=1",
+    "init_scale": ">0",
+    "slope": ">0",
+    "depth": "int>=0",
+    "k_facts": "int>=0",  # 0 = all facts
+    "k_rules": "int>=0",  # 0 = all rules
+    "unification": ("classic", "joint"),
+    "epochs": "int>=1",
+    "only_rules_epochs": "int>=0",
+    "batch_size": "int>=1",
+    "num_negatives": "int>=0",
+    "learning_rate": ">0",
+    "l2": ">=0",
+    "ckpt_every": "int>=0",
+    "seed": "int>=0",
+    "eval_k_facts": "int>=0",  # 0 = same k as training
+    "max_test": "int>=0",  # 0 = all
+    "show_rules": "int>=0",
+}
 
 
 def load_data(cfg):
@@ -178,6 +203,11 @@ def train(cfg, kb, templates, workdir: epath.Path):
 
 def run(cfg, workdir: str) -> dict:
     """Train, then evaluate (ranking or AUC-PR), decode rules and explain a few goals."""
+    check_config(cfg, CONFIG_RULES)
+    if cfg.dataset == "tsv":
+        missing = [f"config.{s}_path" for s in ("train", "valid", "test") if not cfg[f"{s}_path"]]
+        if missing:
+            raise ValueError(f"dataset 'tsv' needs {', '.join(missing)}, got ''")
     out = workdir_path(workdir)
     announce(f"loading {cfg.dataset}")
     kb, train_t, valid_t, test_t, templates, extra = load_data(cfg)

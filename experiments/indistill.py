@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments._harness import cli
+from experiments._harness import check_config, cli, each, workdir_path
 from jaxcomp.data import DataStream, load_fashion_mnist
 from jaxcomp.distill.curriculum import fit_curriculum, indistill_curriculum, single_curriculum
 from jaxcomp.distill.indistill import PrunedBlocks, layerwise_targets, select_channels
@@ -48,6 +48,51 @@ DEFAULT_WORKDIR = "runs/indistill"
 
 STUDENTS = ("student_ce", "student_pkt", "indistill", "ablation_random", "ablation_all_at_once")
 METRICS = ("map", "map_11pt", "precision_at_k")
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "num_classes": "int>=1",
+    "train_images": "int>=0",  # 0 = all
+    "batch_size": "int>=1",
+    "learning_rate": ">0",
+    "pkt_kernel": ("cosine", "combined"),
+    "seeds": each("int>=0"),
+    "teacher_seed": "int>=0",
+    "teacher_model": ("resnet20", "cnn32"),
+    "teacher_epoch_images": "int>=1",
+    "teacher_epochs": each("int>=0"),  # (epochs, epochs at lr / 10)
+    "epoch_images": "int>=1",
+    "aux_ce_epochs": each("int>=0"),  # (epochs, epochs at lr / 10)
+    "aux_pkt_epochs": "int>=1",
+    "block_epochs": each("int>=1"),
+    "final_epoch": "int>=1",
+    "finetune_epochs": "int>=0",
+    "student_widths": each("int>=1"),
+    "students": each(STUDENTS),
+    "metrics": each(("euclidean", "cosine")),
+    "precision_k": "int>=1",
+    "eval_chunk": "int>=1",
+    "eval_database": "int>=0",  # 0 = all
+    "eval_queries": "int>=0",  # 0 = all
+    "role": ("all", "train", "eval", "summarize"),
+    "ckpt_every": "int>=0",
+    "log_every": "int>=0",
+}
+
+
+def check_across_fields(cfg) -> None:
+    """What ``CONFIG_RULES`` cannot say (relations between fields), checked before any work."""
+    for field, n in (("teacher_epochs", 2), ("aux_ce_epochs", 2), ("student_widths", 3)):
+        if len(cfg[field]) != n:
+            raise ValueError(f"config.{field} must have {n} entries, got {tuple(cfg[field])}")
+    for field in ("teacher_epochs", "aux_ce_epochs"):
+        if sum(cfg[field]) < 1:
+            raise ValueError(f"config.{field} must sum to >= 1 epoch, got {tuple(cfg[field])}")
+    if cfg.final_epoch <= sum(cfg.block_epochs):
+        raise ValueError(
+            f"config.final_epoch must exceed sum(config.block_epochs) = {sum(cfg.block_epochs)}, "
+            f"got {cfg.final_epoch}"
+        )
 
 
 def log(msg: str) -> None:
@@ -272,7 +317,9 @@ def table(summary: dict, metrics_used) -> str:
 
 
 def run(cfg, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    check_config(cfg, CONFIG_RULES)
+    check_across_fields(cfg)
+    workdir_path(workdir)
     t_start = time.time()
     log("loading Fashion-MNIST (padded to 32x32)")
     x_full, y_full = load_fashion_mnist("train", data_dir=cfg.data_dir or None, pad_to=32)
@@ -445,8 +492,8 @@ def summarize_only(cfg, workdir: str) -> dict:
 
 def main(cfg, workdir: str) -> dict:
     """``role``: all (train + evaluate), train, eval, or summarize the saved per-seed results."""
-    if cfg.role not in ("all", "train", "eval", "summarize"):
-        raise ValueError(f"role must be all, train, eval or summarize, got {cfg.role!r}")
+    check_config(cfg, CONFIG_RULES)
+    check_across_fields(cfg)
     results = summarize_only(cfg, workdir) if cfg.role == "summarize" else run(cfg, workdir)
     print(results["table"])
     return results

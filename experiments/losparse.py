@@ -37,7 +37,9 @@ from flax import nnx
 from experiments._harness import (
     TableStream,
     announce,
+    check_config,
     cli,
+    each,
     fit_stage,
     own,
     progress,
@@ -54,6 +56,32 @@ from jaxcomp.train import make_train_step
 
 DEFAULT_CONFIG = "experiments/configs/losparse.py"
 DEFAULT_WORKDIR = "runs/losparse"
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "data": ("pydoc", "glue/sst2"),
+    "min_words": "int>=1",
+    "max_words": "int>=1",
+    "heldout_every": "int>=1",
+    "max_heldout": "int>=1",
+    "max_train": "int>=0",  # 0 = every training sentence
+    "max_len": "int>=1",
+    "ratios": each("(0,1]"),
+    "methods": each(("losparse", "lowrank", "sparse")),
+    "lowrank_share": "[0,1)",
+    "steps": "int>=1",
+    "batch_size": "int>=1",
+    "eval_batch_size": "int>=1",
+    "lr": ">0",
+    "lr_warmup_steps": "int>=0",
+    "prune_warmup": "[0,1]",
+    "prune_final": "[0,1]",
+    "beta1": "[0,1)",
+    "beta2": "[0,1]",
+    "delta_t": "int>=1",
+    "ckpt_every": "int>=0",
+    "seed": "int>=0",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +267,19 @@ def plot(results: list, dense_params: int, path: epath.Path) -> None:
 
 def run(cfg, workdir: str) -> dict:
     """Every (ratio, method) setting of ``cfg``; ``workdir/results.json`` and ``losparse.png``."""
+    check_config(cfg, CONFIG_RULES)
+    if cfg.max_words < cfg.min_words:
+        raise ValueError(
+            f"config.max_words must be >= config.min_words ({cfg.min_words}), got {cfg.max_words}"
+        )
+    warmup, final = int(cfg.prune_warmup * cfg.steps), int(cfg.prune_final * cfg.steps)
+    if "sparse" in cfg.methods or "losparse" in cfg.methods:  # the cubic schedule needs a ramp
+        if warmup + final >= cfg.steps:
+            raise ValueError(
+                f"config.prune_warmup + config.prune_final must leave pruning steps: "
+                f"{warmup} + {final} of {cfg.steps} steps, got {cfg.prune_warmup} + "
+                f"{cfg.prune_final}"
+            )
     workdir = workdir_path(workdir)
     path = cfg.model_path
     if not path:

