@@ -385,12 +385,6 @@ def test_figures_overwrite_on_a_gs_workdir(tmp_path, monkeypatch, fake_gcs):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileExistsError,
-    reason="jaxcomp.train.workdir.write_text_atomic renames onto an existing gs:// object, which "
-    "etils refuses: it should use tmp.replace(path) (as write_figure does)",
-)
 def test_results_overwrite_on_a_gs_workdir(tmp_path, monkeypatch, fake_gcs):
     monkeypatch.chdir(tmp_path)
     _harness.write_json_atomic("gs://bucket/results.json", {"rows": 1})

@@ -107,7 +107,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> epath.Path:
     if is_local(path):
         os.replace(tmp, path)
     else:
-        tmp.rename(path)
+        tmp.replace(path)  # overwrites; rename refuses an existing object
     return path
 
 
