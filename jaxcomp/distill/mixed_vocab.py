@@ -5,8 +5,9 @@ Projections", arXiv 1909.11687).
 
 Pieces (pure functions and small NNX modules; the experiment wires them together):
 
-* :func:`train_wordpiece`: the student's ~5K WordPiece vocabulary, trained with ``tokenizers`` on
-  the corpus with the teacher's (uncased BERT) normaliser and pre-tokeniser (§3.1).
+* :func:`train_wordpiece`: the student's ~5K WordPiece vocabulary, learnt on the corpus
+  (:func:`learn_wordpiece_vocab`, deterministic) with the teacher's (uncased BERT) normaliser and
+  pre-tokeniser, as a ``tokenizers`` tokenizer (§3.1).
 * :class:`MixedSegmenter`: **mixed-vocabulary segmentation** (§3.1): text is pre-tokenised into
   words; each word is segmented with the student vocabulary with probability ``p`` and with the
   teacher's otherwise. Student ids live in their own range ``[V_t, V_t + V_s)``.
@@ -50,6 +51,7 @@ __all__ = [
     "embedding_fidelity",
     "export_student",
     "flat_params",
+    "learn_wordpiece_vocab",
     "linear_ramp",
     "make_chunks",
     "mlm_loss",
@@ -64,30 +66,104 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Vocabularies and mixed segmentation (§3.1).
 
 
+def learn_wordpiece_vocab(
+    word_counts: dict[str, int], vocab_size: int, *, min_frequency: int = 2, prefix: str = "##"
+) -> list[str]:
+    """The WordPiece vocabulary of ``tokenizers``' ``WordPieceTrainer``, learnt deterministically.
+
+    Words are split into characters (``w``, ``##o``, ``##r``, ``##d``); every character form is
+    a piece; then the most frequent adjacent pair is merged (``w`` + ``##o`` -> ``wo``) until
+    ``vocab_size`` pieces (with ``SPECIAL_TOKENS`` first) or until no pair occurs
+    ``min_frequency`` times. Ties go to the lexicographically smallest pair, so the same counts
+    always give the same vocabulary (``tokenizers``' trainer breaks ties by hash-map order, which
+    differs from process to process).
+    """
+    import heapq
+
+    vocab = list(SPECIAL_TOKENS)
+    words = sorted(w for w in word_counts if w)
+    freqs = [int(word_counts[w]) for w in words]
+    symbols = [[w[0]] + [prefix + c for c in w[1:]] for w in words]
+    alphabet = sorted({sym for syms in symbols for sym in syms})
+    vocab += [a for a in alphabet if a not in vocab]
+    known = set(vocab)
+    pair_count: dict[tuple[str, str], int] = {}
+    pair_words: dict[tuple[str, str], set[int]] = {}
+    for i, syms in enumerate(symbols):
+        for pair in zip(syms, syms[1:]):
+            pair_count[pair] = pair_count.get(pair, 0) + freqs[i]
+            pair_words.setdefault(pair, set()).add(i)
+    heap = [(-c, pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_count.get(pair, 0) != -neg:
+            continue  # a stale entry
+        if -neg < min_frequency:
+            break
+        a, b = pair
+        merged = a + b[len(prefix) :] if b.startswith(prefix) else a + b
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+        changed: dict[tuple[str, str], int] = {}
+        for i in sorted(pair_words.pop(pair, ())):
+            syms, f = symbols[i], freqs[i]
+            for p in zip(syms, syms[1:]):  # remove this word's old pairs
+                pair_count[p] -= f
+                changed[p] = pair_count[p]
+            out, j = [], 0
+            while j < len(syms):
+                if j + 1 < len(syms) and syms[j] == a and syms[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(syms[j])
+                    j += 1
+            symbols[i] = out
+            for p in zip(out, out[1:]):  # add its new ones
+                pair_count[p] = pair_count.get(p, 0) + f
+                changed[p] = pair_count[p]
+                pair_words.setdefault(p, set()).add(i)
+        pair_count.pop(pair, None)
+        for p, c in changed.items():
+            if p != pair and c > 0:
+                heapq.heappush(heap, (-c, p))
+    return vocab[:vocab_size]
+
+
 def train_wordpiece(texts: Sequence[str], vocab_size: int = 5000, *, min_frequency: int = 2):
     """Trains an uncased BERT WordPiece tokenizer of ``vocab_size`` pieces on ``texts``.
 
     Normaliser, pre-tokeniser, post-processor (``[CLS] $A [SEP]``) and decoder are BERT's, so the
     student segments words exactly like the teacher's pipeline, only with its own pieces. The
-    special tokens come first: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``.
+    special tokens come first: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. The vocabulary is
+    ``learn_wordpiece_vocab`` of the corpus's word counts: the pieces ``tokenizers``'
+    ``WordPieceTrainer`` learns, but the same in every process.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
 
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    vocab = learn_wordpiece_vocab(counts, vocab_size, min_frequency=min_frequency)
+    tok = Tokenizer(
+        models.WordPiece(
+            {piece: i for i, piece in enumerate(vocab)},
+            unk_token="[UNK]",
+            max_input_chars_per_word=100,
+        )
     )
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece(prefix="##")
+    for t in SPECIAL_TOKENS:  # never split, as the trainer's special tokens
+        tok.add_special_tokens([t])
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
