@@ -152,7 +152,7 @@ def _longest_number_run(tree) -> int:
 
 _REAL_LOOP = loop_module._loop
 # Wall-clock figures and the machine's load: everything else must match bit for bit.
-_VOLATILE = re.compile(r"time|seconds|wall|per_sec|run_id|elapsed|machine|load|(^|_)m?s$", re.I)
+_VOLATILE = re.compile(r"time|seconds|wall|per_sec|run_id|elapsed|machine|load|(^|_)m?s(_|$)", re.I)
 
 
 def _stable(tree):
