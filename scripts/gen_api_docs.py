@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "api"
+sys.path.insert(0, str(ROOT))  # document this checkout's jaxcomp, installed or not
 
 
 def packages() -> list[str]:
