@@ -189,6 +189,8 @@ def _histories(workdir: pathlib.Path) -> dict[str, list[dict]]:
 
 def _results_file(workdir: pathlib.Path) -> pathlib.Path:
     """``results.json``, or the one ``results_<eval tag>.json`` of a reduced evaluation."""
+    if (workdir / "results.json").exists():
+        return workdir / "results.json"
     found = sorted(workdir.glob("results*.json"))
     assert len(found) == 1, found
     return found[0]
