@@ -283,6 +283,7 @@ def test_source_stream_tfds_grain_exact_resume(tmp_path):
     assert_trees_equal(straight[:3], resumed[:3])
 
 
+@pytest.mark.slow  # > 30 s on 2 cores; CI runs it (the README test command runs all)
 def test_nnx_optimizer_recipe_with_cram_equals_make_train_step(stream):
     """The documented NNX recipe: nnx.Optimizer + a pure grad_fn (fresh merge per pass)."""
     from jaxcomp.models import SmallCNN

@@ -236,6 +236,7 @@ def _train(cur, x, y, target_fn, workdir, stop_at=None):
     )
 
 
+@pytest.mark.slow  # > 30 s on 2 cores; CI runs it (the README test command runs all)
 def test_resume_mid_curriculum_equals_straight_run(tmp_path):
     x, y, target_fn, cur = _tiny_setup()
     assert cur.boundaries == (0, 2, 4, 6, 10, 12)

@@ -223,6 +223,7 @@ def _tiny_cfg(vocab, hidden=16, inter=32):
     )
 
 
+@pytest.mark.slow  # > 30 s on 2 cores; CI runs it (the README test command runs all)
 def test_dual_vocab_mlm_embeds_and_trains(segmenter, corpus):
     teacher = bert.BertModel(_tiny_cfg(segmenter.v_t), rngs=nnx.Rngs(0))
     model = mv.DualVocabMLM(teacher, segmenter.v_s, 8, rngs=nnx.Rngs(1))

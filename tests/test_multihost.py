@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = Path(__file__).parent / "fixtures" / "multihost_worker.py"
 REPO = Path(__file__).parent.parent
@@ -27,6 +28,7 @@ def launch(pid, nproc, port, workdir, out):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # > 30 s on 2 cores; CI runs it (the README test command runs all)
 def test_two_processes_equal_one(tmp_path):
     port = free_port()
     procs = [launch(i, 2, port, tmp_path / "multi", tmp_path / "multi.json") for i in (0, 1)]

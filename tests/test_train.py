@@ -70,6 +70,7 @@ def test_one_device_equals_eight_devices(digits):
     assert out[0][2][-1]["loss"] < out[0][2][0]["loss"]
 
 
+@pytest.mark.slow  # > 30 s on 2 cores; CI runs it (the README test command runs all)
 def test_checkpoint_resume_equals_straight_run(digits, tmp_path):
     x, y = digits
     stream = DataStream(x, y, 32, seed=2)
