@@ -288,6 +288,20 @@ class TableStream:
         return out
 
 
+# Fields that never change what a run trains (how often it saves and logs).
+BOOKKEEPING = frozenset({"ckpt_every", "log_every", "progress", "force_resume"})
+
+
+def training_config(cfg: Any, ignore: Iterable[str] = ()) -> dict[str, Any]:
+    """``cfg`` as a dict without the fields that do not change what is trained: ``BOOKKEEPING``
+    and ``ignore`` (evaluation settings, which rows / seeds / methods this process runs). Passed
+    to ``fit(config=...)``, it is the identity a resume must match, so a second process that only
+    evaluates, or runs other rows, resumes the same checkpoints."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    skip = BOOKKEEPING | set(ignore)
+    return {k: v for k, v in d.items() if k not in skip}
+
+
 def own(tree: Any) -> Any:
     """Private copies of a tree's arrays. ``make_train_step`` donates params and model state, which
     deletes their buffers; arrays still shared with another module (a teacher, a frozen CLIP

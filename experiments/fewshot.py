@@ -27,6 +27,7 @@ from experiments._harness import (
     check_config,
     cli,
     each,
+    training_config,
     workdir_path,
     write_figure,
     write_json_atomic,
@@ -49,6 +50,13 @@ DATASET_LABELS = {
     "fashion_mnist": "Fashion-MNIST 5/5",
     "mstar": "MSTAR",
 }
+
+
+# Which methods / data sets / shots this process runs, and the test protocol: not part of a
+# training run's identity (a rerun with other test settings reuses the trained models).
+_NOT_TRAINING = (
+    "method", "datasets", "shots", "test_episodes", "test_query", "test_seed", "cache_dir",
+)  # fmt: skip
 
 
 def parse_methods(method: str) -> tuple[str, ...]:
@@ -196,6 +204,7 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
             x,
             y,
             workdir=out_dir / f"train_{ts}shot",
+            config=training_config(cfg, _NOT_TRAINING),
             way=cfg.way,
             shot=ts,
             query=cfg.train_query,

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments._harness import check_config, cli, each, workdir_path
+from experiments._harness import check_config, cli, each, training_config, workdir_path
 from jaxcomp.data import DataStream, load_fashion_mnist
 from jaxcomp.distill.curriculum import fit_curriculum, indistill_curriculum, single_curriculum
 from jaxcomp.distill.indistill import PrunedBlocks, layerwise_targets, select_channels
@@ -93,6 +93,14 @@ def check_across_fields(cfg) -> None:
             f"config.final_epoch must exceed sum(config.block_epochs) = {sum(cfg.block_epochs)}, "
             f"got {cfg.final_epoch}"
         )
+
+
+# Evaluation settings and which seeds / students / role this process runs: not part of a
+# training stage's identity (an eval process, or one running other seeds, resumes the same runs).
+_NOT_TRAINING = (
+    "role", "seeds", "students", "metrics", "precision_k", "eval_chunk", "eval_database",
+    "eval_queries", "eval_auxiliary", "eval_teacher", "scale_note", "data_dir",
+)  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -213,6 +221,7 @@ def train_teacher(cfg, x, y, workdir):
         num_steps=(e1 + e2) * spe,
         seed=cfg.teacher_seed,
         workdir=os.path.join(workdir, "teacher"),
+        config=training_config(cfg, _NOT_TRAINING),
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
         progress=cfg.progress,
@@ -253,6 +262,7 @@ def run_curriculum(name, model, curriculum, target_fn, cfg, x, y, seed, workdir)
         reset_opt_state=cfg.reset_opt_state,
         pkt_kernel=cfg.pkt_kernel,
         workdir=os.path.join(workdir, name),
+        config=training_config(cfg, _NOT_TRAINING),
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
         progress=cfg.progress,

@@ -38,6 +38,7 @@ from experiments._harness import (
     check_config,
     cli,
     each,
+    training_config,
     workdir_path,
     write_figure,
     write_json_atomic,
@@ -115,6 +116,14 @@ def read_json(path: epath.PathLike):
 
 # --------------------------------------------------------------------------------------------
 # Data.
+
+
+# Evaluation-only fields and which rows this process runs: not part of a stage's identity.
+_NOT_TRAINING = (
+    "rows", "eval_batch_size", "eval_batches", "fidelity_sentences", "polarity_batch_size",
+    "polarity_lr_student", "polarity_lr_teacher", "polarity_max_len", "polarity_path",
+    "polarity_seeds", "polarity_steps", "polarity_test",
+)  # fmt: skip
 
 
 def load_corpus(cfg):
@@ -197,6 +206,7 @@ def run_stage1(cfg, workdir, teacher, segmenter, train_seqs, held_seqs):
         stream,
         cfg.stage1_steps,
         workdir=out_dir,
+        config=training_config(cfg, _NOT_TRAINING),
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
         desc="stage1",
@@ -332,6 +342,7 @@ def run_stage2(cfg, workdir, name, teacher, segmenter, train_seqs, stage1_emb, s
         stream,
         cfg.stage2_steps,
         workdir=out_dir,
+        config=training_config(cfg, _NOT_TRAINING),
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
         desc=name,

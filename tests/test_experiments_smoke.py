@@ -358,3 +358,20 @@ def test_experiment_on_a_gs_workdir_writes_only_to_the_bucket(tmp_path, monkeypa
     assert (
         FakeGCS.store["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
     )
+
+
+def test_training_config_is_the_resume_identity():
+    """Evaluation-only and bookkeeping fields are left out of what ``fit`` checks on resume; a
+    training field is kept (a changed one is refused, see test_harness)."""
+    import ml_collections
+
+    from experiments._harness import training_config
+
+    cfg = ml_collections.ConfigDict(
+        {"lr": 0.1, "seeds": (0, 1), "ckpt_every": 5, "force_resume": True, "eval_queries": 9}
+    )
+    assert training_config(cfg, ("seeds", "eval_queries")) == {"lr": 0.1}
+    for name in ("indistill", "mixed_vocab", "fewshot"):
+        module = importlib.import_module(f"experiments.{name}")
+        default = importlib.import_module(f"experiments.configs.{name}").get_config()
+        assert set(module._NOT_TRAINING) <= set(default.keys()), name  # no stale field names
