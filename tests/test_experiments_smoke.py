@@ -14,8 +14,11 @@ import re
 import subprocess
 
 import pytest
+import test_harness
 
 from jaxcomp.train import loop as loop_module
+
+fake_gcs = test_harness.fake_gcs  # the fixture: gs:// served from memory through etils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # (experiment module, smoke config module, trains something)
@@ -324,40 +327,21 @@ def test_fit_stage_checkpoints_zero_size_arrays_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_on_a_gs_workdir_writes_only_to_the_bucket(tmp_path, monkeypatch):
+def test_experiment_on_a_gs_workdir_writes_only_to_the_bucket(tmp_path, monkeypatch, fake_gcs):
     """A whole experiment (BVP: figure, tables, metrics, results) on ``gs://`` through etils'
     fsspec backend, served from memory: every output lands in the bucket, none on local disk."""
-    import sys
-
-    from etils.epath import backend
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class FakeGCS(MemoryFileSystem):
-        protocol = ("gs", "gcs")
-        store: dict = {}
-        pseudo_dirs = [""]
-
-    for name in FakeGCS.protocol:
-        monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, name, FakeGCS)
-    clear = backend._FileSystemSpecBackend._get_filesystem.cache_clear
-    clear()
     monkeypatch.chdir(tmp_path)
-    try:
-        module = importlib.import_module("experiments.bvp")
-        cfg = importlib.import_module("experiments.configs.bvp_smoke").get_config()
-        before = _repo_status()
-        results = module.run(cfg, "gs://bucket/bvp")
-    finally:
-        clear()
+    module = importlib.import_module("experiments.bvp")
+    cfg = importlib.import_module("experiments.configs.bvp_smoke").get_config()
+    before = _repo_status()
+    results = module.run(cfg, "gs://bucket/bvp")
     assert _repo_status() == before
     assert not any(tmp_path.iterdir()), "a gs:// workdir wrote to the local disk"
-    names = {k.rsplit("/", 1)[1] for k in FakeGCS.store}
+    names = {k.rsplit("/", 1)[1] for k in fake_gcs}
     assert {"results.json", "metrics.jsonl", "bvp_error_vs_n.png"} <= names, names
-    written = json.loads(FakeGCS.store["gs://bucket/bvp/results.json"].getvalue())
+    written = json.loads(fake_gcs["gs://bucket/bvp/results.json"].getvalue())
     assert written.keys() == results.keys()
-    assert (
-        FakeGCS.store["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
-    )
+    assert fake_gcs["gs://bucket/bvp/bvp_error_vs_n.png"].getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_training_config_is_the_resume_identity():
