@@ -34,7 +34,8 @@ EXPERIMENTS = [
     ("fewshot", "fewshot_smoke", True),
     ("mixed_vocab", "mixed_vocab_smoke", True),
 ]
-_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
+# Tool caches that other tests (run beside this one under xdist) write into the repository.
+_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".egg-info")
 
 
 def _repo_status() -> set[str]:
