@@ -24,7 +24,11 @@ import numpy as np
 from etils import epath
 
 from jaxcomp.train import fit, plot_lines
-from jaxcomp.train.workdir import write_json_atomic, write_text_atomic  # noqa: F401
+from jaxcomp.train.workdir import (  # noqa: F401
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 _T0 = time.perf_counter()
 
@@ -188,14 +192,7 @@ def write_figure(path: epath.Path, fig: Any, **savefig_kwargs: Any) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
     plt.close(fig)
-    _write_bytes_atomic(path, buf.getvalue())
-
-
-def _write_bytes_atomic(path: epath.Path, data: bytes) -> None:
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(path)  # overwrites (``rename`` refuses an existing file on local disk)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_line_plot(path: epath.Path, series: Mapping, **kwargs: Any) -> None:
@@ -203,7 +200,7 @@ def write_line_plot(path: epath.Path, series: Mapping, **kwargs: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = plot_lines(os.path.join(tmp, "plot.png"), series, **kwargs)
         data = epath.Path(local).read_bytes()
-    _write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data)
 
 
 def read_json(path: epath.Path) -> Any | None:

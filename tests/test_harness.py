@@ -151,7 +151,7 @@ def fake_gcs(monkeypatch):
 
 
 def test_gs_workdir_round_trips_through_epath(stream, tmp_path, monkeypatch, fake_gcs):
-    from jaxcomp.train.workdir import write_json_atomic
+    from jaxcomp.train.workdir import write_bytes_atomic, write_json_atomic
 
     monkeypatch.chdir(tmp_path)
     out = run(stream, 6, "gs://bucket/run", log_every=2)
@@ -167,6 +167,10 @@ def test_gs_workdir_round_trips_through_epath(stream, tmp_path, monkeypatch, fak
     np.testing.assert_allclose([r["loss"] for r in tb], [r["loss"] for r in rows], rtol=1e-6)
     write_json_atomic("gs://bucket/run/results.json", {"acc": 0.5})
     assert json.loads(fake_gcs["gs://bucket/run/results.json"].getvalue()) == {"acc": 0.5}
+    write_json_atomic("gs://bucket/run/results.json", {"acc": 0.75})  # overwrites an object
+    assert json.loads(fake_gcs["gs://bucket/run/results.json"].getvalue()) == {"acc": 0.75}
+    write_bytes_atomic("gs://bucket/run/fig.png", b"\x89PNG\x00\xff")
+    assert fake_gcs["gs://bucket/run/fig.png"].getvalue() == b"\x89PNG\x00\xff"
     assert not [k for k in fake_gcs if ".tmp" in k]
     assert not any(tmp_path.iterdir()), "a gs:// workdir wrote to the local disk"
 

@@ -205,3 +205,41 @@ def test_evaluate_compiles_once_per_graphdef(digits):
         evaluate(eval_graphdef, p, s, batches(x[:64], y[:64], 64, shuffle=False))
     assert make_eval_step(eval_graphdef) is step
     assert step._cache_size() == size
+
+
+class _DropoutMLP(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(64, 32, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)  # holds a typed PRNG key in the model state
+        self.fc2 = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(self.drop(nnx.relu(self.fc1(x.reshape(x.shape[0], -1)))))
+
+
+def test_a_model_with_dropout_keys_checkpoints_and_resumes_exactly(digits, tmp_path):
+    x, y = digits
+    stream = DataStream(x, y, 32, seed=3)
+
+    def setup_dropout():
+        graphdef, _, p, s = split_model(_DropoutMLP(rngs=nnx.Rngs(0)))
+        assert any(jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) for a in jax.tree.leaves(s))
+        tx = optax.adam(1e-3)
+        return make_train_step(classification_loss(graphdef), tx), p, s, tx.init(p)
+
+    straight = fit(*setup_dropout(), stream, 8, progress=False)
+    fit(*setup_dropout(), stream, 4, workdir=str(tmp_path), ckpt_every=2, progress=False)
+    resumed = fit(*setup_dropout(), stream, 8, workdir=str(tmp_path), ckpt_every=2, progress=False)
+    for a, b in zip(jax.tree.leaves(straight[:3]), jax.tree.leaves(resumed[:3])):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the key itself round-trips with its implementation
+    ck = Checkpointer(str(tmp_path / "keys"), async_save=False)
+    keys = {"fry": jax.random.key(7), "rbg": jax.random.key(7, impl="rbg")}
+    ck.save(1, {"state": keys})
+    out, _ = ck.restore({"state": keys})
+    ck.close()
+    for name, k in keys.items():
+        assert jax.random.key_impl(out["state"][name]) == jax.random.key_impl(k)
+        np.testing.assert_array_equal(jax.random.key_data(out["state"][name]), jax.random.key_data(k))

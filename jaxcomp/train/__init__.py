@@ -25,6 +25,7 @@ from jaxcomp.train.workdir import (
     WorkdirLockedError,
     config_diff,
     config_hash,
+    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "config_hash",
     "create_default_writer",
     "read_tensorboard_scalars",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
     "MetricsWriter",

@@ -66,6 +66,23 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_as_data(tree: Any) -> Any:
+    """Typed PRNG keys (``jax.random.key``, e.g. the ``RngState`` of an ``nnx.Dropout``) are stored
+    as their ``uint32`` key data; orbax and numpy cannot hold the key dtype itself."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _data_as_keys(restored: Any, target: Any) -> Any:
+    def one(r, t):
+        return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r
+
+    return jax.tree.map(one, restored, target)
+
+
 def _is_empty(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and 0 in tuple(x.shape)
 
@@ -159,6 +176,7 @@ class Checkpointer:
         if self._want_lock and self._lock is None:  # the first save makes this the writer
             self._lock = WorkdirLock(self.directory).acquire()
         meta = {"step": int(step), "jaxcomp_version": _version(), **(meta or {})}
+        state = _keys_as_data(state)
         man = {"step": int(step), "config_hash": meta.get("config_hash"), "arrays": manifest(state)}
         return self._mgr.save(
             int(step),
@@ -212,6 +230,7 @@ class Checkpointer:
         does not match ``target`` or is corrupt."""
         step = self._check_step(step)
         meta = self.read_meta(step)
+        key_target, target = target, _keys_as_data(target)
         man = self._json(step, "manifest")["manifest"] if verify else None
         if man is not None:
             if int(man.get("step", -1)) != step:
@@ -254,7 +273,7 @@ class Checkpointer:
                         f"checkpoint {self.directory}/{step} is corrupt: array {key} does not "
                         f"match its SHA-256 in the manifest (bit flip or partial write)"
                     )
-        return state, meta
+        return _data_as_keys(state, key_target), meta
 
     def wait(self) -> None:
         self._mgr.wait_until_finished()

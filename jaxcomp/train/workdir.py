@@ -97,18 +97,23 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> epath.Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename (atomic on POSIX and
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> epath.Path:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename (atomic on POSIX and
     on object stores, where the object appears whole)."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     if is_local(path):
         os.replace(tmp, path)
     else:
         tmp.replace(path)  # overwrites; rename refuses an existing object
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> epath.Path:
+    """``text`` (UTF-8) written atomically (see ``write_bytes_atomic``)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> epath.Path:
