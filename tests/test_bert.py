@@ -61,6 +61,24 @@ def test_tokenize_truncates_keeping_sep(minilm):
     assert out["input_ids"][0, 0] == 101 and out["input_ids"][0, -1] == 102  # [CLS] ... [SEP]
 
 
+def test_tokenize_pairs_truncates_longest_first_as_transformers(minilm):
+    _, tokenizer = minilm
+    g = np.load(GOLDEN.replace("bert_golden", "bert_pairs_golden"))
+    pairs = [(str(a), str(b)) for a, b in zip(g["first"], g["second"])]
+    for n in g["max_lengths"]:
+        ours = bert.tokenize(tokenizer, pairs, max_length=int(n), pad_to=int(n))
+        for k in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(ours[k], g[f"{k}_{n}"], err_msg=f"{k} at {n}")
+        # both segments survive: two [SEP]s and type-1 tokens in every row
+        assert ((ours["input_ids"] == 102).sum(1) == 2).all()
+        assert (ours["token_type_ids"].sum(1) >= 2).all()
+    assert tokenizer.truncation is None  # the tokenizer's own setting is restored
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        bert.tokenize(tokenizer, ["ok", ("a", "b", "c")])
+    with pytest.raises(ValueError, match="max_length must be >= 3 for sentence pairs, got 2"):
+        bert.tokenize(tokenizer, [("a", "b")], max_length=2)
+
+
 def _write_checkpoint(tmp_path, tensors, config):
     tmp_path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp_path / "model.safetensors"))

@@ -186,6 +186,27 @@ def test_pruned_neurons_exact_count_and_stay_zero_with_adam():
     assert np.all(np.asarray(final_params["l1"]["b"]) != 0)
 
 
+def test_no_mask_refresh_before_the_first_scores_exist():
+    # A schedule already at 50% at step 0: the first window's importance is not in the EMA yet,
+    # so step 0 must prune nothing (all scores would be 0 and ties would go by tree order).
+    delta_t = 3
+    pruned = _pruning_run(
+        ls.losparse_pruning(lambda t: 0.5, delta_t=delta_t, inner=optax.sgd(0.1)), 7
+    )
+    plain = _pruning_run(optax.sgd(0.1), delta_t)
+    for t in range(delta_t):
+        assert all(bool(k.all()) for k in pruned[t][1].keep), t
+        for x, y in zip(jax.tree.leaves(pruned[t][0]), jax.tree.leaves(plain[t][0])):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # at t = delta_t the first refresh prunes half of the S parameters, by score
+    params, state = pruned[delta_t]
+    assert sum(int(k.sum()) for k in state.keep) == 8
+    scores = [ls.neuron_scores(a) for a in state.exp_avg_ipt]
+    flat = np.concatenate([np.asarray(s) for s in scores])
+    kept = np.concatenate([np.asarray(k) for k in state.keep])
+    assert flat[kept].min() >= flat[~kept].max()
+
+
 def test_chain_last_mode_matches_wrapped_sgd():
     sched = lambda t: jnp.where(t >= 3, 0.5, 0.0)
     wrapped = ls.losparse_pruning(sched, delta_t=3, inner=optax.sgd(0.1))

@@ -242,4 +242,6 @@ def test_a_model_with_dropout_keys_checkpoints_and_resumes_exactly(digits, tmp_p
     ck.close()
     for name, k in keys.items():
         assert jax.random.key_impl(out["state"][name]) == jax.random.key_impl(k)
-        np.testing.assert_array_equal(jax.random.key_data(out["state"][name]), jax.random.key_data(k))
+        np.testing.assert_array_equal(
+            jax.random.key_data(out["state"][name]), jax.random.key_data(k)
+        )

@@ -385,25 +385,46 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def tokenize(
-    tokenizer, texts: Sequence[str], *, max_length: int = 128, pad_to: int | None = None
+    tokenizer,
+    texts: Sequence[str | tuple[str, str]],
+    *,
+    max_length: int = 128,
+    pad_to: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Tokenizes ``texts`` into int32 ``input_ids``/``attention_mask``/``token_type_ids``.
 
-    Sequences are truncated to ``max_length`` tokens (keeping the final ``[SEP]``, as HF does) and
-    padded with id 0 to ``pad_to`` (default: the longest sequence).
+    An element is a sentence or a ``(first, second)`` pair (``[CLS] a [SEP] b [SEP]``, type ids 0
+    then 1). Sequences longer than ``max_length`` tokens are truncated as HF's tokenizers do
+    (``longest_first``: tokens come off the end of the longer segment of a pair, one at a time,
+    and the special tokens are kept); they are padded with id 0 to ``pad_to`` (default: the
+    longest sequence). The tokenizer's own truncation setting is left as it was.
     """
     if isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, got a single str")
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
-    encodings = tokenizer.encode_batch(list(texts))
-    rows = []
-    for e in encodings:
-        ids, types = list(e.ids), list(e.type_ids)
-        if len(ids) > max_length:
-            ids = ids[: max_length - 1] + ids[-1:]
-            types = types[: max_length - 1] + types[-1:]
-        rows.append((ids, types))
+    items = []
+    for i, t in enumerate(texts):
+        if isinstance(t, str):
+            items.append(t)
+        elif isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t):
+            if max_length < 3:
+                raise ValueError(f"max_length must be >= 3 for sentence pairs, got {max_length}")
+            items.append(tuple(t))
+        else:
+            raise ValueError(f"texts[{i}] must be a str or a (str, str) pair, got {t!r:.80}")
+    saved = tokenizer.truncation
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
+    try:
+        encodings = tokenizer.encode_batch(items)
+    except Exception as e:  # the Rust side raises a bare Exception
+        raise ValueError(f"cannot truncate to max_length={max_length}: {e}") from e
+    finally:
+        if saved is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(**saved)
+    rows = [(list(e.ids), list(e.type_ids)) for e in encodings]
     width = max((len(r[0]) for r in rows), default=1)
     if pad_to is not None:
         if pad_to < width:

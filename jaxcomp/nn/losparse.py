@@ -318,8 +318,9 @@ def losparse_pruning(
       and, for ``0 < beta2 < 1``, the uncertainty ``U <- beta2 U + (1-beta2)|I - Ibar|``;
       the score is ``Ibar`` (``beta2 == 1``), ``Ibar * U`` (``0 < beta2 < 1``) or
       ``Ibar * |I - Ibar|`` (``beta2 == 0``), as in the reference ``Pruner``;
-    * every ``delta_t`` steps each output neuron (column of ``S``) is scored by its column mean and
-      one global threshold over all ``S`` keeps a ``1 - schedule(t)`` fraction of the ``S``
+    * every ``delta_t`` steps from ``t = delta_t`` on (never before the first importance window
+      has entered the EMA, whatever ``schedule(0)`` is), each output neuron (column of ``S``) is
+      scored by its column mean and one global threshold over all ``S`` keeps a ``1 - schedule(t)`` fraction of the ``S``
       parameters (whole neurons, exact count). The final sparsity is reached at the first
       refresh in the schedule's final phase, so that phase should last at least ``delta_t`` steps;
     * the emitted update of a pruned column is ``-S``, so ``optax.apply_updates`` leaves it exactly
@@ -419,7 +420,11 @@ def losparse_pruning(
         keep_fraction = 1.0 - jnp.asarray(schedule(t), jnp.float32)
         sizes = [int(p_leaves[i].shape[0]) for i in idx]
         fresh = _global_keep(scores, sizes, keep_fraction)
-        keep = tuple(jnp.where(is_window_start, f, k) for f, k in zip(fresh, state.keep))
+        # No refresh before the first window has entered the EMA (t < delta_t): with all-zero
+        # scores the threshold would rank neurons by tree order and prune pretrained residuals
+        # (the reference never masks during warm-up).
+        refresh = is_window_start & (t >= delta_t)
+        keep = tuple(jnp.where(refresh, f, k) for f, k in zip(fresh, state.keep))
         out = list(u_leaves)
         for j, i in enumerate(idx):
             u, p = u_leaves[i], p_leaves[i]
