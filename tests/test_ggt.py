@@ -85,8 +85,26 @@ def test_zero_gradient_gives_zero_update():
         (dict(eps=-1.0), "eps must be finite and > 0, got -1.0"),
         (dict(beta1=1.0), "beta1 must be in \\[0, 1\\), got 1.0"),
         (dict(beta1=-0.1), "beta1 must be in \\[0, 1\\), got -0.1"),
+        (dict(weight_decay=-1e-4), "weight_decay must be .*got -0.0001"),
     ],
 )
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ggt(0.1, **kwargs)
+
+
+def test_decoupled_weight_decay_adds_minus_wd_times_params():
+    rng = np.random.default_rng(4)
+    params = jnp.asarray(rng.normal(size=D), jnp.float32)
+    grads = [jnp.asarray(rng.normal(size=D), jnp.float32) for _ in range(3)]
+    plain, decayed = (
+        ggt(0.3, num_grads=2, eps=1e-3),
+        ggt(0.3, num_grads=2, eps=1e-3, weight_decay=0.01),
+    )
+    s_plain, s_decayed = plain.init(params), decayed.init(params)
+    for g in grads:
+        u_plain, s_plain = plain.update(g, s_plain, params)
+        u_decayed, s_decayed = decayed.update(g, s_decayed, params)
+        np.testing.assert_allclose(u_decayed, u_plain - 0.01 * params, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="needs params"):
+        decayed.update(grads[0], s_decayed)

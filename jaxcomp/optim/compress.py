@@ -132,12 +132,19 @@ def topk_size(fraction: float, d: int) -> int:
 
 
 def _topk_indices(window: TopkWindow) -> jax.Array:
-    """Global int32 coordinates `(m, k)` of the entries of a `TopkWindow`."""
+    """Global int32 coordinates `(m, k)` of the entries of a `TopkWindow`.
+
+    The block of entry `j` of slot `i` is `#{b : block_ends[i, b] <= j}`: a scatter-add of one
+    at each block end followed by a cumulative sum along `k`, O(m (k + d / 2^16)) time and memory.
+    """
     low = window.low.astype(jnp.int32)
+    m, k = low.shape
     if window.block_ends.shape[1] == 1:
         return low
-    pos = jnp.arange(low.shape[1], dtype=jnp.int32)
-    hi = jnp.sum(window.block_ends[:, None, :-1] <= pos[None, :, None], axis=-1, dtype=jnp.int32)
+    ends = jnp.minimum(window.block_ends[:, :-1], k)  # an end at k starts no entry: dropped
+    rows = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[:, None], ends.shape)
+    starts = jnp.zeros((m, k + 1), jnp.int32).at[rows, ends].add(1)
+    hi = jnp.cumsum(starts[:, :k], axis=1, dtype=jnp.int32)
     return hi * _BLOCK + low
 
 
@@ -394,7 +401,8 @@ def init_window_fields(
 ) -> dict[str, Any]:
     """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
 
-    `error` (the error-feedback accumulator) and `momentum` have shape `(0,)` when unused.
+    `error` (the error-feedback accumulator) and `momentum` are `optax.EmptyState()` (no array)
+    when unused, so every state can be checkpointed (orbax refuses zero-size arrays).
     """
     shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
     d = _numel(shapes)
@@ -403,9 +411,9 @@ def init_window_fields(
         count=jnp.zeros((), jnp.int32),
         window=comp.window_init(num_grads, shapes),
         gram=jnp.zeros((num_grads, num_grads), jnp.float32),
-        error=jnp.zeros((0 if compressor is None else d,), jnp.float32),
+        error=optax.EmptyState() if compressor is None else jnp.zeros((d,), jnp.float32),
         compressor_state=comp.init(shapes),
-        momentum=jnp.zeros((d if with_momentum else 0,), jnp.float32),
+        momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
     )
     return replicate_on_params_mesh(fields, params)
 

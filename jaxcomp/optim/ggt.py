@@ -44,9 +44,11 @@ from jaxcomp.optim.compress import (
 from jaxcomp.optim.utils import (
     check_int_at_least,
     check_learning_rate,
+    check_nonnegative,
     check_positive,
     check_unit_interval,
     is_static_zero,
+    ravel_f32,
     resolve_learning_rate,
 )
 
@@ -58,9 +60,9 @@ class GGTState(NamedTuple):
       count: int32 number of steps taken; the next gradient goes to slot `count % r`.
       window: the last `r` (compressed) gradients, format given by the compressor.
       gram: `(r, r)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator (shape `(0,)` without a compressor).
+      error: `(d,)` error-feedback accumulator (`optax.EmptyState()` without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
-      momentum: `(d,)` first-moment buffer (shape `(0,)` when `beta1 == 0`).
+      momentum: `(d,)` first-moment buffer (`optax.EmptyState()` when `beta1 == 0`).
     """
 
     count: jax.Array
@@ -122,6 +124,7 @@ def ggt(
     num_grads: int = 100,
     eps: float = 1e-5,
     beta1: float = 0.0,
+    weight_decay: float = 0.0,
     compressor: Compressor | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
@@ -139,6 +142,8 @@ def ggt(
       num_grads: window size `r >= 1`.
       eps: `eps > 0`, the regulariser added to the square root.
       beta1: momentum of the preconditioned vector, in [0, 1).
+      weight_decay: decoupled weight decay, as in `mfac`: the parameters also move by
+        `-weight_decay * w` (not scaled by the learning rate); needs `params` in `update`.
       compressor: `jaxcomp.optim.topk(...)` or `jaxcomp.optim.lowrank(...)`, or `None`.
 
     Returns:
@@ -148,7 +153,9 @@ def ggt(
     check_learning_rate(learning_rate)
     check_positive("eps", eps)
     check_unit_interval("beta1", beta1)
+    check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(beta1)
+    use_weight_decay = not is_static_zero(weight_decay)
     ops = identity() if compressor is None else compressor
 
     def init_fn(params: Any) -> GGTState:
@@ -157,7 +164,9 @@ def ggt(
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, GGTState]:
-        del params, extra_args
+        del extra_args
+        if use_weight_decay and params is None:
+            raise ValueError("ggt with weight_decay > 0 needs params, got params=None")
         new, slot, shapes, unravel = push_gradient(compressor, updates, state, r)
         combine = lambda w: ops.window_combine(new.window, w, shapes)
         x = new.c
@@ -170,6 +179,9 @@ def ggt(
         new_state = GGTState(
             **next_window_fields(state, new, x if use_momentum else state.momentum)
         )
-        return unravel(-resolve_learning_rate(learning_rate, state.count) * u), new_state
+        step = resolve_learning_rate(learning_rate, state.count) * u
+        if use_weight_decay:
+            step = step + weight_decay * ravel_f32(params)[0]
+        return unravel(-step), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -56,9 +56,9 @@ class MFACState(NamedTuple):
       window: the last `m` (compressed) gradients, format given by the compressor
         (dense: `(m, d)` float32).
       gram: `(m, m)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator `e` (shape `(0,)` without a compressor).
+      error: `(d,)` error-feedback accumulator `e` (`optax.EmptyState()` without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
-      momentum: `(d,)` momentum buffer `v` (shape `(0,)` when `momentum == 0`).
+      momentum: `(d,)` momentum buffer `v` (`optax.EmptyState()` when `momentum == 0`).
     """
 
     count: jax.Array
