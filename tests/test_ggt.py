@@ -108,3 +108,70 @@ def test_decoupled_weight_decay_adds_minus_wd_times_params():
         np.testing.assert_allclose(u_decayed, u_plain - 0.01 * params, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="needs params"):
         decayed.update(grads[0], s_decayed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Windows whose rows differ in norm by many decades, or repeat: float64 SVD references
+# ------------------------------------------------------------------------------------------------
+
+
+def _ref_ggt_row(window, slot, eps):
+    g = np.asarray(window, np.float64)
+    _, s, vt = np.linalg.svd(g, full_matrices=False)
+    c = g[slot]
+    inside = vt.T @ ((vt @ c) / (s + eps))
+    return inside + (c - vt.T @ (vt @ c)) / eps
+
+
+def hard_windows(m=16, d=200):
+    """`{name: (m, d) window}`: a 1e4x spike, norms over 6 decades, a repeated row with norms
+    over 4 decades, a repeated spike."""
+    rng = np.random.default_rng(0)
+    spike = rng.normal(size=(m, d))
+    spike[3] *= 1e4
+    decades = rng.normal(size=(m, d)) * np.logspace(3, -3, m)[:, None]
+    repeated = rng.normal(size=(m, d)) * np.logspace(2, -2, m)[:, None]
+    repeated[2] = repeated[1]
+    repeated_spike = rng.normal(size=(m, d))
+    repeated_spike[1] *= 1e4
+    repeated_spike[2] = repeated_spike[1]
+    return {
+        "spike": spike,
+        "decades": decades,
+        "repeated": repeated,
+        "repeated_spike": repeated_spike,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(hard_windows()))
+def test_row_direction_is_accurate_whatever_the_row_norms(name):
+    from jaxcomp.optim.ggt import window_row_sqrt_direction
+
+    window = hard_windows()[name]
+    g = jnp.asarray(window, jnp.float32)
+    gram = jnp.matmul(g, g.T, precision="highest")
+    combine = lambda w: jnp.matmul(w, g, precision="highest")
+    direction = jax.jit(window_row_sqrt_direction, static_argnums=2)
+    for eps in (1e-5, 1e-2):
+        for slot in range(window.shape[0]):
+            got = np.asarray(direction(gram, slot, combine, eps))
+            want = _ref_ggt_row(window, slot, eps)
+            err = np.linalg.norm(got - want) / np.linalg.norm(want)
+            assert err < 2e-4, (name, eps, slot, err)
+
+
+def test_updates_do_not_freeze_after_a_gradient_spike():
+    # One gradient 1e4x larger, then ordinary ones: every later update keeps its exact size
+    # (~1 for a gradient in the window) instead of collapsing to ~1e-6.
+    rng = np.random.default_rng(1)
+    tx = ggt(1.0, num_grads=32, eps=1e-2)
+    state = tx.init(jnp.zeros(D))
+    step = jax.jit(tx.update)
+    rows = []
+    for t in range(40):
+        g = rng.normal(size=D) * (1e4 if t == 0 else 1.0)
+        rows.append(g)
+        u, state = step(jnp.asarray(g, jnp.float32), state)
+        window = np.stack(rows[-32:])
+        want = -_ref_ggt_row(window, window.shape[0] - 1, 1e-2)
+        np.testing.assert_allclose(np.asarray(u), want, rtol=2e-3, atol=2e-4 * np.abs(want).max())

@@ -324,3 +324,29 @@ def test_every_state_variant_saves_restores_and_continues_exactly(make, tmp_path
         ub, b = step(g, b, params)
         for x, y in zip(jax.tree.leaves((ua, a)), jax.tree.leaves((ub, b))):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", ["spike", "decades", "repeated", "repeated_spike"])
+def test_row_direction_is_accurate_whatever_the_row_norms(name):
+    # the windows of tests/test_ggt.py; damping 1e-6 makes the repeated rows take the fallback
+    from test_ggt import hard_windows  # tests/ is on sys.path
+
+    from jaxcomp.optim.mfac import window_row_direction
+
+    window = hard_windows()[name]
+    m = window.shape[0]
+    g = jnp.asarray(window, jnp.float32)
+    gram = jnp.matmul(g, g.T, precision="highest")
+    combine = lambda w: jnp.matmul(w, g, precision="highest")
+    direction = jax.jit(window_row_direction, static_argnums=2)
+    _, s, vt = np.linalg.svd(window, full_matrices=False)
+    for damping in (1e-6, 1e-2):
+        # F^{-1} c with F = damping I + G^T G / m, for each row c (in the row space)
+        want = [vt.T @ ((vt @ c) / (damping + s**2 / m)) for c in window]
+        typical = np.median([np.linalg.norm(w) for w in want])
+        for slot in range(m):
+            got = np.asarray(direction(gram, slot, combine, damping))
+            err = np.linalg.norm(got - want[slot])
+            # relative to the update, or for a spike row (whose update is ~1e-4 of the others)
+            # to a typical update of this window
+            assert err < 2e-4 * max(np.linalg.norm(want[slot]), typical), (name, damping, slot)

@@ -47,6 +47,7 @@ from jaxcomp.optim.utils import (
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    gram_spectrum,
     is_static_zero,
     ravel_f32,
     resolve_learning_rate,
@@ -85,7 +86,7 @@ def inverse_sqrt_product(
       combine: `w -> G^T w`.
       eps: `eps > 0`.
     """
-    keep, s, vecs = _gram_spectrum(gram)
+    keep, s, vecs = gram_spectrum(gram)
     coeff = jnp.where(keep, -1.0 / (eps * s * (s + eps)), 0.0)
     proj = jnp.matmul(vecs.T, dots, precision=HIGHEST)
     w = jnp.matmul(vecs, coeff * proj, precision=HIGHEST)
@@ -100,22 +101,9 @@ def window_row_sqrt_direction(
     `c` lies in the window's span, so the `1 / eps` orthogonal term vanishes exactly and
     `u = G^T V diag(1 / (s_i + eps)) V^T e_slot` (since `G^T e = U S V^T e`): no cancellation.
     """
-    keep, s, vecs = _gram_spectrum(gram)
+    keep, s, vecs = gram_spectrum(gram)
     coeff = jnp.where(keep, 1.0 / (s + eps), 0.0)
     return combine(jnp.matmul(vecs, coeff * vecs[slot], precision=HIGHEST))
-
-
-def _gram_spectrum(gram: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`(keep, s, V)`: singular values `s` of the window and the Gram eigenvectors `V`.
-
-    `keep` marks the eigenvalues above `r * float32_eps * max eigenvalue`; the others are
-    treated as exact zeros (`s` is 1 there, to stay finite).
-    """
-    r = gram.shape[0]
-    lam, vecs = jnp.linalg.eigh(gram)
-    lam = jnp.maximum(lam, 0.0)
-    keep = lam > r * jnp.finfo(jnp.float32).eps * jnp.max(lam)
-    return keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), vecs
 
 
 def ggt(

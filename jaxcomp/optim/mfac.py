@@ -42,6 +42,7 @@ from jaxcomp.optim.utils import (
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    gram_spectrum,
     is_static_zero,
     ravel_f32,
     resolve_learning_rate,
@@ -103,15 +104,19 @@ def window_row_direction(gram: jax.Array, slot: jax.Array, combine: Any, damping
 
 
 def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Array:
-    """`(gram + shift I)^{-1} rhs`, to be multiplied by `G^T`: Cholesky, or an eigh fallback.
+    """`(gram + shift I)^{-1} rhs`, to be multiplied by `G^T`: Cholesky, or a spectral fallback.
 
     The exact pivots of the Cholesky factor are `>= shift`. When the window is numerically
     rank-deficient (collinear or repeated gradients, `m > d`) and `shift` is below the float32
     rounding level of a row of the Gram matrix (`m * eps * gram_ii`), that row's pivot collapses
     to rounding noise (or NaN) and the solve would be garbage along the null space of `G G^T`
-    (empty, all-zero slots are exact and harmless). Then we solve with
-    the eigendecomposition of the Gram matrix and drop the numerically-null directions `v`, which
-    contribute nothing exactly because `G^T v = 0`. `lax.cond` runs only one branch.
+    (empty, all-zero slots are exact and harmless). Then we solve with the spectrum of the
+    window, `G G^T = U diag(s^2) U^T` from `gram_spectrum` (a semidefinite Cholesky of the
+    Gram matrix scaled to unit diagonal, then an SVD of the factor): each nonzero `s` is
+    resolved relative to its own rows, so a gradient 1e4x smaller than the largest in the window
+    keeps its direction, and only the deflated, numerically-null directions `u` (for which
+    `G^T u = 0` up to rounding relative to the rows they combine) are dropped. `lax.cond` runs
+    only one branch.
     """
     m = gram.shape[0]
     eye = jnp.eye(m, dtype=gram.dtype)
@@ -121,14 +126,13 @@ def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Arra
     row_tol = m * jnp.finfo(jnp.float32).eps * jnp.diagonal(gram)
     pivots = jnp.diagonal(factor) ** 2
     healthy = jnp.all(jnp.isfinite(factor)) & jnp.all((pivots > row_tol) | (shift >= row_tol))
-    tol = jnp.max(row_tol)
 
     def fast() -> jax.Array:
         return cho_solve((factor, True), rhs)
 
     def robust() -> jax.Array:
-        lam, vecs = jnp.linalg.eigh(gram)
-        coeff = jnp.where(lam > tol, 1.0 / (jnp.maximum(lam, 0.0) + shift), 0.0)
+        keep, s, vecs = gram_spectrum(gram)
+        coeff = jnp.where(keep, 1.0 / (s * s + shift), 0.0)
         proj = jnp.matmul(vecs.T, rhs, precision=HIGHEST)
         return jnp.matmul(vecs, coeff * proj, precision=HIGHEST)
 

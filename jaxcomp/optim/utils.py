@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
@@ -158,3 +159,60 @@ def check_learning_rate(value: optax.ScalarOrSchedule) -> None:
     """ValueError if a static learning rate is NaN or infinite (schedules are not checked)."""
     if _is_static_number(value) and not math.isfinite(float(value)):
         raise ValueError(f"learning_rate must be finite, got {value!r}")
+
+
+# Spectrum of a window's Gram matrix (shared by GGT and the M-FAC fallback).
+
+
+def _semidefinite_cholesky(corr: jax.Array, tol: Any) -> jax.Array:
+    """Lower-triangular `L` with `L L^T ~= corr` for a positive *semi*-definite `corr` (unit
+    diagonal): a row whose Schur-complement pivot is `<= tol` is numerically a combination of
+    the rows before it, and its column of `L` is set to zero (deflation) instead of dividing by
+    rounding noise. O(m^3) in a `fori_loop` of `m` steps."""
+    m = corr.shape[0]
+    rows = jnp.arange(m)
+
+    def step(k, low):
+        col = corr[:, k] - jnp.matmul(low, low[k], precision=lax.Precision.HIGHEST)
+        pivot = col[k]
+        ok = pivot > tol
+        col = jnp.where((rows >= k) & ok, col / jnp.sqrt(jnp.where(ok, pivot, 1.0)), 0.0)
+        return low.at[:, k].set(col)
+
+    return lax.fori_loop(0, m, step, jnp.zeros_like(corr))
+
+
+def gram_spectrum(gram: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(keep, s, U)`: singular values `s` of the window and its left singular vectors `U` (the
+    Gram eigenvectors), from the `r x r` Gram matrix alone.
+
+    The eigenvalues of `G G^T` are the squares `s^2`: a float32 `eigh` of the Gram matrix
+    resolves them only to `~eps * s_max^2`, so after one gradient 1e4x larger than the others
+    every other direction would drop below rounding and the update would freeze. Instead the
+    Gram matrix is scaled to unit diagonal (`D = diag(G G^T)`; empty slots become identity
+    rows), Cholesky-factored (`G G^T = L L^T` with `L = D^(1/2) chol(D^(-1/2) G G^T D^(-1/2))`,
+    accurate whatever the row norms), and `s, U` come from the SVD of `L` (rows sorted by norm),
+    which resolves each `s` to float32 precision relative to its own rows, not to `s_max`. When
+    the scaled matrix is numerically singular (repeated or collinear gradients), the factor is
+    computed by a semidefinite Cholesky that deflates the dependent rows
+    (`_semidefinite_cholesky`; `lax.cond`: only that branch pays for it). `keep` marks the
+    `rank` nonzero singular values (rank = rows kept by the factorisation, minus empty slots);
+    the others are treated as exact zeros (`s` is 1 there, to stay finite).
+    """
+    r = gram.shape[0]
+    tol = r * jnp.finfo(jnp.float32).eps
+    diag = jnp.diagonal(gram)
+    empty = diag <= 0.0
+    scale = jnp.sqrt(jnp.where(empty, 1.0, diag))
+    corr = gram / scale[:, None] / scale[None, :]
+    corr = jnp.where(empty[:, None] | empty[None, :], jnp.eye(r, dtype=gram.dtype), corr)
+    factor = jnp.linalg.cholesky(corr)
+    healthy = jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.diagonal(factor) ** 2 > tol)
+    factor = lax.cond(healthy, lambda: factor, lambda: _semidefinite_cholesky(corr, tol))
+    low = jnp.where(empty[:, None], 0.0, scale[:, None] * factor)
+    rank = jnp.sum(jnp.any(factor != 0.0, axis=0) & ~empty)
+    order = jnp.argsort(-jnp.where(empty, -1.0, diag))
+    u_sorted, s, _ = jnp.linalg.svd(low[order], full_matrices=False)
+    vecs = jnp.zeros_like(u_sorted).at[order].set(u_sorted)
+    keep = jnp.arange(r) < rank  # `s` is sorted in descending order
+    return keep, jnp.where(keep, s, 1.0), vecs
