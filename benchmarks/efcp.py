@@ -3,9 +3,15 @@
 ResNet-20-sized parameters (CIFAR ResNet-20 with identity shortcuts, Flax layouts, ~270k
 weights; built directly as a pytree of shapes, no model needed), window m = 1024 (the paper's
 CIFAR setting). Side by side in one run: dense M-FAC, sparse M-FAC with 1% top-k and error
-feedback, low-rank (rank 4, PowerSGD-style) M-FAC. Writes benchmarks/results/efcp.json.
+feedback, low-rank (rank 4, PowerSGD-style) M-FAC. The window is first filled with `m` distinct
+random gradients (a jitted scan of the window update, not timed); every timed step then gets a
+fresh gradient, and the JSON records whether the step's solve ran on the Cholesky path or the
+rank-deficient fallback (the first version cycled through 3 gradients, so the dense window held
+repeated rows and every dense step took the fallback). A second table varies d (2^18..2^22
+timed for top-k, 2^23 compile-only: XLA's memory analysis of the step).
+Writes benchmarks/results/efcp.json.
 
-    python -m benchmarks.efcp [--num_grads 1024] [--steps 8] [--out benchmarks/results/efcp.json]
+    python -m benchmarks.efcp [--num_grads 1024] [--repeats 7] [--out benchmarks/results/efcp.json]
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import os
 import platform
 import statistics
 import time
+from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
-import numpy as np
+import optax
 
 from jaxcomp.optim import lowrank, mfac, state_nbytes, topk
 
@@ -47,37 +55,100 @@ def _params(shapes: dict) -> dict:
     )
 
 
-def _time_steps(tx, params, steps: int, seed: int = 0) -> tuple[float, int, int]:
-    """Median wall time (ms) of a jitted, state-donating `tx.update`; state and window bytes."""
-    rng = np.random.default_rng(seed)
-    leaves, treedef = jax.tree.flatten(params)
-    grads = [
-        jax.tree.unflatten(
-            treedef, [jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in leaves]
-        )
-        for _ in range(3)
-    ]
-    state = jax.jit(tx.init)(params)
+class _Case(NamedTuple):
+    """One M-FAC configuration of the benchmark."""
+
+    tx: optax.GradientTransformationExtraArgs
+    num_grads: int
+    compressor: Any
+    damping: float
+
+
+def _fill_window(case: _Case, params, seed: int):
+    """`tx`'s state after `m` distinct random gradients (window full, Gram and error buffer
+    current), through the library's own window update in one jitted scan."""
+    from jaxcomp.optim.compress import next_window_fields, push_gradient
+
+    tx, m, compressor = case.tx, case.num_grads, case.compressor
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def body(state, key):
+        g = unravel(jax.random.normal(key, flat.shape, jnp.float32))
+        new, _, _, _ = push_gradient(compressor, g, state, m)
+        return type(state)(**next_window_fields(state, new, state.momentum)), None
+
+    keys = jax.random.split(jax.random.key(seed), m)
+    return jax.jit(lambda s: jax.lax.scan(body, s, keys)[0])(jax.jit(tx.init)(params))
+
+
+def _time_steps(case: _Case, params, repeats: int, seed: int = 0) -> dict:
+    """Median wall time (ms) of a jitted, state-donating `tx.update` on a full window, each step
+    with a fresh gradient; state and window bytes; which solve ran."""
+    from jaxcomp.optim.mfac import uses_cholesky
+
+    tx = case.tx
+    state = _fill_window(case, params, seed)
     nbytes, window_bytes = state_nbytes(state), state_nbytes(state.window)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    keys = jax.random.split(jax.random.key(seed + 1), repeats + 1)
+    grads = [jax.block_until_ready(unravel(jax.random.normal(k, flat.shape))) for k in keys]
     update = jax.jit(tx.update, donate_argnums=1)
-    upd, state = update(grads[0], state, params)  # compile
+    upd, state = update(grads[0], state, params)  # compile (+ one step)
     jax.block_until_ready((upd, state))
-    times = []
-    for i in range(steps):
+    times, cholesky = [], []
+    check = jax.jit(lambda s: uses_cholesky(s, case.damping))
+    for g in grads[1:]:
+        cholesky.append(bool(check(state)))
         start = time.perf_counter()
-        upd, state = update(grads[i % 3], state, params)
+        upd, state = update(g, state, params)
         jax.block_until_ready((upd, state))
         times.append((time.perf_counter() - start) * 1e3)
     del state
-    return statistics.median(times), nbytes, window_bytes
+    return {
+        "ms": statistics.median(times),
+        "state_bytes": nbytes,
+        "window_bytes": window_bytes,
+        "solve": "cholesky" if all(cholesky) else f"fallback in {cholesky.count(False)} steps",
+    }
+
+
+def _topk_vs_d(m: int, fraction: float, repeats: int, max_timed: int, compile_only: int) -> list:
+    """Top-k M-FAC step time for flat parameter vectors of size 2^18..2^max_timed, and XLA's
+    memory analysis of the step at 2^compile_only (compiled, never run)."""
+    rows = []
+    for log_d in range(18, compile_only + 1):
+        params = jnp.zeros((1 << log_d,), jnp.float32) if log_d <= max_timed else None
+        case = _mfac(m, topk(fraction))
+        tx = case.tx
+        abstract = jax.ShapeDtypeStruct((1 << log_d,), jnp.float32)
+        state = jax.eval_shape(tx.init, abstract)
+        mem = jax.jit(tx.update, donate_argnums=1).lower(abstract, state, abstract).compile()
+        mem = mem.memory_analysis()
+        row = {
+            "d": 1 << log_d,
+            "state_bytes": state_nbytes(state),
+            "xla_temp_bytes": int(mem.temp_size_in_bytes),
+        }
+        if params is not None:
+            t = _time_steps(case, params, repeats)
+            row.update(step_ms=round(t["ms"], 2), solve=t["solve"])
+        print(f"topk d=2^{log_d}: {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def _mfac(m: int, compressor) -> _Case:
+    return _Case(mfac(1e-3, num_grads=m, damping=1e-4, compressor=compressor), m, compressor, 1e-4)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_grads", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--fraction", type=float, default=0.01)
     parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--max_timed_log_d", type=int, default=22)
+    parser.add_argument("--compile_only_log_d", type=int, default=23)
     parser.add_argument("--out", default="benchmarks/results/efcp.json")
     args = parser.parse_args()
 
@@ -91,12 +162,14 @@ def main() -> None:
         ("topk", topk(args.fraction)),
         ("lowrank", lowrank(args.rank)),
     ):
-        tx = mfac(1e-3, num_grads=m, damping=1e-4, compressor=comp)
-        ms, nbytes, window_bytes = _time_steps(tx, params, args.steps)
-        results[f"{name}_step_ms"] = round(ms, 2)
-        results[f"{name}_state_bytes"] = nbytes
-        results[f"{name}_window_bytes"] = window_bytes
-        print(f"{name:8s} state {nbytes / 2**20:9.2f} MiB   step {ms:8.1f} ms", flush=True)
+        t = _time_steps(_mfac(m, comp), params, args.repeats)
+        results[f"{name}_step_ms"] = round(t["ms"], 2)
+        results[f"{name}_state_bytes"] = t["state_bytes"]
+        results[f"{name}_window_bytes"] = t["window_bytes"]
+        results[f"{name}_solve"] = t["solve"]
+        print(f"{name:8s} state {t['state_bytes'] / 2**20:9.2f} MiB   step {t['ms']:8.1f} ms "
+              f"({t['solve']})", flush=True)  # fmt: skip
+    vs_d = _topk_vs_d(m, args.fraction, args.repeats, args.max_timed_log_d, args.compile_only_log_d)
     load_after = os.getloadavg()
 
     out = {
@@ -112,18 +185,21 @@ def main() -> None:
         ),
         "topk_step_speedup": round(results["dense_step_ms"] / results["topk_step_ms"], 2),
         "lowrank_step_speedup": round(results["dense_step_ms"] / results["lowrank_step_ms"], 2),
+        "topk_vs_d": vs_d,
         "num_params": int(d),
         "num_grads": m,
         "topk_fraction": args.fraction,
         "lowrank_rank": args.rank,
         "damping": 1e-4,
-        "steps_timed": args.steps,
-        "timing": "median wall time of a jitted update with donated state, after compilation",
-        "machine": (
-            f"{platform.machine()} CPU, {os.cpu_count()} cores, jax {jax.__version__}; SHARED with "
-            f"other developers' processes (load average {load_before[0]:.1f} before, "
-            f"{load_after[0]:.1f} after), so compare ratios, not absolute times"
+        "repeats": args.repeats,
+        "timing": (
+            "median wall time of a jitted update with donated state on a full window of m "
+            "distinct gradients, a fresh gradient every step, after compilation"
         ),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, jax {jax.__version__}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "note": os.environ.get("JAXCOMP_BENCH_NOTE", ""),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

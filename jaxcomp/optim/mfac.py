@@ -103,6 +103,25 @@ def window_row_direction(gram: jax.Array, slot: jax.Array, combine: Any, damping
     return m * combine(_solve_shifted_gram(gram, unit, m * damping))
 
 
+def _shifted_cholesky(gram: jax.Array, shift: Any) -> tuple[jax.Array, jax.Array]:
+    """Cholesky factor of `gram + shift I` and whether it is usable (see `_solve_shifted_gram`)."""
+    m = gram.shape[0]
+    factor = jnp.linalg.cholesky(gram + shift * jnp.eye(m, dtype=gram.dtype))
+    # rounding level of row i of the Gram matrix; a pivot below it (and above `shift` only by
+    # noise) means row i is numerically a combination of the rows before it
+    row_tol = m * jnp.finfo(jnp.float32).eps * jnp.diagonal(gram)
+    pivots = jnp.diagonal(factor) ** 2
+    healthy = jnp.all(jnp.isfinite(factor)) & jnp.all((pivots > row_tol) | (shift >= row_tol))
+    return factor, healthy
+
+
+def uses_cholesky(state: MFACState, damping: Any) -> jax.Array:
+    """Whether the next direction from `state`'s window is solved by Cholesky (True) or by the
+    spectral fallback of a numerically rank-deficient window (False); for benchmarks and logs."""
+    gram = state.gram
+    return _shifted_cholesky(gram, gram.shape[0] * damping)[1]
+
+
 def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Array:
     """`(gram + shift I)^{-1} rhs`, to be multiplied by `G^T`: Cholesky, or a spectral fallback.
 
@@ -118,14 +137,7 @@ def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Arra
     `G^T u = 0` up to rounding relative to the rows they combine) are dropped. `lax.cond` runs
     only one branch.
     """
-    m = gram.shape[0]
-    eye = jnp.eye(m, dtype=gram.dtype)
-    factor = jnp.linalg.cholesky(gram + shift * eye)
-    # rounding level of row i of the Gram matrix; a pivot below it (and above `shift` only by
-    # noise) means row i is numerically a combination of the rows before it
-    row_tol = m * jnp.finfo(jnp.float32).eps * jnp.diagonal(gram)
-    pivots = jnp.diagonal(factor) ** 2
-    healthy = jnp.all(jnp.isfinite(factor)) & jnp.all((pivots > row_tol) | (shift >= row_tol))
+    factor, healthy = _shifted_cholesky(gram, shift)
 
     def fast() -> jax.Array:
         return cho_solve((factor, True), rhs)
