@@ -9,7 +9,16 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomp.optim import MFACState, ggt, lowrank, mfac, state_nbytes, topk
+from jaxcomp.optim import (
+    MFACState,
+    ggt,
+    lowrank,
+    mfac,
+    scale_by_ggt,
+    scale_by_mfac,
+    state_nbytes,
+    topk,
+)
 
 SHAPES = {"b": (50,), "w": (10, 15)}  # d = 200; ravel order: "b" then "w"
 D = 200
@@ -350,3 +359,65 @@ def test_row_direction_is_accurate_whatever_the_row_norms(name):
             # relative to the update, or for a spike row (whose update is ~1e-4 of the others)
             # to a typical update of this window
             assert err < 2e-4 * max(np.linalg.norm(want[slot]), typical), (name, damping, slot)
+
+
+@pytest.mark.parametrize("compressor", [None, "topk", "lowrank"])
+@pytest.mark.parametrize("family", ["mfac", "ggt"])
+def test_scale_by_composes_in_optax_chains_and_equals_the_optimizer(family, compressor):
+
+    comp = {None: None, "topk": topk(0.2), "lowrank": lowrank(2)}[compressor]
+    if family == "mfac":
+        full = mfac(0.3, num_grads=3, damping=1e-2, compressor=comp)
+        bare = scale_by_mfac(num_grads=3, damping=1e-2, compressor=comp)
+    else:
+        full = ggt(0.3, num_grads=3, eps=1e-2, beta1=0.5, compressor=comp)
+        bare = scale_by_ggt(num_grads=3, eps=1e-2, beta1=0.5, compressor=comp)
+    chained = optax.chain(bare, optax.scale(-0.3))
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.zeros((6, 5)), "b": jnp.zeros(5)}
+    sa, sb = full.init(params), chained.init(params)
+    for _ in range(5):
+        g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        ua, sa = full.update(g, sa, params)
+        ub, sb = chained.update(g, sb, params)
+        for a, b in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # and with Adam-style momentum after the preconditioner, it trains a quadratic
+    tx = optax.chain(bare, optax.trace(0.9), optax.scale(-0.05))
+    target = jnp.arange(30.0).reshape(6, 5) / 30
+    p = {"w": jnp.zeros((6, 5)), "b": jnp.zeros(5)}
+    loss = lambda p: jnp.sum((p["w"] - target) ** 2) + jnp.sum(p["b"] ** 2)
+    st = tx.init(p)
+    for _ in range(60):
+        u, st = tx.update(jax.grad(loss)(p), st, p)
+        p = optax.apply_updates(p, u)
+    assert loss(p) < 0.1 * loss({"w": jnp.zeros((6, 5)), "b": jnp.zeros(5)})
+
+
+def test_without_error_feedback_the_window_holds_topk_of_each_gradient():
+    d, k = 40, 8
+    tx = mfac(0.1, num_grads=3, damping=1e-2, compressor=topk(k / d), error_feedback=False)
+    with_ef = mfac(0.1, num_grads=3, damping=1e-2, compressor=topk(k / d))
+    rng = np.random.default_rng(6)
+    state, state_ef = tx.init(jnp.zeros(d)), with_ef.init(jnp.zeros(d))
+    assert isinstance(state.error, optax.EmptyState) and state_ef.error.shape == (d,)
+    rows = []
+    for _ in range(3):
+        g = rng.normal(size=d).astype(np.float32)
+        _, state = tx.update(jnp.asarray(g), state)
+        _, state_ef = with_ef.update(jnp.asarray(g), state_ef)
+        keep = np.argsort(-np.abs(g))[:k]
+        row = np.zeros(d, np.float32)
+        row[keep] = g[keep]
+        rows.append(row)
+    from jaxcomp.optim.compress import _topk_indices
+
+    dense = np.zeros((3, d), np.float32)
+    idx = np.asarray(_topk_indices(state.window))
+    for i in range(3):
+        dense[i, idx[i]] = np.asarray(state.window.values[i])
+    np.testing.assert_array_equal(dense, np.stack(rows))
+    # with error feedback the later rows differ (they carry the accumulated error)
+    assert not np.allclose(
+        np.asarray(state_ef.window.values[1:]), np.asarray(state.window.values[1:])
+    )

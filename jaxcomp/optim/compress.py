@@ -375,16 +375,18 @@ def integrate_gradient(
     aux: Any,
     slot: jax.Array,
     shapes: Shapes,
+    feedback: bool = True,
 ) -> Integrated:
     """Write the (error-feedback compressed) gradient into ring-buffer slot `slot`.
 
     The Gram matrix `G G^T` is kept current with one new row/column per step, O(m d) dense or
     O(m k) top-k (M-FAC paper, Frantar et al. 2021, Section 3.2 "dynamic algorithm"; the
     reference's `update_mul`). With `compressor=None` the gradient enters as is and `error` is
-    left untouched.
+    left untouched; with `feedback=False` (the EFCP paper's ablation) `C(g)` enters and the
+    compression error is discarded.
     """
-    if compressor is None:
-        compressor = identity()
+    if compressor is None or not feedback:
+        compressor = identity() if compressor is None else compressor
         payload, c, aux = compressor.compress(g, aux, shapes)
     else:
         payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes)
@@ -397,13 +399,19 @@ def integrate_gradient(
 
 
 def init_window_fields(
-    compressor: Compressor | None, params: Any, num_grads: int, with_momentum: bool
+    compressor: Compressor | None,
+    params: Any,
+    num_grads: int,
+    with_momentum: bool,
+    error_feedback: bool = True,
 ) -> dict[str, Any]:
     """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
 
     `error` (the error-feedback accumulator) and `momentum` are `optax.EmptyState()` (no array)
-    when unused, so every state can be checkpointed (orbax refuses zero-size arrays).
+    when unused (no compressor or `error_feedback=False`; no momentum), so every state can be
+    checkpointed (orbax refuses zero-size arrays).
     """
+    with_error = compressor is not None and error_feedback
     shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
     d = _numel(shapes)
     comp = identity() if compressor is None else compressor
@@ -411,7 +419,7 @@ def init_window_fields(
         count=jnp.zeros((), jnp.int32),
         window=comp.window_init(num_grads, shapes),
         gram=jnp.zeros((num_grads, num_grads), jnp.float32),
-        error=optax.EmptyState() if compressor is None else jnp.zeros((d,), jnp.float32),
+        error=jnp.zeros((d,), jnp.float32) if with_error else optax.EmptyState(),
         compressor_state=comp.init(shapes),
         momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
     )
@@ -419,7 +427,11 @@ def init_window_fields(
 
 
 def push_gradient(
-    compressor: Compressor | None, updates: Any, state: Any, num_grads: int
+    compressor: Compressor | None,
+    updates: Any,
+    state: Any,
+    num_grads: int,
+    error_feedback: bool = True,
 ) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
     """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
     `GGTState`) at slot `count % num_grads`.
@@ -431,7 +443,15 @@ def push_gradient(
     g, unravel = ravel_f32(updates)
     slot = state.count % num_grads
     new = integrate_gradient(
-        compressor, g, state.window, state.gram, state.error, state.compressor_state, slot, shapes
+        compressor,
+        g,
+        state.window,
+        state.gram,
+        state.error,
+        state.compressor_state,
+        slot,
+        shapes,
+        error_feedback,
     )
     return new, slot, shapes, unravel
 

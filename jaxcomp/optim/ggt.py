@@ -114,6 +114,7 @@ def ggt(
     beta1: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
+    error_feedback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
 
@@ -134,20 +135,18 @@ def ggt(
         `-weight_decay * w` (not scaled by the learning rate); needs `params` in `update`.
       compressor: `jaxcomp.optim.topk(...)` or `jaxcomp.optim.lowrank(...)`, or `None`.
 
+      error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
+        the paper's ablation (no error buffer).
+
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
+      `scale_by_ggt` is the bare preconditioner, to compose in `optax.chain`.
     """
     r = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
-    check_positive("eps", eps)
-    check_unit_interval("beta1", beta1)
     check_nonnegative("weight_decay", weight_decay)
-    use_momentum = not is_static_zero(beta1)
     use_weight_decay = not is_static_zero(weight_decay)
-    ops = identity() if compressor is None else compressor
-
-    def init_fn(params: Any) -> GGTState:
-        return GGTState(**init_window_fields(compressor, params, r, use_momentum))
+    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
@@ -155,7 +154,54 @@ def ggt(
         del extra_args
         if use_weight_decay and params is None:
             raise ValueError("ggt with weight_decay > 0 needs params, got params=None")
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r)
+        u, new_state, unravel = direction(updates, state)
+        step = resolve_learning_rate(learning_rate, state.count) * u
+        if use_weight_decay:
+            step = step + weight_decay * ravel_f32(params)[0]
+        return unravel(-step), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_ggt(
+    *,
+    num_grads: int = 100,
+    eps: float = 1e-5,
+    beta1: float = 0.0,
+    compressor: Compressor | None = None,
+    error_feedback: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """The bare GGT preconditioner: the update is `u = (sqrt(G^T G) + eps I)^{-1} x` (no
+    learning rate, no sign), to compose inside `optax.chain`; `ggt(lr, ...)` without weight decay
+    equals `optax.chain(scale_by_ggt(...), optax.scale(-lr))`. `beta1` is the first moment that
+    is *preconditioned* (inside the transform, as GGT's Alg. 1); arguments as in `ggt`.
+    """
+    r = check_int_at_least("num_grads", num_grads, 1)
+    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
+
+    def update_fn(
+        updates: Any, state: GGTState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, GGTState]:
+        del params, extra_args
+        u, new_state, unravel = direction(updates, state)
+        return unravel(u), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _ggt_parts(r: int, eps: Any, beta1: Any, compressor: Compressor | None, error_feedback: bool):
+    """`(init_fn, direction)` shared by `ggt` and `scale_by_ggt`; `direction(updates, state)`
+    pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` flat."""
+    check_positive("eps", eps)
+    check_unit_interval("beta1", beta1)
+    use_momentum = not is_static_zero(beta1)
+    ops = identity() if compressor is None else compressor
+
+    def init_fn(params: Any) -> GGTState:
+        return GGTState(**init_window_fields(compressor, params, r, use_momentum, error_feedback))
+
+    def direction(updates: Any, state: GGTState):
+        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r, error_feedback)
         combine = lambda w: ops.window_combine(new.window, w, shapes)
         x = new.c
         if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
@@ -167,9 +213,6 @@ def ggt(
         new_state = GGTState(
             **next_window_fields(state, new, x if use_momentum else state.momentum)
         )
-        step = resolve_learning_rate(learning_rate, state.count) * u
-        if use_weight_decay:
-            step = step + weight_decay * ravel_f32(params)[0]
-        return unravel(-step), new_state
+        return u, new_state, unravel
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return init_fn, direction

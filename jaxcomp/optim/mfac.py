@@ -159,6 +159,7 @@ def mfac(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
+    error_feedback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC optimizer (Frantar et al. 2021, Alg. 2) with an optional EFCP-compressed window.
 
@@ -188,9 +189,12 @@ def mfac(
       weight_decay: decoupled weight decay; needs `params` in `update`.
       compressor: `jaxcomp.optim.topk(...)` or `jaxcomp.optim.lowrank(...)` for EFCP;
         `None` stores dense gradients.
+      error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
+        the paper's ablation, which stores `C(g)` and drops the rest (no error buffer).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
+      `scale_by_mfac` is the bare preconditioner, to compose in `optax.chain`.
 
     Non-finite gradients: one NaN/inf gradient enters the window, the Gram matrix, the
     error-feedback buffer and the momentum and poisons every later step. Wrap the transform,
@@ -200,15 +204,14 @@ def mfac(
     """
     m = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
-    check_positive("damping", damping)
     check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
     use_weight_decay = not is_static_zero(weight_decay)
-    ops = identity() if compressor is None else compressor
+    direction = _direction_fn(m, damping, compressor, error_feedback)
 
     def init_fn(params: Any) -> MFACState:
-        return MFACState(**init_window_fields(compressor, params, m, use_momentum))
+        return MFACState(**init_window_fields(compressor, params, m, use_momentum, error_feedback))
 
     def update_fn(
         updates: Any, state: MFACState, params: Any = None, **extra_args: Any
@@ -216,10 +219,7 @@ def mfac(
         del extra_args
         if use_weight_decay and params is None:
             raise ValueError("mfac with weight_decay > 0 needs params, got params=None")
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, m)
-        u = window_row_direction(
-            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), damping
-        )
+        u, new, unravel = direction(updates, state)
         v = state.momentum
         if use_momentum:
             v = momentum * v + u
@@ -229,5 +229,49 @@ def mfac(
             step = step + weight_decay * ravel_f32(params)[0]
         new_state = MFACState(**next_window_fields(state, new, v))
         return unravel(-step), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _direction_fn(m: int, damping: Any, compressor: Compressor | None, error_feedback: bool):
+    """`(updates, state) -> (u, integrated, unravel)`: push the gradient into the window and
+    return the flat direction `u = F^{-1} c` (shared by `mfac` and `scale_by_mfac`)."""
+    check_positive("damping", damping)
+    ops = identity() if compressor is None else compressor
+
+    def direction(updates: Any, state: MFACState):
+        new, slot, shapes, unravel = push_gradient(compressor, updates, state, m, error_feedback)
+        u = window_row_direction(
+            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), damping
+        )
+        return u, new, unravel
+
+    return direction
+
+
+def scale_by_mfac(
+    *,
+    num_grads: int = 1024,
+    damping: float = 1e-4,
+    compressor: Compressor | None = None,
+    error_feedback: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """The bare M-FAC preconditioner: the update is `F^{-1} c` (no learning rate, no sign, no
+    momentum), to compose inside `optax.chain`, e.g.
+    `optax.chain(scale_by_mfac(num_grads=512), optax.trace(0.9), optax.scale(-lr))`.
+    `mfac(lr, ...)` with `momentum=0, weight_decay=0` equals
+    `optax.chain(scale_by_mfac(...), optax.scale(-lr))`. Arguments as in `mfac`; the state is an
+    `MFACState` (its `momentum` is `optax.EmptyState()`).
+    """
+    m = check_int_at_least("num_grads", num_grads, 1)
+    direction = _direction_fn(m, damping, compressor, error_feedback)
+
+    def init_fn(params: Any) -> MFACState:
+        return MFACState(**init_window_fields(compressor, params, m, False, error_feedback))
+
+    def update_fn(updates: Any, state: MFACState, params: Any = None, **extra_args: Any):
+        del params, extra_args
+        u, new, unravel = direction(updates, state)
+        return unravel(u), MFACState(**next_window_fields(state, new, state.momentum))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
