@@ -3,7 +3,7 @@
 
 The paper's protocol is 100 episodes x E epochs with 84x84 images; this config is the run that
 fits the shared 2-core machine: 28x28 images, one training run per method and data set (5-way
-5-shot, 5 queries per class) tested at both 1 and 5 shots, 3 epochs of 50 episodes, StepLR
+5-shot, 5 queries per class) tested at both 1 and 5 shots, 2 epochs of 50 episodes, StepLR
 every epoch. Test: 3000 episodes (as the paper), 15 queries per class.
 """
 
