@@ -14,6 +14,7 @@ def get_config():
     c.eval_batches = 2
     c.student_vocab_size = 1000
     c.d_s = 32
+    c.student_heads = 2
     c.student_intermediate = 64
     c.stage1_steps = 3
     c.stage1_batch_size = 4
