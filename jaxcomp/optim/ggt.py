@@ -49,8 +49,7 @@ from jaxcomp.optim.utils import (
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
-    ravel_f32,
-    resolve_learning_rate,
+    scaled_step,
 )
 
 
@@ -145,19 +144,14 @@ def ggt(
     r = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
     check_nonnegative("weight_decay", weight_decay)
-    use_weight_decay = not is_static_zero(weight_decay)
     init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, GGTState]:
         del extra_args
-        if use_weight_decay and params is None:
-            raise ValueError("ggt with weight_decay > 0 needs params, got params=None")
         u, new_state, unravel = direction(updates, state)
-        step = resolve_learning_rate(learning_rate, state.count) * u
-        if use_weight_decay:
-            step = step + weight_decay * ravel_f32(params)[0]
+        step = scaled_step("ggt", learning_rate, state.count, u, weight_decay, params)
         return unravel(-step), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -44,8 +44,7 @@ from jaxcomp.optim.utils import (
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
-    ravel_f32,
-    resolve_learning_rate,
+    scaled_step,
 )
 
 
@@ -207,7 +206,6 @@ def mfac(
     check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
-    use_weight_decay = not is_static_zero(weight_decay)
     direction = _direction_fn(m, damping, compressor, error_feedback)
 
     def init_fn(params: Any) -> MFACState:
@@ -217,16 +215,12 @@ def mfac(
         updates: Any, state: MFACState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, MFACState]:
         del extra_args
-        if use_weight_decay and params is None:
-            raise ValueError("mfac with weight_decay > 0 needs params, got params=None")
         u, new, unravel = direction(updates, state)
         v = state.momentum
         if use_momentum:
             v = momentum * v + u
             u = v
-        step = resolve_learning_rate(learning_rate, state.count) * u
-        if use_weight_decay:
-            step = step + weight_decay * ravel_f32(params)[0]
+        step = scaled_step("mfac", learning_rate, state.count, u, weight_decay, params)
         new_state = MFACState(**next_window_fields(state, new, v))
         return unravel(-step), new_state
 

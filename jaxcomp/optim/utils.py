@@ -161,6 +161,20 @@ def check_learning_rate(value: optax.ScalarOrSchedule) -> None:
         raise ValueError(f"learning_rate must be finite, got {value!r}")
 
 
+def scaled_step(
+    name: str, learning_rate: Any, count: jax.Array, u: jax.Array, weight_decay: Any, params: Any
+) -> jax.Array:
+    """`learning_rate(count) * u + weight_decay * w` (flat; decoupled weight decay not scaled by
+    the learning rate, as EFCP's `DenseMFAC`), shared by `mfac` and `ggt`; `ValueError` naming
+    `name` when weight decay needs `params` and got none."""
+    step = resolve_learning_rate(learning_rate, count) * u
+    if is_static_zero(weight_decay):
+        return step
+    if params is None:
+        raise ValueError(f"{name} with weight_decay > 0 needs params, got params=None")
+    return step + weight_decay * ravel_f32(params)[0]
+
+
 # Spectrum of a window's Gram matrix (shared by GGT and the M-FAC fallback).
 
 
