@@ -37,7 +37,7 @@ from experiments._harness import (
     write_text_atomic,
 )
 from jaxcomp.data import DataStream, batches, load_classification
-from jaxcomp.models import build_classifier
+from jaxcomp.models import SmallCNN, build_classifier
 from jaxcomp.optim import ggt, lowrank, mfac, state_nbytes, topk
 from jaxcomp.pruning import recalibrate_batch_stats
 from jaxcomp.train import (
@@ -55,6 +55,7 @@ LABELS = {
     "adam": "Adam",
     "mfac": "M-FAC dense",
     "mfac_topk": "M-FAC top-k (EF)",
+    "mfac_topk_noef": "M-FAC top-k (no EF)",
     "mfac_lowrank": "M-FAC low-rank (EF)",
     "ggt": "GGT dense",
     "ggt_topk": "GGT top-k (EF)",
@@ -100,6 +101,7 @@ def make_tx(name: str, cfg) -> optax.GradientTransformation:
         compressor = {
             "mfac": None,
             "mfac_topk": topk(cfg.topk_fraction),
+            "mfac_topk_noef": topk(cfg.topk_fraction),
             "mfac_lowrank": lowrank(cfg.rank),
         }[name]
         return mfac(
@@ -109,6 +111,7 @@ def make_tx(name: str, cfg) -> optax.GradientTransformation:
             momentum=cfg.mfac_momentum,
             weight_decay=cfg.weight_decay,
             compressor=compressor,
+            error_feedback=not name.endswith("_noef"),
         )
     if name.startswith("ggt"):
         compressor = {"ggt": None, "ggt_topk": topk(cfg.topk_fraction)}[name]
@@ -130,6 +133,15 @@ def load_data(cfg):
 
 
 def build_model(cfg, images: np.ndarray) -> nnx.Module:
+    if cfg.model == "smallcnn" and "widths" in cfg:  # a SmallCNN of the config's size
+        return SmallCNN(
+            cfg.num_classes,
+            in_channels=images.shape[-1],
+            widths=tuple(cfg.widths),
+            hidden=cfg.hidden,
+            input_hw=images.shape[1:3],
+            rngs=nnx.Rngs(cfg.seed),
+        )
     return build_classifier(
         cfg.model,
         cfg.num_classes,

@@ -27,6 +27,7 @@ EXPERIMENTS = [
     ("simultaneous", "simultaneous_smoke", True),
     ("bvp", "bvp_smoke", False),
     ("efcp", "efcp_smoke", True),
+    ("efcp_fidelity", "efcp_fidelity_smoke", True),
     ("gntp", "gntp_smoke", True),
     ("cocoop", "cocoop_smoke", True),
     ("losparse", "losparse_smoke", True),
