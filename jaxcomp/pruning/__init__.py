@@ -10,12 +10,13 @@ from jaxcomp.pruning.masks import (
     nm_mask,
     topk_mask,
 )
-from jaxcomp.pruning.one_shot import one_shot, recalibrate_batch_stats
+from jaxcomp.pruning.one_shot import calibration_batches, one_shot, recalibrate_batch_stats
 from jaxcomp.pruning.select import default_where, nm_where, path_str, regex_where, select
 from jaxcomp.pruning.stats import sparsity_report
 
 __all__ = [
     "apply_mask",
+    "calibration_batches",
     "channel_mask",
     "channel_scores",
     "check_sparsity",

@@ -1,0 +1,114 @@
+"""CrAM's library pieces against numpy references: BatchNorm tuning, ResNet-20 shortcuts,
+train_classifier's hand-back, fresh dropout in the compressed pass, sparse fine-tuning and
+gradual magnitude pruning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcomp import pruning
+from jaxcomp.models import SmallCNN
+
+# --- 1. BatchNorm tuning (CrAM utils/eval_utils.py:fix_bn_stats) -------------------------------
+
+
+def test_calibration_batches_follow_crams_loader():
+    images = np.arange(5000)[:, None]
+    got = list(pruning.calibration_batches(images, seed=3))
+    assert len(got) == 100  # iterations
+    assert [len(b) for b in got[:16]] == ([128] * 7 + [104]) * 2  # shuffle=True, drop_last=False
+    subset = np.concatenate(got[:8])[:, 0]
+    assert len(np.unique(subset)) == 1000  # one epoch = the 1000-image subset, each once
+    for e in range(12):  # every full epoch is a fresh permutation of the same subset
+        epoch = np.concatenate(got[8 * e : 8 * e + 8])[:, 0]
+        assert sorted(epoch) == sorted(subset)
+        if e:
+            assert not np.array_equal(epoch, np.concatenate(got[8 * e - 8 : 8 * e])[:, 0])
+    assert np.isin(np.concatenate(got[96:])[:, 0], subset).all()  # the half epoch at the end
+    again = list(pruning.calibration_batches(images, seed=3))
+    assert all(np.array_equal(a, b) for a, b in zip(got, again))
+    other = np.concatenate(list(pruning.calibration_batches(images, seed=4))[:8])[:, 0]
+    assert sorted(other) != sorted(subset)
+
+
+def _bn_train(h, bn):
+    mu, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+    return (h - mu) / np.sqrt(var + bn.epsilon) * np.asarray(bn.scale.value) + np.asarray(
+        bn.bias.value
+    )
+
+
+def _numpy_bn_tuning(model, batches, momentum):
+    """Reset, then per batch the PyTorch EMA r <- (1 - m) r + m stat on both BatchNorms, with
+    each layer's input computed in training mode (batch statistics), in float64."""
+    stats = {k: [np.zeros(c), np.ones(c)] for k, c in (("bn1", 4), ("bn2", 8))}
+    for x in batches:
+        h1 = np.asarray(model.conv1(jnp.asarray(x)), np.float64)
+        a1 = nnx.max_pool(
+            jnp.asarray(np.maximum(_bn_train(h1, model.bn1), 0), jnp.float32), (2, 2), (2, 2)
+        )
+        h2 = np.asarray(model.conv2(a1), np.float64)
+        for k, h in (("bn1", h1), ("bn2", h2)):
+            for i, stat in enumerate((h.mean((0, 1, 2)), h.var((0, 1, 2)))):
+                stats[k][i] = (1 - momentum) * stats[k][i] + momentum * stat
+    return stats
+
+
+def _flip(batch, rng):
+    return batch[:, :, ::-1] if rng.random() < 0.5 else batch
+
+
+@pytest.mark.parametrize("source", ["array", "iterable"])
+def test_bn_tuning_is_an_ema_over_crams_batches(source):
+    model = SmallCNN(rngs=nnx.Rngs(0), widths=(4, 8), hidden=16, input_hw=(8, 8))
+    rng = np.random.default_rng(0)
+    images = (rng.random((300, 8, 8, 1)) * np.linspace(0.5, 2.0, 8)[None, :, None, None]).astype(
+        np.float32
+    )
+    kw = dict(calibration_size=200, batch_size=64, iterations=11, seed=1)
+    ref_batches = list(pruning.calibration_batches(images, **kw))
+    aug_rng = np.random.default_rng(1)
+    ref_batches = [_flip(b, aug_rng) for b in ref_batches]
+    ref = _numpy_bn_tuning(model, ref_batches, 0.2)
+    if source == "array":
+        pruning.recalibrate_batch_stats(model, images, momentum=0.2, augment=_flip, **kw)
+    else:  # batches as given, at most `iterations` of them
+        given = list(pruning.calibration_batches(images, **{**kw, "iterations": 15}))
+        pruning.recalibrate_batch_stats(
+            model, iter(given), momentum=0.2, augment=_flip, iterations=11, seed=1
+        )
+    for k in ("bn1", "bn2"):
+        bn = getattr(model, k)
+        np.testing.assert_allclose(bn.mean.value, ref[k][0], rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.var.value, ref[k][1], rtol=2e-4, atol=1e-5)
+    # 11 steps at 0.2 keep 0.8^11 = 8.6% of the reset values: far from the plain average
+    assert np.abs(np.asarray(model.bn1.var.value) - ref_batches[0].var()).max() > 1e-3
+    assert model.bn1.momentum == 0.9 and model.bn1.use_running_average
+
+
+def test_bn_tuning_default_is_crams_100_steps_of_momentum_0_1():
+    model = SmallCNN(rngs=nnx.Rngs(1), widths=(4, 8), hidden=16, input_hw=(8, 8))
+    images = np.random.default_rng(2).random((1200, 8, 8, 1)).astype(np.float32) * 3
+    ref = _numpy_bn_tuning(model, list(pruning.calibration_batches(images)), 0.1)
+    pruning.recalibrate_batch_stats(model, images)
+    np.testing.assert_allclose(model.bn2.mean.value, ref["bn2"][0], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(model.bn2.var.value, ref["bn2"][1], rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "sum"}, "mode must be 'ema' or 'average', got 'sum'"),
+        ({"momentum": 0.0}, r"momentum must be in \(0, 1\], got 0.0"),
+        ({"iterations": 0}, "iterations must be a positive integer, got 0"),
+        ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+        ({"calibration_size": 301}, r"calibration_size must be <= len\(images\) = 300, got 301"),
+    ],
+)
+def test_bn_tuning_bad_input(kwargs, match):
+    model = SmallCNN(rngs=nnx.Rngs(0), widths=(4, 8), hidden=16, input_hw=(8, 8))
+    with pytest.raises(ValueError, match=match):
+        pruning.recalibrate_batch_stats(model, np.zeros((300, 8, 8, 1), np.float32), **kwargs)
+
