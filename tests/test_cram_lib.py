@@ -112,3 +112,65 @@ def test_bn_tuning_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pruning.recalibrate_batch_stats(model, np.zeros((300, 8, 8, 1), np.float32), **kwargs)
 
+
+# --- 2. ResNet-20 shortcuts --------------------------------------------------------------------
+
+
+def _n_params(model):
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _resnet20_count(option_b, classes=10, cin=3):
+    """The parameter count written out layer by layer (conv k*k*in*out, BN 2*c, head)."""
+    conv = lambda k, i, o: k * k * i * o  # noqa: E731
+    n = conv(3, cin, 16) + 2 * 16
+    for i, o in ((16, 16), (16, 32), (32, 64)):
+        n += conv(3, i, o) + conv(3, o, o) + 4 * o  # first block of the stage
+        n += 2 * (2 * conv(3, o, o) + 4 * o)  # two more blocks
+        if option_b and i != o:
+            n += conv(1, i, o) + 2 * o
+    return n + 64 * classes + classes
+
+
+@pytest.mark.parametrize("shortcut, count", [("A", 269_722), ("B", 272_474)])
+def test_resnet20_parameter_counts_and_shapes(shortcut, count):
+    from jaxcomp.models import ResNet20
+
+    model = ResNet20(shortcut=shortcut, rngs=nnx.Rngs(0))
+    assert _n_params(model) == count == _resnet20_count(shortcut == "B")
+    projections = [b for b in model.blocks if b.down_conv is not None]
+    assert len(projections) == (2 if shortcut == "B" else 0)
+    for b in projections:
+        assert b.down_conv.kernel.value.shape[:2] == (1, 1) and b.down_conv.strides == 2
+    model.eval()
+    x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3)), jnp.float32)
+    h = nnx.relu(model.stem_bn(model.stem_conv(x)))
+    shapes = []
+    for blk in model.blocks:
+        h = blk(h)
+        shapes.append(h.shape[1:])
+    assert shapes == [(32, 32, 16)] * 3 + [(16, 16, 32)] * 3 + [(8, 8, 64)] * 3
+    assert model(x).shape == (2, 10)
+    m1 = ResNet20(3, in_channels=1, shortcut=shortcut, rngs=nnx.Rngs(0))
+    assert _n_params(m1) == _resnet20_count(shortcut == "B", 3, 1)
+
+
+def test_resnet20_shortcuts_compute_option_a_and_b():
+    from jaxcomp.models import ResNet20
+
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 16)).astype(np.float32)
+    a = ResNet20(shortcut="A", rngs=nnx.Rngs(0)).blocks[3]  # 16 -> 32, stride 2
+    ref = np.pad(x[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (8, 8)))  # 8 zero channels per side
+    np.testing.assert_array_equal(a.shortcut(jnp.asarray(x)), ref)
+    b = ResNet20(shortcut="B", rngs=nnx.Rngs(0)).blocks[3]
+    b.eval()  # fresh running stats: mean 0, variance 1
+    w = np.asarray(b.down_conv.kernel.value)[0, 0]  # (16, 32)
+    ref = x[:, ::2, ::2] @ w / np.sqrt(1 + 1e-5)
+    np.testing.assert_allclose(b.shortcut(jnp.asarray(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_bad_shortcut():
+    from jaxcomp.models import ResNet20
+
+    with pytest.raises(ValueError, match="shortcut must be 'A' or 'B', got 'C'"):
+        ResNet20(shortcut="C", rngs=nnx.Rngs(0))
