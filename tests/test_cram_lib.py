@@ -174,3 +174,45 @@ def test_resnet_bad_shortcut():
 
     with pytest.raises(ValueError, match="shortcut must be 'A' or 'B', got 'C'"):
         ResNet20(shortcut="C", rngs=nnx.Rngs(0))
+
+
+# --- 3. train_classifier gives the trained state back -----------------------------------------
+
+
+def _digits():
+    from jaxcomp.data import load_digits
+
+    return load_digits("train")
+
+
+def test_train_classifier_hands_the_trained_state_back_to_the_model():
+    import optax
+
+    from jaxcomp.train import classification_loss, make_train_step
+    from jaxcomp.train.recipes import train_classifier
+
+    x, y = _digits()
+    model = SmallCNN(rngs=nnx.Rngs(0), widths=(4, 8), hidden=16, input_hw=(8, 8))
+    kernel0 = model.conv1.kernel.value  # the caller's own buffer
+    init = jax.tree.map(np.array, nnx.as_pure(nnx.state(model)))
+    tx = optax.sgd(0.1, momentum=0.9)
+    graphdef, eval_graphdef, params, state, _ = train_classifier(
+        model, tx, x, y, batch_size=32, num_steps=5, progress=False
+    )
+    assert not kernel0.is_deleted()  # trained on copies
+    np.testing.assert_array_equal(kernel0, init["conv1"]["kernel"])
+    got_p = nnx.as_pure(nnx.state(model, nnx.Param))
+    got_s = nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
+    for a, b in zip(jax.tree.leaves((got_p, got_s)), jax.tree.leaves((params, state))):
+        np.testing.assert_array_equal(a, b)  # the model holds exactly the trained trees
+    assert not np.allclose(got_p["conv1"]["kernel"], init["conv1"]["kernel"])
+    assert not np.allclose(got_s["bn1"]["mean"], init["bn1"]["mean"])
+    model.eval()
+    batch = {"image": jnp.asarray(x[:32]), "label": jnp.asarray(y[:32])}
+    ref = nnx.merge(eval_graphdef, params, state)(batch["image"])
+    np.testing.assert_allclose(model(batch["image"]), ref, rtol=1e-6, atol=1e-6)
+    # the model's buffers are its own: donating the returned trees leaves it usable
+    step = make_train_step(classification_loss(graphdef), tx, donate=True)
+    step(params, state, tx.init(params), batch)
+    assert all(a.is_deleted() for a in jax.tree.leaves(params))  # donation happened
+    np.testing.assert_allclose(model(batch["image"]), ref, rtol=1e-6, atol=1e-6)

@@ -100,8 +100,13 @@ def train_classifier(
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any, list[dict[str, float]]]:
     """Data-parallel training over all devices of all processes (each process loads its share of
     every batch) with ``fit`` (``config`` is the run's identity for resume). Returns
-    ``(graphdef, eval_graphdef, params, model_state, history)``; ``model``'s own arrays are left
-    as they were (the step donates copies)."""
+    ``(graphdef, eval_graphdef, params, model_state, history)``.
+
+    ``model`` is updated in place (NNX semantics) with the trained parameters and model state
+    (BatchNorm statistics, RNG counters) and left in training mode. The step donates its inputs,
+    so it trains on copies of the model's arrays, and the model gets copies of the trained ones:
+    donating the returned trees later (e.g. to a further ``make_train_step``) never deletes the
+    model's arrays, and vice versa."""
     mesh = make_mesh()
     graphdef, eval_graphdef, params, state = split_model(model)
     # split_model's trees share buffers with `model`; the step donates its inputs, so copy them
@@ -136,6 +141,7 @@ def train_classifier(
         force_resume=force_resume,
         nan_policy=nan_policy,
     )
+    nnx.update(model, *jax.tree.map(jnp.copy, (params, state)))
     return graphdef, eval_graphdef, params, state, history
 
 
