@@ -216,3 +216,78 @@ def test_train_classifier_hands_the_trained_state_back_to_the_model():
     step(params, state, tx.init(params), batch)
     assert all(a.is_deleted() for a in jax.tree.leaves(params))  # donation happened
     np.testing.assert_allclose(model(batch["image"]), ref, rtol=1e-6, atol=1e-6)
+
+
+# --- 4. fresh dropout in CrAM's compressed pass ------------------------------------------------
+
+
+class _DropW(nnx.Module):
+    """loss = sum(dropout(w)): the gradient is the dropout mask / keep probability."""
+
+    def __init__(self, rngs):
+        self.w = nnx.Param(jnp.ones((16, 16)))
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return jnp.sum(self.drop(self.w.value)) + 0.0 * jnp.sum(x)
+
+
+def _dropw_loss(graphdef):
+    def loss_fn(params, state, batch):
+        model = nnx.merge(graphdef, params, state)
+        loss = model(batch["image"])
+        return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), {})
+
+    return loss_fn
+
+
+def test_cram_compressed_pass_draws_fresh_dropout_masks():
+    import optax
+
+    from jaxcomp.optim import cram
+    from jaxcomp.train import make_train_step, split_model
+
+    graphdef, _, params, state = split_model(_DropW(nnx.Rngs(dropout=5)))
+    batch = {"image": jnp.zeros((8, 1))}
+    loss_fn = _dropw_loss(graphdef)
+    # w starts at 1 and the step returns w + updates: with an identity transform,
+    # updates = the clean gradient; cram with an identity base, no plus / sparse_grad: the
+    # compressed pass's gradient
+    plain = make_train_step(loss_fn, optax.identity(), donate=False)
+    tx = cram(optax.identity(), rho=0.1, sparsities=(0.5,))
+    comp = make_train_step(loss_fn, tx, donate=False)
+    s_plain, s_cram, opt = state, state, tx.init(params)
+    masks = []
+    for _ in range(2):
+        g_clean, s_plain, _, _ = plain(params, s_plain, optax.identity().init(params), batch)
+        g_comp, s_cram, opt, _ = comp(params, s_cram, opt, batch)
+        for g in (g_clean, g_comp):  # gradient = mask / 0.5 exactly
+            w = np.asarray(g["w"]) - 1.0
+            assert set(np.unique(w)) == {0.0, 2.0} and 60 < (w > 0).sum() < 196
+            masks.append(w > 0)
+        # the extra pass leaves the clean passes' key sequence (and all state) as it was
+        for a, b in zip(jax.tree.leaves(s_plain), jax.tree.leaves(s_cram)):
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(a, b)
+    clean1, comp1, clean2, comp2 = masks
+    assert not np.array_equal(clean1, clean2)  # the clean pass advances its stream
+    for a, b in ((clean1, comp1), (clean2, comp2), (comp1, clean2), (comp1, comp2)):
+        assert 60 < (a != b).sum() < 196  # independent masks differ in about half the entries
+
+
+def test_extra_pass_state_folds_every_key_and_only_keys():
+    from jaxcomp.train import extra_pass_state
+
+    state = {"k": jax.random.key(3), "ks": jax.random.split(jax.random.key(4), 3), "n": 7}
+    out = extra_pass_state(state, 2)
+    assert out["n"] == 7
+    np.testing.assert_array_equal(
+        jax.random.key_data(out["k"]),
+        jax.random.key_data(jax.random.fold_in(jax.random.fold_in(state["k"], 0x43524D), 2)),
+    )
+    for j in range(3):
+        ref = jax.random.fold_in(jax.random.fold_in(state["ks"][j], 0x43524D), 2)
+        np.testing.assert_array_equal(jax.random.key_data(out["ks"][j]), jax.random.key_data(ref))
+    a, b = extra_pass_state(state, None), extra_pass_state(state, 1)
+    assert not np.array_equal(jax.random.key_data(a["k"]), jax.random.key_data(b["k"]))
