@@ -5,6 +5,8 @@ gradual magnitude pruning."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import optax_battery
 import pytest
 from flax import nnx
 
@@ -186,8 +188,6 @@ def _digits():
 
 
 def test_train_classifier_hands_the_trained_state_back_to_the_model():
-    import optax
-
     from jaxcomp.train import classification_loss, make_train_step
     from jaxcomp.train.recipes import train_classifier
 
@@ -242,8 +242,6 @@ def _dropw_loss(graphdef):
 
 
 def test_cram_compressed_pass_draws_fresh_dropout_masks():
-    import optax
-
     from jaxcomp.optim import cram
     from jaxcomp.train import make_train_step, split_model
 
@@ -291,3 +289,120 @@ def test_extra_pass_state_folds_every_key_and_only_keys():
         np.testing.assert_array_equal(jax.random.key_data(out["ks"][j]), jax.random.key_data(ref))
     a, b = extra_pass_state(state, None), extra_pass_state(state, 1)
     assert not np.array_equal(jax.random.key_data(a["k"]), jax.random.key_data(b["k"]))
+
+
+# --- 5. sparse fine-tuning with a fixed mask (CrAM --train_sparse) -----------------------------
+
+
+def _lsq(seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32)
+    params = {
+        "dense": {
+            "kernel": jnp.asarray(rng.standard_normal((16, 8)), dtype),
+            "bias": jnp.asarray(rng.standard_normal(8), dtype),
+        }
+    }
+
+    def loss(p):
+        k, b = p["dense"]["kernel"].astype(jnp.float32), p["dense"]["bias"].astype(jnp.float32)
+        return 0.5 * jnp.mean(jnp.sum((x @ k + b - y) ** 2, -1))
+
+    return params, loss
+
+
+def _train(tx, params, loss, steps, every=None):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    out = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        if every is not None:
+            every(params, state)
+        out.append(params)
+    return params, state, out
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sparse_finetune_keeps_exact_sparsity_through_adamw(dtype):
+    from jaxcomp.optim import sparse_finetune
+
+    params, loss = _lsq(0, dtype)
+    _, mask = pruning.one_shot(params, 0.75)
+    pruned = mask["dense"]["kernel"]
+    assert int((~pruned).sum()) == 96 and bool(mask["dense"]["bias"].all())
+    adamw = optax.adamw(0.05, weight_decay=0.1)
+
+    def check(p, _):
+        k = np.asarray(p["dense"]["kernel"].astype(jnp.float32))
+        assert (k[~np.asarray(pruned)] == 0).all()  # exactly zero, every step
+        assert (k[np.asarray(pruned)] != 0).all()
+
+    # from dense params: the first step zeroes the pruned weights, then they stay 0
+    final, _, _ = _train(sparse_finetune(adamw, mask), params, loss, 150, check)
+    assert float(loss(final)) < 0.6 * float(loss(pruning.apply_mask(params, mask)))
+    if dtype != jnp.float32:
+        return
+    # from pruned params, the kept weights follow adamw on the masked gradient
+    start = pruning.apply_mask(params, mask)
+    ours, _, _ = _train(sparse_finetune(adamw, mask), start, loss, 150)
+
+    def masked_loss(p):
+        return loss(pruning.apply_mask(p, mask))  # gradient of pruned weights = 0
+
+    ref, _, _ = _train(adamw, start, masked_loss, 150)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_sparse_finetune_bad_input():
+    from jaxcomp.optim import sparse_finetune
+
+    params, loss = _lsq()
+    with pytest.raises(ValueError, match="mask leaves must be bool, got dtype float32"):
+        sparse_finetune(optax.sgd(0.1), jax.tree.map(jnp.ones_like, params))
+    bad = {"dense": {"kernel": jnp.ones((16, 8), bool)}}
+    with pytest.raises(ValueError, match="mask must have the tree structure of params"):
+        sparse_finetune(optax.sgd(0.1), bad).init(params)
+    short = {"dense": {"kernel": jnp.ones((8, 8), bool), "bias": jnp.ones(8, bool)}}
+    with pytest.raises(ValueError, match=r"'dense/kernel' has shape \(8, 8\)"):
+        sparse_finetune(optax.sgd(0.1), short).init(params)
+    tx = sparse_finetune(optax.sgd(0.1), pruning.one_shot(params, 0.5)[1])
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(jax.grad(loss)(params), tx.init(params))
+
+
+def _battery_mask():
+    params, _ = optax_battery.problem()
+    return pruning.one_shot(params, 0.6)[1]
+
+
+def _sparse_finetune_factory(learning_rate):
+    from jaxcomp.optim import sparse_finetune
+
+    return sparse_finetune(optax.adamw(learning_rate, weight_decay=0.01), _battery_mask())
+
+
+def _gmp_factory(learning_rate):
+    from jaxcomp.optim import gmp
+
+    return gmp(
+        optax.sgd(learning_rate, momentum=0.9),
+        final_sparsity=0.8,
+        begin_step=1,
+        end_step=3,
+        update_every=1,
+        distribution="erk",
+    )
+
+
+@pytest.mark.parametrize("factory", [_sparse_finetune_factory, _gmp_factory])
+@pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
+def test_battery(check, factory):
+    assert check(factory, {"learning_rate": 0.05})

@@ -1,6 +1,7 @@
 """Compression operators on params pytrees (no training state)."""
 
 from jaxcomp.pruning import schedules
+from jaxcomp.pruning.distributions import distribution_mask, erk_densities
 from jaxcomp.pruning.masks import (
     apply_mask,
     channel_mask,
@@ -21,6 +22,8 @@ __all__ = [
     "channel_scores",
     "check_sparsity",
     "default_where",
+    "distribution_mask",
+    "erk_densities",
     "keep_count",
     "nm_mask",
     "nm_where",
