@@ -406,3 +406,161 @@ def _gmp_factory(learning_rate):
 @pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
 def test_battery(check, factory):
     assert check(factory, {"learning_rate": 0.05})
+
+
+# --- 6. gradual magnitude pruning ---------------------------------------------------------------
+
+
+def _np_erk(shapes, s):
+    """RigL's loop (sparse_utils.get_sparsities_erdos_renyi) in float64, without rounding."""
+    n = np.array([np.prod(sh) for sh in shapes], np.float64)
+    p = np.array([np.sum(sh) / np.prod(sh) for sh in shapes], np.float64)
+    dense = np.zeros(len(shapes), bool)
+    while True:
+        eps = ((1 - s) * n.sum() - n[dense].sum()) / (p[~dense] * n[~dense]).sum()
+        if (eps * p[~dense]).max() <= 1:
+            break
+        dense |= (~dense) & (p == p[~dense].max())
+    return np.where(dense, 1.0, eps * p)
+
+
+SHAPES = [(3, 3, 3, 16), (3, 3, 16, 16), (3, 3, 16, 32), (1, 1, 16, 32), (64, 10), (10, 6)]
+
+
+@pytest.mark.parametrize("s", [0.0, 0.3, 0.5, 0.8, 0.9, 0.98])
+def test_erk_densities_match_rigl(s):
+    ref = _np_erk(SHAPES, s)
+    got = np.asarray(pruning.erk_densities(SHAPES, s))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    jitted = np.asarray(jax.jit(lambda x: pruning.erk_densities(SHAPES, x))(s))  # traced s
+    np.testing.assert_allclose(jitted, ref, rtol=1e-5, atol=1e-6)
+    n = np.array([np.prod(sh) for sh in SHAPES])
+    assert (got <= 1 + 1e-6).all()
+    np.testing.assert_allclose((got * n).sum(), (1 - s) * n.sum(), rtol=1e-5)
+    if s in (0.3, 0.5):  # the small layers (largest p) are dense there
+        assert got[-1] == 1.0 and got[0] == 1.0 and got[2] < 1.0
+
+
+def test_erk_tied_layers_become_dense_together():
+    shapes = [(4, 4), (4, 4), (100, 100)]
+    got = np.asarray(pruning.erk_densities(shapes, 0.5))
+    np.testing.assert_allclose(got, _np_erk(shapes, 0.5), rtol=1e-5)
+    assert got[0] == got[1] == 1.0
+
+
+def _gmp_ref(t, si, sf, t0, t1, dt):
+    if t < t0:
+        return 0.0
+    tk = min(t0 + ((t - t0) // dt) * dt, t1)
+    return sf + (si - sf) * (1 - (tk - t0) / (t1 - t0)) ** 3
+
+
+def test_gmp_schedule_is_zhu_gupta():
+    from jaxcomp.optim import gmp_sparsity
+
+    kw = dict(initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=70, update_every=6)
+    f = jax.jit(lambda t: gmp_sparsity(t, **kw))
+    got = [float(f(t)) for t in range(100)]
+    ref = [_gmp_ref(t, 0.1, 0.9, 10, 70, 6) for t in range(100)]
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    assert got[9] == 0.0 and got[10] == pytest.approx(0.1) and got[70] == pytest.approx(0.9)
+    assert got[11] == got[15] == got[10] and got[16] > got[15]  # held between pruning steps
+    assert got[99] == got[70]
+
+
+def _gmp_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    params = {
+        "conv": {"kernel": rng.standard_normal((3, 3, 4, 8)), "bias": rng.standard_normal(8)},
+        "fc1": {"kernel": rng.standard_normal((32, 10))},
+        "fc2": {"kernel": rng.standard_normal((10, 6))},
+    }
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    targets = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape), jnp.float32), params)
+
+    def loss(p):  # pulls every weight, pruned ones included, towards a dense target
+        return 0.5 * sum(
+            jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(targets))
+        )
+
+    return params, loss
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "global", "erk"])
+def test_gmp_exact_sparsity_through_adamw(distribution):
+    from jaxcomp.optim import gmp
+
+    params, loss = _gmp_problem()
+    kernels = ("conv", "fc1", "fc2")
+    sizes = {k: int(params[k]["kernel"].size) for k in kernels}
+    shapes = [params[k]["kernel"].shape for k in kernels]
+    kw = dict(initial_sparsity=0.2, final_sparsity=0.9, begin_step=2, end_step=14, update_every=3)
+    tx = gmp(optax.adamw(0.05, weight_decay=0.1), distribution=distribution, **kw)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    seen = set()
+    for t in range(20):
+        before = params
+        params, state = step(params, state)
+        s = float(state.sparsity)
+        assert s == pytest.approx(_gmp_ref(t, 0.2, 0.9, 2, 14, 3), rel=1e-6, abs=1e-7)
+        seen.add(round(s, 6))
+        zeros = {k: int((np.asarray(params[k]["kernel"]) == 0).sum()) for k in kernels}
+        for k in kernels:  # the zeros are exactly the mask's pruned entries
+            np.testing.assert_array_equal(
+                np.asarray(params[k]["kernel"]) == 0, ~np.asarray(state.mask[k]["kernel"])
+            )
+        assert (np.asarray(params["conv"]["bias"]) != 0).all()
+        if distribution == "global":
+            n = sum(sizes.values())
+            assert sum(zeros.values()) == n - pruning.keep_count(n, state.sparsity)
+        elif distribution == "uniform":
+            for k in kernels:
+                assert zeros[k] == sizes[k] - pruning.keep_count(sizes[k], state.sparsity)
+        else:
+            dens = np.asarray(pruning.erk_densities(shapes, state.sparsity))
+            np.testing.assert_allclose(dens, _np_erk(shapes, s), rtol=1e-5, atol=1e-6)
+            for k, d in zip(kernels, dens):
+                assert zeros[k] == sizes[k] - pruning.keep_count(sizes[k], 1.0 - d)
+        if t >= 2 and (t - 2) % 3 == 0 and t <= 14 and distribution == "global":
+            # a pruning step keeps the largest magnitudes of the weights it saw
+            w = np.concatenate([np.abs(np.asarray(before[k]["kernel"])).ravel() for k in kernels])
+            m = np.concatenate([np.asarray(state.mask[k]["kernel"]).ravel() for k in kernels])
+            assert w[m].min() >= w[~m].max()
+    assert len(seen) == 6  # 0 before t0, then 5 distinct levels up to 0.9
+    total = sum(sizes.values())
+    assert sum(zeros.values()) / total == pytest.approx(0.9, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"update_every": 5}, "multiple of update_every, got end_step=14, begin_step=2"),
+        ({"update_every": 0}, "update_every must be an integer >= 1, got 0"),
+        ({"end_step": 2}, "end_step must be an integer >= 3, got 2"),
+        ({"final_sparsity": 1.0}, r"final_sparsity must be in \[0, 1\), got 1.0"),
+        ({"initial_sparsity": -0.1}, r"initial_sparsity must be in \[0, 1\), got -0.1"),
+        ({"distribution": "random"}, "distribution must be 'uniform', 'global' or 'erk'"),
+    ],
+)
+def test_gmp_bad_input(kwargs, match):
+    from jaxcomp.optim import gmp
+
+    kw = dict(final_sparsity=0.9, begin_step=2, end_step=14, update_every=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        gmp(optax.sgd(0.1), **kw)
+
+
+def test_distribution_bad_input():
+    params, _ = _gmp_problem()
+    with pytest.raises(ValueError, match="distribution must be .* got 'random'"):
+        pruning.distribution_mask(params, 0.5, "random")
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1.5"):
+        pruning.erk_densities([(3, 3)], 1.5)
+    with pytest.raises(ValueError, match=r"got \(0, 3\)"):
+        pruning.erk_densities([(0, 3)], 0.5)
