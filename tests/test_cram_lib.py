@@ -564,3 +564,131 @@ def test_distribution_bad_input():
         pruning.erk_densities([(3, 3)], 1.5)
     with pytest.raises(ValueError, match=r"got \(0, 3\)"):
         pruning.erk_densities([(0, 3)], 0.5)
+
+
+# --- 7. structured CrAM and the periodic mask refresh (TopkCrAMPeriod) -------------------------
+
+RHO = 0.3
+
+
+def _np_topk_kernel(w, s):
+    k = pruning.keep_count(w.size, s)
+    keep = np.zeros(w.size, bool)
+    keep[np.argsort(-np.abs(w).ravel(), kind="stable")[:k]] = True
+    return keep.reshape(w.shape)
+
+
+def _np_channels(w, s):
+    score = np.abs(w).mean(0)  # mean |w| of every output channel (last axis)
+    keep = np.zeros(score.size, bool)
+    keep[np.argsort(-score, kind="stable")[: pruning.keep_count(score.size, s)]] = True
+    return np.broadcast_to(keep, w.shape)
+
+
+def _cram_by_hand(params, loss, keep):
+    """CrAM+ with sparse_grad, given the kernel mask ``keep(theta_kernel)``."""
+    g = jax.grad(loss)(params)
+    theta = jax.tree.map(lambda p, gg: p + RHO * gg, params, g)
+    mask = keep(np.asarray(theta["dense"]["kernel"]))
+    masked = {
+        "dense": {
+            "kernel": jnp.where(mask, theta["dense"]["kernel"], 0.0),
+            "bias": theta["dense"]["bias"],
+        }
+    }
+    gh = jax.grad(loss)(masked)
+    gh["dense"]["kernel"] = jnp.where(mask, gh["dense"]["kernel"], 0.0)
+    return jax.tree.map(lambda a, b: a + b, gh, g), mask
+
+
+@pytest.mark.parametrize("s", [0.5, 0.75])
+def test_channel_cram_matches_hand_formula(s):
+    from jaxcomp.optim import cram
+
+    params, loss = _lsq(3)
+    tx = cram(
+        optax.sgd(1.0), rho=RHO, sparsities=(s,), compression="channel", plus=True, sparse_grad=True
+    )
+    grad_fn = jax.grad(loss)
+    updates, state = jax.jit(lambda g, st, p: tx.update(g, st, p, grad_fn=grad_fn))(
+        grad_fn(params), tx.init(params), params
+    )
+    ref, mask = _cram_by_hand(params, loss, lambda w: _np_channels(w, s))
+    assert mask[0].sum() == pruning.keep_count(8, s) == {0.5: 4, 0.75: 2}[s]  # kept channels
+    for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(u, -np.asarray(r), rtol=1e-4, atol=1e-6)
+    pruned_cols = ~mask[0]
+    assert np.all(
+        np.asarray(updates["dense"]["kernel"])[:, pruned_cols]
+        == -np.asarray(jax.grad(loss)(params)["dense"]["kernel"])[:, pruned_cols]
+    )
+
+
+def test_periodic_cram_reuses_each_levels_mask_between_refreshes():
+    from jaxcomp.optim import cram
+
+    params, loss = _lsq(4)
+    levels, every, lr = (0.5, 0.8), 3, 0.05
+    tx = cram(
+        optax.sgd(lr),
+        rho=RHO,
+        sparsities=levels,
+        plus=True,
+        sparse_grad=True,
+        mask_every=every,
+        seed=1,
+    )
+    grad_fn = jax.grad(loss)
+
+    @jax.jit
+    def step(p, st):
+        u, st = tx.update(grad_fn(p), st, p, grad_fn=grad_fn)
+        return optax.apply_updates(p, u), u, st
+
+    state = tx.init(params)
+    counts, stored, reused_differs = [0, 0], [None, None], 0
+    for _ in range(30):
+        new_params, updates, state = step(params, state)
+        i = int(state.level)
+        theta_k = np.asarray(params["dense"]["kernel"] + RHO * grad_fn(params)["dense"]["kernel"])
+        fresh = _np_topk_kernel(theta_k, levels[i])
+        if counts[i] % every == 0:
+            stored[i] = fresh
+        else:
+            reused_differs += int(not np.array_equal(stored[i], fresh))
+        counts[i] += 1
+        ref, _ = _cram_by_hand(params, loss, lambda w, m=stored[i]: m)
+        for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(u, -lr * np.asarray(r), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(state.mask_steps), counts)
+        np.testing.assert_array_equal(np.asarray(state.masks["dense"]["kernel"][i]), stored[i])
+        params = new_params
+    assert min(counts) >= 6 and reused_differs > 0  # a stale mask was really used
+    assert step._cache_size() == 1
+
+
+def test_cram_new_options_bad_input():
+    from jaxcomp.optim import cram
+
+    with pytest.raises(ValueError, match="mask_every must be an integer >= 1, got 0"):
+        cram(optax.sgd(0.1), rho=0.1, mask_every=0)
+    with pytest.raises(ValueError, match="'global', 'layer', 'nm' or 'channel', got 'rows'"):
+        cram(optax.sgd(0.1), rho=0.1, compression="rows")
+
+
+def _periodic_cram_factory(rho):
+    from jaxcomp.optim import cram
+
+    return cram(
+        optax.sgd(0.05, momentum=0.9),
+        rho=rho,
+        sparsities=(0.5, 0.8),
+        plus=True,
+        sparse_grad=True,
+        mask_every=2,
+    )
+
+
+@pytest.mark.parametrize("check", optax_battery.CHECKS, ids=lambda c: c.__name__)
+def test_periodic_cram_battery(check):
+    assert check(_periodic_cram_factory, {"rho": 0.05})
