@@ -163,7 +163,7 @@ def test_accuracy(eval_graphdef, params, model_state, train, test, cfg) -> tuple
     model = nnx.merge(eval_graphdef, params, model_state)
     calib = batches(*train, cfg.batch_size, seed=cfg.seed, epoch=10_000)
     images = (b["image"] for _, b in zip(range(cfg.bn_images // cfg.batch_size), calib))
-    recalibrate_batch_stats(model, images)
+    recalibrate_batch_stats(model, images, mode="average")
     _, eval_gd, params_bn, state_bn = split_model(model)
     return raw, evaluate(eval_gd, params_bn, state_bn, test_batches())["accuracy"]
 

@@ -181,7 +181,7 @@ def test_recalibrate_batch_stats_equals_average_of_batch_stats():
     model = SmallCNN(rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     batches = [jnp.asarray(rng.random((16, 28, 28, 1), np.float32) * (i + 1)) for i in range(3)]
-    pruning.recalibrate_batch_stats(model, batches)
+    pruning.recalibrate_batch_stats(model, batches, mode="average")
     # Reference: bn1's running mean = average over batches of conv1 outputs' per-channel means.
     means = [model.conv1(x).mean(axis=(0, 1, 2)) for x in batches]
     np.testing.assert_allclose(model.bn1.mean.value, np.mean(means, axis=0), rtol=1e-4, atol=1e-5)

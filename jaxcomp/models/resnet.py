@@ -35,7 +35,13 @@ _bn = partial(nnx.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
 class BasicBlock(nnx.Module):
-    """Two 3x3 convs with a residual connection (He et al. 2016, Fig. 2 left)."""
+    """Two 3x3 convs with a residual connection (He et al. 2016, Fig. 2 left).
+
+    When the block changes the resolution or width, its shortcut is ``option="A"`` (He et al.
+    Sec. 4.2: the input subsampled by ``stride`` and zero-padded to ``cout`` channels, half the
+    padding on each side; no parameters) or ``option="B"`` (Sec. 3.3: a strided 1x1 conv +
+    BatchNorm projection, the ``downsample`` of CrAM's ``models/resnet_cifar10.py``).
+    """
 
     expansion = 1
 
@@ -114,6 +120,8 @@ class ResNet(nnx.Module):
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.stem_kind = stem
         if stem == "cifar":
             self.stem_conv = _conv(in_channels, widths[0], 3, rngs=rngs)
@@ -154,9 +162,16 @@ class ResNet(nnx.Module):
         return self.head(self.features(x))
 
 
-def ResNet20(num_classes: int = 10, *, in_channels: int = 3, rngs: nnx.Rngs) -> ResNet:
-    """CIFAR ResNet-20: 3 stages x 3 basic blocks, widths 16/32/64, ~0.27M parameters, with
-    option-A (parameter-free) shortcuts as in He et al. 2016 Sec. 4.2 and the CrAM code."""
+def ResNet20(
+    num_classes: int = 10, *, in_channels: int = 3, shortcut: str = "A", rngs: nnx.Rngs
+) -> ResNet:
+    """CIFAR ResNet-20 (He et al. 2016, Sec. 4.2): 3 stages x 3 basic blocks, widths 16/32/64.
+
+    ``shortcut="A"`` (the paper's CIFAR choice): parameter-free subsample + zero-pad shortcuts,
+    269,722 parameters for 10 classes. ``shortcut="B"``: 1x1 conv + BatchNorm projections where
+    the shape changes, 272,474 parameters; this is the ResNet-20 of the CrAM code
+    (``models/resnet_cifar10.py``), which its CIFAR-10 configs train.
+    """
     return ResNet(
         BasicBlock,
         (3, 3, 3),
@@ -164,7 +179,7 @@ def ResNet20(num_classes: int = 10, *, in_channels: int = 3, rngs: nnx.Rngs) -> 
         num_classes,
         in_channels=in_channels,
         stem="cifar",
-        shortcut="A",
+        shortcut=shortcut,
         rngs=rngs,
     )
 
@@ -235,9 +250,11 @@ def build_classifier(
     in_channels: int,
     input_hw: tuple[int, int],
     batch_norm: bool = True,
+    shortcut: str = "A",
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """A classifier by name: ``smallcnn``, ``resnet20``, ``resnet18`` or ``resnet50``."""
+    """A classifier by name: ``smallcnn``, ``resnet20``, ``resnet18`` or ``resnet50``
+    (``shortcut`` "A" or "B": ResNet-20's, see ``ResNet20``)."""
     if name == "smallcnn":
         return SmallCNN(
             num_classes,
@@ -249,4 +266,6 @@ def build_classifier(
     factories = {"resnet20": ResNet20, "resnet18": ResNet18, "resnet50": ResNet50}
     if name not in factories:
         raise ValueError(f"unknown model {name!r}; known: smallcnn, {', '.join(factories)}")
+    if name == "resnet20":
+        return ResNet20(num_classes, in_channels=in_channels, shortcut=shortcut, rngs=rngs)
     return factories[name](num_classes, in_channels=in_channels, rngs=rngs)

@@ -100,8 +100,13 @@ def train_classifier(
 ) -> tuple[nnx.GraphDef, nnx.GraphDef, Any, Any, list[dict[str, float]]]:
     """Data-parallel training over all devices of all processes (each process loads its share of
     every batch) with ``fit`` (``config`` is the run's identity for resume). Returns
-    ``(graphdef, eval_graphdef, params, model_state, history)``; ``model``'s own arrays are left
-    as they were (the step donates copies)."""
+    ``(graphdef, eval_graphdef, params, model_state, history)``.
+
+    ``model`` is updated in place (NNX semantics) with the trained parameters and model state
+    (BatchNorm statistics, RNG counters) and left in training mode. The step donates its inputs,
+    so it trains on copies of the model's arrays, and the model gets copies of the trained ones:
+    donating the returned trees later (e.g. to a further ``make_train_step``) never deletes the
+    model's arrays, and vice versa."""
     mesh = make_mesh()
     graphdef, eval_graphdef, params, state = split_model(model)
     # split_model's trees share buffers with `model`; the step donates its inputs, so copy them
@@ -136,12 +141,20 @@ def train_classifier(
         force_resume=force_resume,
         nan_policy=nan_policy,
     )
+    nnx.update(model, *jax.tree.map(jnp.copy, (params, state)))
     return graphdef, eval_graphdef, params, state, history
 
 
 def _has_batchnorm(graphdef: nnx.GraphDef, params: Any, state: Any) -> bool:
     model = nnx.merge(graphdef, params, state)
     return any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(model))
+
+
+def _call_on_float(model: nnx.Module, images: jax.Array) -> jax.Array:
+    """The model on images scaled as ``DataStream`` scales them (uint8 -> [0, 1])."""
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) * (1.0 / 255.0)
+    return model(images)
 
 
 def one_shot_sweep(
@@ -157,15 +170,19 @@ def one_shot_sweep(
     method: str = "global",
     calibration_images: int = 1000,
     batch_size: int = 128,
+    bn_mode: str = "ema",
+    bn_iterations: int = 100,
+    bn_augment: Any = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Dense accuracy, then one-shot magnitude pruning at every level (``method`` global/layer)
     and every N:M pattern (layers whose input dimension ``m`` does not divide stay dense), each
-    followed by a BatchNorm reset on ``calibration_images`` training
-    images (CrAM's "BN reset") when the model has BatchNorm. Rows:
+    followed, when the model has BatchNorm, by CrAM's BatchNorm tuning
+    (``recalibrate_batch_stats``: ``bn_iterations`` shuffled batches of ``batch_size`` from
+    ``calibration_images`` random training images, ``bn_mode`` "ema" with momentum 0.1 or
+    "average", ``bn_augment(batch, rng)`` on each batch). Rows:
     ``{"compression", "sparsity", "accuracy", "loss"}``."""
-    x_cal, y_cal = calibration
-    cal_idx = np.random.default_rng(seed).permutation(len(x_cal))[:calibration_images]
+    x_cal, _ = calibration
     has_bn = _has_batchnorm(graphdef, params, model_state)
 
     def run(name, pruned):
@@ -174,10 +191,14 @@ def one_shot_sweep(
             model = nnx.merge(graphdef, pruned, model_state)
             recalibrate_batch_stats(
                 model,
-                (
-                    b["image"]
-                    for b in batches(x_cal[cal_idx], y_cal[cal_idx], batch_size, shuffle=False)
-                ),
+                x_cal,
+                mode=bn_mode,
+                iterations=bn_iterations,
+                batch_size=batch_size,
+                calibration_size=min(calibration_images, len(x_cal)),
+                augment=bn_augment,
+                seed=seed,
+                call=_call_on_float,
             )
             state = nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param)))
         res = evaluate(eval_graphdef, pruned, state, batches(*test, 500, shuffle=False))

@@ -10,7 +10,10 @@ BatchNorm and extra gradient passes: ``make_train_step`` differentiates the loss
 optimizer ``grad_fn = lambda p: grad(loss_fn)(p, model_state, batch)``, which *discards* the model
 state it computes. A transform that needs extra passes on the same batch (CrAM's compressed pass,
 SAM-like methods) calls ``grad_fn``; its forward pass runs in training mode (batch statistics) but
-can never move the running BatchNorm statistics, with no special case anywhere.
+can never move the running BatchNorm statistics, with no special case anywhere. Its dropout
+masks are fresh: every PRNG key in ``model_state`` is first folded with a tag and the inner step
+``i`` (``extra_pass_state``), so the extra pass never repeats the clean pass's masks, nor those of
+any later clean pass (the clean passes' key sequence is the same with or without extra passes).
 """
 
 from __future__ import annotations
@@ -63,6 +66,35 @@ def shard_train_state(
     return put(params, p_sh), put(model_state, s_sh), put(opt_state, o_sh), shardings
 
 
+#: Folded into every PRNG key of the model state for the extra passes of ``grad_fn``.
+EXTRA_PASS_TAG = 0x43524D  # "CRM"
+
+
+def _fold_key(key: jax.Array, data: Any) -> jax.Array:
+    if key.ndim == 0:
+        return jax.random.fold_in(key, data)
+    flat = jax.vmap(lambda k: jax.random.fold_in(k, data))(key.reshape(-1))
+    return flat.reshape(key.shape)
+
+
+def extra_pass_state(model_state: Any, i: Any = None) -> Any:
+    """``model_state`` with every typed PRNG key (NNX ``RngKey``, e.g. a Dropout stream) folded
+    with ``EXTRA_PASS_TAG`` and then the inner step ``i`` (0 when None); other leaves unchanged.
+
+    NNX draws a mask from ``fold_in(key, count)``, so a pass on this state draws masks that no
+    clean pass (on ``key`` itself, at any count) draws: ``grad_fn``'s extra passes get fresh
+    dropout, independent for every ``i``.
+    """
+    i = 0 if i is None else i
+
+    def fold(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return _fold_key(_fold_key(leaf, EXTRA_PASS_TAG), i)
+        return leaf
+
+    return jax.tree.map(fold, model_state)
+
+
 def make_train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
@@ -85,6 +117,8 @@ def make_train_step(
 
     ``grad_fn(params, i=None)`` has ``optax.contrib.sam``'s opaque-mode signature (``i`` is the
     inner step; the batch is the same for every ``i``), so SAM and our transforms both plug in.
+    It runs on ``extra_pass_state(model_state, i)``: fresh dropout masks, the old BatchNorm
+    statistics, and the state it computes is discarded.
 
     ``nan_guard=True``: when the loss or any gradient leaf is non-finite, the step returns its
     inputs unchanged (params, model state, optimizer state: EF buffers, windows and momenta are
@@ -100,9 +134,10 @@ def make_train_step(
         )
 
         def grad_fn(p, i=None):
-            # Same batch, same (old) model state; the state this pass computes is discarded.
-            del i
-            return jax.grad(lambda q: loss_fn(q, model_state, batch)[0])(p)
+            # Same batch, old BatchNorm statistics, fresh dropout keys; the state this pass
+            # computes is discarded.
+            extra_state = extra_pass_state(model_state, i)
+            return jax.grad(lambda q: loss_fn(q, extra_state, batch)[0])(p)
 
         updates, new_opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
         new_params = optax.apply_updates(params, updates)
