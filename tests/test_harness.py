@@ -14,7 +14,13 @@ from flax import nnx
 
 from jaxcomp.data import DataStream, load_digits
 from jaxcomp.optim import cram, mfac
-from jaxcomp.train import classification_loss, fit, make_train_step, split_model
+from jaxcomp.train import (
+    classification_loss,
+    extra_pass_state,
+    fit,
+    make_train_step,
+    split_model,
+)
 from jaxcomp.train.workdir import WorkdirLock, WorkdirLockedError, config_diff
 from jaxcomp.train.writers import read_tensorboard_scalars
 
@@ -311,8 +317,9 @@ def test_nnx_optimizer_recipe_with_cram_equals_make_train_step(stream):
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
         rest = nnx.as_pure(rest)
 
-        def grad_fn(p, i=None):  # p: the optimizer's pure param tree
-            return jax.grad(lambda q: loss(nnx.merge(graphdef, q, rest), batch))(p)
+        def grad_fn(p, i=None):  # p: the optimizer's pure param tree; fresh dropout per pass
+            extra = extra_pass_state(rest, i)
+            return jax.grad(lambda q: loss(nnx.merge(graphdef, q, extra), batch))(p)
 
         opt.update(model, grads, grad_fn=grad_fn)
 
