@@ -23,6 +23,7 @@ NAMES = (
     "cocoop",
     "cram",
     "efcp",
+    "efcp_fidelity",
     "fewshot",
     "gntp",
     "indistill",
@@ -43,6 +44,7 @@ FREE_TEXT = {
     },
     "cram": {"dataset", "data_dir", "test_split"},
     "efcp": set(),
+    "efcp_fidelity": set(),
     "fewshot": {"cache_dir", "fashion_dir", "mstar_root", "mstar_split"},
     "gntp": {
         "data_dir", "train_path", "valid_path", "test_path", "mentions_path", "templates",
@@ -86,7 +88,11 @@ def _config_stems(name: str) -> list[str]:
         for p in sorted((REPO / "experiments" / "configs").glob(f"{name}*.py"))
         if p.stem != "gntp_base"
         and (p.stem == name or p.stem.startswith(name + "_"))
-        and not any(p.stem.startswith(n + "_") for n in NAMES if n != name and n.startswith(name))
+        and not any(
+            p.stem == n or p.stem.startswith(n + "_")
+            for n in NAMES
+            if n != name and n.startswith(name)
+        )
     ]
     return [default] + [s for s in others if s != default]
 
