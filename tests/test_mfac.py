@@ -432,3 +432,78 @@ def test_without_error_feedback_the_window_holds_topk_of_each_gradient():
     assert not np.allclose(
         np.asarray(state_ef.window.values[1:]), np.asarray(state.window.values[1:])
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# damping / eps schedules
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "family, compressor",
+    [("mfac", None), ("mfac", "topk"), ("scale_by_mfac", None), ("ggt", None), ("ggt", "topk")],
+)
+def test_schedule_equals_the_constant_at_each_steps_value(family, compressor):
+    """A damping (eps) schedule gives, at every step, exactly the update of a transform built
+    with the constant value of the schedule at that step, applied to the same state."""
+    sched = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.3)  # 0.5 * 0.3^t
+    comp = topk(0.1) if compressor else None
+
+    def make(value):
+        if family == "mfac":
+            return mfac(1.0, num_grads=4, damping=value, compressor=comp)
+        if family == "scale_by_mfac":
+            return scale_by_mfac(num_grads=4, damping=value, compressor=comp)
+        # beta1 = 0: with momentum, x / eps - G^T w cancels and one rounding of the runtime vs
+        # the constant eps differs by ~1e-5 relative after that cancellation
+        return ggt(1.0, num_grads=4, eps=value, compressor=comp)
+
+    tx = make(sched)
+    rng = np.random.default_rng(7)
+    state = tx.init(_tree(np.zeros(D)))
+    update = jax.jit(tx.update)
+    first = None
+    for t in range(6):
+        g = _tree(rng.normal(size=D))
+        upd, new_state = update(g, state)
+        const = make(jnp.float32(sched(t)))  # an array: not constant-folded, unlike a float
+        upd_c, state_c = jax.jit(const.update)(g, state)
+        np.testing.assert_array_equal(_vec(upd), _vec(upd_c))
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state_c)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        if t == 0:
+            first = make(float(sched(0)))
+        else:  # the schedule really moved: the step-0 constant gives another update
+            other, _ = jax.jit(first.update)(g, state)
+            assert not np.allclose(_vec(other), _vec(upd), rtol=1e-3), t
+        state = new_state
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: mfac(0.1, damping=optax.constant_schedule(0.0)),
+         "damping schedule must be finite and > 0, got 0.0 at step 0"),
+        (lambda: mfac(0.1, damping=lambda c: -1e-3 * (c + 1)),
+         "damping schedule must be finite and > 0, got -0.001 at step 0"),
+        (lambda: scale_by_mfac(damping="1e-4"),
+         "damping must be a number or an optax schedule, got '1e-4'"),
+        (lambda: mfac(0.1, damping=None), "damping must be a number or an optax schedule, got None"),
+        (lambda: ggt(0.1, eps=lambda c: jnp.nan), "eps schedule must be finite and > 0, got nan"),
+        (lambda: scale_by_ggt(eps=-1.0), "eps must be finite and > 0, got -1.0"),
+    ],
+)  # fmt: skip
+def test_bad_damping_or_eps_schedule_raises(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_damping_under_inject_hyperparams_is_not_checked_but_used():
+    tx = optax.inject_hyperparams(mfac, static_args=("num_grads",))(
+        learning_rate=1.0, num_grads=3, damping=0.1
+    )
+    ref = mfac(1.0, num_grads=3, damping=0.1)
+    g = _tree(np.random.default_rng(8).normal(size=D))
+    upd, _ = jax.jit(tx.update)(g, tx.init(g))
+    want, _ = jax.jit(ref.update)(g, ref.init(g))
+    np.testing.assert_allclose(_vec(upd), _vec(want), rtol=1e-6)

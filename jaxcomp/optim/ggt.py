@@ -42,10 +42,11 @@ from jaxcomp.optim.compress import (
     push_gradient,
 )
 from jaxcomp.optim.utils import (
+    at_step,
     check_int_at_least,
     check_learning_rate,
     check_nonnegative,
-    check_positive,
+    check_positive_or_schedule,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -109,7 +110,7 @@ def ggt(
     learning_rate: optax.ScalarOrSchedule,
     *,
     num_grads: int = 100,
-    eps: float = 1e-5,
+    eps: optax.ScalarOrSchedule = 1e-5,
     beta1: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
@@ -128,7 +129,8 @@ def ggt(
     Args:
       learning_rate: scalar or optax schedule.
       num_grads: window size `r >= 1`.
-      eps: `eps > 0`, the regulariser added to the square root.
+      eps: `eps > 0`, the regulariser added to the square root; a float or an optax schedule of
+        the step count, evaluated before the step (its value at step 0 is checked).
       beta1: momentum of the preconditioned vector, in [0, 1).
       weight_decay: decoupled weight decay, as in `mfac`: the parameters also move by
         `-weight_decay * w` (not scaled by the learning rate); needs `params` in `update`.
@@ -160,7 +162,7 @@ def ggt(
 def scale_by_ggt(
     *,
     num_grads: int = 100,
-    eps: float = 1e-5,
+    eps: optax.ScalarOrSchedule = 1e-5,
     beta1: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
@@ -186,7 +188,7 @@ def scale_by_ggt(
 def _ggt_parts(r: int, eps: Any, beta1: Any, compressor: Compressor | None, error_feedback: bool):
     """`(init_fn, direction)` shared by `ggt` and `scale_by_ggt`; `direction(updates, state)`
     pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` flat."""
-    check_positive("eps", eps)
+    check_positive_or_schedule("eps", eps)
     check_unit_interval("beta1", beta1)
     use_momentum = not is_static_zero(beta1)
     ops = identity() if compressor is None else compressor
@@ -197,13 +199,14 @@ def _ggt_parts(r: int, eps: Any, beta1: Any, compressor: Compressor | None, erro
     def direction(updates: Any, state: GGTState):
         new, slot, shapes, unravel = push_gradient(compressor, updates, state, r, error_feedback)
         combine = lambda w: ops.window_combine(new.window, w, shapes)
+        step_eps = at_step(eps, state.count)
         x = new.c
         if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
             x = beta1 * state.momentum + (1.0 - beta1) * new.c
             dots = ops.window_dots(new.window, x, None, shapes)
-            u = inverse_sqrt_product(new.gram, dots, x, combine, eps)
+            u = inverse_sqrt_product(new.gram, dots, x, combine, step_eps)
         else:  # x is the row that just entered the window
-            u = window_row_sqrt_direction(new.gram, slot, combine, eps)
+            u = window_row_sqrt_direction(new.gram, slot, combine, step_eps)
         new_state = GGTState(
             **next_window_fields(state, new, x if use_momentum else state.momentum)
         )

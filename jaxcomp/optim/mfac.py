@@ -37,10 +37,11 @@ from jaxcomp.optim.compress import (
     push_gradient,
 )
 from jaxcomp.optim.utils import (
+    at_step,
     check_int_at_least,
     check_learning_rate,
     check_nonnegative,
-    check_positive,
+    check_positive_or_schedule,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -116,9 +117,11 @@ def _shifted_cholesky(gram: jax.Array, shift: Any) -> tuple[jax.Array, jax.Array
 
 def uses_cholesky(state: MFACState, damping: Any) -> jax.Array:
     """Whether the next direction from `state`'s window is solved by Cholesky (True) or by the
-    spectral fallback of a numerically rank-deficient window (False); for benchmarks and logs."""
+    spectral fallback of a numerically rank-deficient window (False); for benchmarks and logs.
+    A damping schedule is evaluated at `state.count`."""
     gram = state.gram
-    return _shifted_cholesky(gram, gram.shape[0] * damping)[1]
+    lam = at_step(damping, state.count)
+    return _shifted_cholesky(gram, gram.shape[0] * lam)[1]
 
 
 def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Array:
@@ -154,7 +157,7 @@ def mfac(
     learning_rate: optax.ScalarOrSchedule,
     *,
     num_grads: int = 1024,
-    damping: float = 1e-4,
+    damping: optax.ScalarOrSchedule = 1e-4,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
@@ -168,7 +171,8 @@ def mfac(
        `a = e + g, c = C(a), e = a - c`; without one, `c = g`.
     2. `c` overwrites the oldest slot of the ring buffer (it enters the window *before* it is
        preconditioned, as the reference's `update_mul`) and one row of `G G^T` is refreshed.
-    3. `u = F^{-1} c` with `F = damping * I + (1/m) sum_i g_i g_i^T`, i.e.
+    3. `u = F^{-1} c` with `F = damping * I + (1/m) sum_i g_i g_i^T` (a damping schedule is
+       evaluated at the step count before the step, like the learning rate), i.e.
        `u = (1/damping) (c - G^T (m damping I + G G^T)^{-1} G c)` (M-FAC eq. 3), evaluated in
        the equivalent cancellation-free form `m G^T (m damping I + G G^T)^{-1} e_slot`
        (`window_row_direction`; `c` is row `slot` of `G`).
@@ -182,7 +186,8 @@ def mfac(
     Args:
       learning_rate: scalar or optax schedule.
       num_grads: window size `m >= 1`.
-      damping: `lambda > 0`.
+      damping: `lambda > 0`, a float or an optax schedule of the step count (its value at step 0
+        is checked; later values must stay > 0).
       momentum: heavy-ball coefficient on the preconditioned direction (no dampening), in
         [0, 1).
       weight_decay: decoupled weight decay; needs `params` in `update`.
@@ -230,13 +235,14 @@ def mfac(
 def _direction_fn(m: int, damping: Any, compressor: Compressor | None, error_feedback: bool):
     """`(updates, state) -> (u, integrated, unravel)`: push the gradient into the window and
     return the flat direction `u = F^{-1} c` (shared by `mfac` and `scale_by_mfac`)."""
-    check_positive("damping", damping)
+    check_positive_or_schedule("damping", damping)
     ops = identity() if compressor is None else compressor
 
     def direction(updates: Any, state: MFACState):
         new, slot, shapes, unravel = push_gradient(compressor, updates, state, m, error_feedback)
+        lam = at_step(damping, state.count)
         u = window_row_direction(
-            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), damping
+            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), lam
         )
         return u, new, unravel
 
@@ -246,7 +252,7 @@ def _direction_fn(m: int, damping: Any, compressor: Compressor | None, error_fee
 def scale_by_mfac(
     *,
     num_grads: int = 1024,
-    damping: float = 1e-4,
+    damping: optax.ScalarOrSchedule = 1e-4,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:

@@ -116,6 +116,12 @@ def resolve_learning_rate(learning_rate: optax.ScalarOrSchedule, count: jax.Arra
     return jnp.asarray(learning_rate, jnp.float32)
 
 
+def at_step(value: Any, count: jax.Array) -> Any:
+    """An optax schedule's float32 value at step `count`; a constant is returned unchanged (a
+    Python float stays a compile-time constant)."""
+    return jnp.asarray(value(count), jnp.float32) if callable(value) else value
+
+
 def is_static_zero(value: Any) -> bool:
     """True iff `value` is a Python/NumPy number equal to zero (never true for traced values).
 
@@ -147,6 +153,25 @@ def check_nonnegative(name: str, value: ArrayLike) -> None:
     """ValueError naming `value` if it is a static number that is not finite and >= 0."""
     if _is_static_number(value) and not (math.isfinite(float(value)) and float(value) >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def check_positive_or_schedule(name: str, value: Any) -> None:
+    """ValueError naming `value` unless it is a finite number > 0, an array (a hyperparameter
+    injected by `optax.inject_hyperparams`, not checked) or an optax schedule (a callable of the
+    step count) whose value at step 0 is finite and > 0 (later steps are traced, not checked)."""
+    if callable(value):
+        try:
+            first = float(value(0))
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return  # not evaluable outside a trace: checked by nobody, like an injected array
+        if not (math.isfinite(first) and first > 0):
+            raise ValueError(f"{name} schedule must be finite and > 0, got {first!r} at step 0")
+        return
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, bool):
+        return
+    if not _is_static_number(value):
+        raise ValueError(f"{name} must be a number or an optax schedule, got {value!r}")
+    check_positive(name, value)
 
 
 def check_unit_interval(name: str, value: ArrayLike) -> None:
