@@ -200,3 +200,34 @@ def test_topk_window_products_memory_is_linear_in_the_window():
     window_bytes = state_nbytes(window)
     assert window_bytes > 500e6
     assert stats.temp_size_in_bytes < 4 * window_bytes, stats.temp_size_in_bytes
+
+
+@pytest.mark.parametrize("make", [lambda: topk(0.05), lambda: lowrank(2)], ids=["topk", "lowrank"])
+def test_bf16_error_feedback_bookkeeping(make):
+    """bf16 storage: `c` is exactly representable in bf16 (what the window holds), `e` is
+    `a - c` rounded once to bf16, and the stream telescopes up to those roundings."""
+    comp = make()
+    rng = np.random.default_rng(11)
+    d = _numel(SMALL)
+    error = jnp.zeros((d,), jnp.bfloat16)
+    aux = comp.init(SMALL)
+    step = jax.jit(lambda g, e, x: error_feedback(comp, g, e, x, SMALL, jnp.bfloat16))
+    total_g, total_c, slack = np.zeros(d), np.zeros(d), np.zeros(d)
+    for _ in range(6):
+        g = jnp.asarray(rng.normal(size=d), jnp.float32)
+        a = np.asarray(error, np.float64) + np.asarray(g, np.float64)
+        payload, c, error, aux = step(g, error, aux)
+        assert error.dtype == jnp.bfloat16 and c.dtype == jnp.float32
+        for leaf in jax.tree.leaves(payload):
+            assert leaf.dtype in (jnp.bfloat16, jnp.int32)
+        c, e = np.asarray(c, np.float64), np.asarray(error, np.float64)
+        if comp.decode is None:  # top-k: c is a bf16-rounded subset of a
+            np.testing.assert_array_equal(c, np.asarray(jnp.asarray(c, jnp.bfloat16), np.float64))
+        exact = a - c  # float32 arithmetic on these values is exact here up to 2^-24
+        np.testing.assert_allclose(e, exact, rtol=2.0**-8, atol=1e-6 * np.abs(a).max())
+        assert np.abs(e - exact).max() > 0  # bf16 really rounded the error
+        slack += 2.0**-8 * np.abs(exact) + 1e-6
+        total_g += np.asarray(g, np.float64)
+        total_c += c
+    # telescoping: sum c = sum g - e_T + (the bf16 roundings of the stored errors)
+    assert np.all(np.abs(total_c - (total_g - e)) <= slack)

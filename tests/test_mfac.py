@@ -507,3 +507,85 @@ def test_damping_under_inject_hyperparams_is_not_checked_but_used():
     upd, _ = jax.jit(tx.update)(g, tx.init(g))
     want, _ = jax.jit(ref.update)(g, ref.init(g))
     np.testing.assert_allclose(_vec(upd), _vec(want), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# bf16 storage of the window and the error-feedback buffer
+# ------------------------------------------------------------------------------------------------
+
+
+def _bf16(x):
+    return np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
+
+
+def _rows(window, compressor):
+    """The stored window rows as a float64 `(m, D)` matrix (dense, top-k or low-rank format)."""
+    if compressor is None:
+        return np.asarray(window, np.float64)
+    if compressor == "topk":
+        from jaxcomp.optim.compress import _topk_indices
+
+        rows = np.zeros((window.values.shape[0], D))
+        idx = np.asarray(_topk_indices(window))
+        for i in range(rows.shape[0]):
+            rows[i, idx[i]] = np.asarray(window.values[i], np.float64)
+        return rows
+    bias, (p, q) = window  # low-rank on SHAPES: "b" stays dense, "w" is stored as P Q^T
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    return np.concatenate([np.asarray(bias, np.float64), np.einsum("mnr,mlr->mnl", p, q).reshape(len(p), -1)], 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("compressor", [None, "topk", "lowrank"])
+def test_bf16_storage_math_is_float32_on_the_stored_window(compressor):
+    """With bf16 storage the window and error buffer are bf16, the Gram matrix float32, and the
+    direction is the float64 solve with the *stored* (rounded) window to float32 accuracy; against
+    the unrounded float32 transform it differs only by bf16 rounding."""
+    m, damping = 4, 1e-1
+    comp = {None: None, "topk": topk(0.25), "lowrank": lowrank(2)}[compressor]
+    tx16 = mfac(1.0, num_grads=m, damping=damping, compressor=comp, storage_dtype=jnp.bfloat16)
+    tx32 = mfac(1.0, num_grads=m, damping=damping, compressor=comp)
+    s16, s32 = tx16.init(_tree(np.zeros(D))), tx32.init(_tree(np.zeros(D)))
+    for leaf in jax.tree.leaves(s16.window):
+        assert leaf.dtype in (jnp.bfloat16, jnp.uint16, jnp.int32), leaf.dtype
+    assert s16.gram.dtype == jnp.float32
+    if comp is not None:
+        assert s16.error.dtype == jnp.bfloat16
+    up16, up32 = jax.jit(tx16.update), jax.jit(tx32.update)
+    rng = np.random.default_rng(9)
+    gaps = []
+    for t in range(6):
+        g = _tree(rng.normal(size=D))
+        u16, s16 = up16(g, s16)
+        u32, s32 = up32(g, s32)
+        window = _rows(s16.window, compressor)
+        c = window[t % m]  # the stored row that just entered
+        want = np.linalg.solve(_fisher(window, damping), c)
+        np.testing.assert_allclose(-_vec(u16), want, atol=2e-5 * np.abs(want).max())
+        gaps.append(np.linalg.norm(_vec(u16) - _vec(u32)) / np.linalg.norm(_vec(u32)))
+    if compressor is None:  # the dense window holds exactly the bf16-rounded gradients
+        np.testing.assert_array_equal(window[t % m], _bf16(_vec(g)))
+    # bf16 has an 8-bit mantissa: relative rounding 2^-9; the directions differ by that order
+    assert 1e-4 < max(gaps) < 3e-2, gaps
+
+
+def test_bf16_storage_halves_the_window_and_error_bytes():
+    params = {"w": jnp.zeros((1000, 300))}  # d = 300k
+    d, m, k = 300_000, 64, 3000
+    nbytes = lambda **kw: state_nbytes(jax.eval_shape(mfac(0.1, num_grads=m, **kw).init, params))
+    gram_and_count = m * m * 4 + 4
+    assert nbytes() == m * d * 4 + gram_and_count
+    assert nbytes(storage_dtype=jnp.bfloat16) == m * d * 2 + gram_and_count
+    sparse = dict(compressor=topk(0.01))  # values 4 -> 2 bytes, uint16 indices stay 2 bytes
+    table = m * 5 * 4
+    assert nbytes(**sparse) == m * k * 6 + table + d * 4 + gram_and_count
+    assert (
+        nbytes(**sparse, storage_dtype=jnp.bfloat16) == m * k * 4 + table + d * 2 + gram_and_count
+    )
+
+
+@pytest.mark.parametrize("bad", [jnp.int8, "float64", jnp.float64, None, "bf17"])
+def test_bad_storage_dtype_raises(bad):
+    with pytest.raises(ValueError, match="storage_dtype must be float32, bfloat16 or float16, got"):
+        mfac(0.1, storage_dtype=bad)
+    with pytest.raises(ValueError, match="storage_dtype"):
+        scale_by_ggt(storage_dtype=bad)

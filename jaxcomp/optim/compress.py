@@ -60,6 +60,9 @@ class Compressor(NamedTuple):
       window_dots: `(window, x, payload_or_None, shapes) -> (m,)`, the products `G @ x`; when the
         payload of `x` is given the compressor may use it (low-rank uses the factors).
       window_combine: `(window, w, shapes) -> (d,)`, the linear combination `G.T @ w`.
+      decode: `(payload, shapes) -> (d,)`, the dense `c` of a payload; needed only when rounding
+        the payload for storage (`storage_dtype`) does not round `c` elementwise (low-rank
+        factors); `None`: `c` is rounded elementwise.
     """
 
     init: Callable[[Shapes], Any]
@@ -68,6 +71,7 @@ class Compressor(NamedTuple):
     window_set: Callable[[Any, jax.Array, Any], Any]
     window_dots: Callable[[Any, jax.Array, Any, Shapes], jax.Array]
     window_combine: Callable[[Any, jax.Array, Shapes], jax.Array]
+    decode: Callable[[Any, Shapes], jax.Array] | None = None
 
 
 def _numel(shapes: Shapes) -> int:
@@ -268,21 +272,28 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
         )
 
     def compress(a, aux, shapes):
-        payload, pieces, new_aux, qs = [], [], [], iter(aux)
+        payload, new_aux, qs = [], [], iter(aux)
         for layer in _lowrank_plan(shapes, rank):
             flat = a[layer.offset : layer.offset + layer.size]
             if not layer.rank:
                 payload.append(flat)
-                pieces.append(flat)
                 continue
             mat = flat.reshape(layer.rows, layer.cols)
             q_old = next(qs)
             p, _ = jnp.linalg.qr(jnp.matmul(mat, q_old, precision=HIGHEST))
             q = jnp.matmul(mat.T, p, precision=HIGHEST)
             payload.append((p, q))
-            pieces.append(jnp.matmul(p, q.T, precision=HIGHEST).reshape(-1))
             new_aux.append(jnp.where(jnp.any(q != 0), q, q_old))
-        return tuple(payload), jnp.concatenate(pieces), tuple(new_aux)
+        return tuple(payload), decode(tuple(payload), shapes), tuple(new_aux)
+
+    def decode(payload, shapes):
+        pieces = []
+        for layer, piece in zip(_lowrank_plan(shapes, rank), payload):
+            if layer.rank:
+                p, q = (f.astype(jnp.float32) for f in piece)
+                piece = jnp.matmul(p, q.T, precision=HIGHEST).reshape(-1)
+            pieces.append(piece.astype(jnp.float32))
+        return jnp.concatenate(pieces)
 
     def window_init(m, shapes):
         return tuple(
@@ -306,7 +317,7 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
                 flat = x[layer.offset : layer.offset + layer.size]
                 total = total + jnp.matmul(buf, flat, precision=HIGHEST)
             elif payload is not None:  # <P_i Q_i^T, P Q^T> = sum((P_i^T P) * (Q_i^T Q))
-                p, q = payload[i]
+                p, q = (f.astype(jnp.float32) for f in payload[i])  # stored dtype
                 pp = jnp.einsum("mna,nb->mab", buf[0], p, precision=HIGHEST)
                 qq = jnp.einsum("mla,lb->mab", buf[1], q, precision=HIGHEST)
                 total = total + jnp.sum(pp * qq, axis=(1, 2))
@@ -335,6 +346,7 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
         window_set=window_set,
         window_dots=window_dots,
         window_combine=window_combine,
+        decode=decode,
     )
 
 
@@ -343,16 +355,43 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _stored(
+    compressor: Compressor, payload: Any, c: jax.Array, shapes: Shapes, storage_dtype: Any
+) -> tuple[Any, jax.Array]:
+    """`(payload, c)` rounded to `storage_dtype` (what a window of that dtype holds), `c` back in
+    float32; unchanged for float32 storage."""
+    if jnp.dtype(storage_dtype) == jnp.float32:
+        return payload, c
+    payload = jax.tree.map(lambda x: _to_storage(x, storage_dtype), payload)
+    if compressor.decode is not None:
+        return payload, compressor.decode(payload, shapes)
+    return payload, c.astype(storage_dtype).astype(jnp.float32)
+
+
+def _to_storage(x: jax.Array, storage_dtype: Any) -> jax.Array:
+    """Floating arrays cast to `storage_dtype`; indices and other integers unchanged."""
+    return x.astype(storage_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
 def error_feedback(
-    compressor: Compressor, g: jax.Array, error: jax.Array, aux: Any, shapes: Shapes
+    compressor: Compressor,
+    g: jax.Array,
+    error: jax.Array,
+    aux: Any,
+    shapes: Shapes,
+    storage_dtype: Any = jnp.float32,
 ) -> tuple[Any, jax.Array, jax.Array, Any]:
     """One error-feedback step (EFCP Algorithm 1): `a = e + g; c = C(a); e = a - c`.
 
+    With a `storage_dtype` narrower than float32 (e.g. bfloat16), `c` is what the window stores
+    (the payload rounded to it), so the rounding is part of the compression error that is fed
+    back, and the error `e` is itself stored rounded to `storage_dtype`; `a` and `c` are float32.
     Returns `(payload, c, new_error, new_aux)`.
     """
-    a = error + g
+    a = error.astype(jnp.float32) + g
     payload, c, aux = compressor.compress(a, aux, shapes)
-    return payload, c, a - c, aux
+    payload, c = _stored(compressor, payload, c, shapes, storage_dtype)
+    return payload, c, (a - c).astype(storage_dtype), aux
 
 
 class Integrated(NamedTuple):
@@ -376,6 +415,7 @@ def integrate_gradient(
     slot: jax.Array,
     shapes: Shapes,
     feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> Integrated:
     """Write the (error-feedback compressed) gradient into ring-buffer slot `slot`.
 
@@ -383,13 +423,16 @@ def integrate_gradient(
     O(m k) top-k (M-FAC paper, Frantar et al. 2021, Section 3.2 "dynamic algorithm"; the
     reference's `update_mul`). With `compressor=None` the gradient enters as is and `error` is
     left untouched; with `feedback=False` (the EFCP paper's ablation) `C(g)` enters and the
-    compression error is discarded.
+    compression error is discarded. The window may store its values in a narrower
+    `storage_dtype`; `c` and the Gram row are then those of the rounded, stored values (float32
+    arithmetic), so the Gram matrix is exactly that of the window.
     """
     if compressor is None or not feedback:
         compressor = identity() if compressor is None else compressor
         payload, c, aux = compressor.compress(g, aux, shapes)
+        payload, c = _stored(compressor, payload, c, shapes, storage_dtype)
     else:
-        payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes)
+        payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes, storage_dtype)
     window = compressor.window_set(window, slot, payload)
     dots = compressor.window_dots(window, c, payload, shapes)
     m = gram.shape[0]
@@ -404,12 +447,14 @@ def init_window_fields(
     num_grads: int,
     with_momentum: bool,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> dict[str, Any]:
     """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
 
     `error` (the error-feedback accumulator) and `momentum` are `optax.EmptyState()` (no array)
     when unused (no compressor or `error_feedback=False`; no momentum), so every state can be
-    checkpointed (orbax refuses zero-size arrays).
+    checkpointed (orbax refuses zero-size arrays). The window's floating arrays and the error
+    buffer are stored in `storage_dtype`; the Gram matrix and the momentum stay float32.
     """
     with_error = compressor is not None and error_feedback
     shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
@@ -417,9 +462,11 @@ def init_window_fields(
     comp = identity() if compressor is None else compressor
     fields = dict(
         count=jnp.zeros((), jnp.int32),
-        window=comp.window_init(num_grads, shapes),
+        window=jax.tree.map(
+            lambda x: _to_storage(x, storage_dtype), comp.window_init(num_grads, shapes)
+        ),
         gram=jnp.zeros((num_grads, num_grads), jnp.float32),
-        error=jnp.zeros((d,), jnp.float32) if with_error else optax.EmptyState(),
+        error=jnp.zeros((d,), storage_dtype) if with_error else optax.EmptyState(),
         compressor_state=comp.init(shapes),
         momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
     )
@@ -432,6 +479,7 @@ def push_gradient(
     state: Any,
     num_grads: int,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
     """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
     `GGTState`) at slot `count % num_grads`.
@@ -452,6 +500,7 @@ def push_gradient(
         slot,
         shapes,
         error_feedback,
+        storage_dtype,
     )
     return new, slot, shapes, unravel
 

@@ -47,6 +47,7 @@ from jaxcomp.optim.utils import (
     check_learning_rate,
     check_nonnegative,
     check_positive_or_schedule,
+    check_storage_dtype,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -59,9 +60,11 @@ class GGTState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken; the next gradient goes to slot `count % r`.
-      window: the last `r` (compressed) gradients, format given by the compressor.
+      window: the last `r` (compressed) gradients, format given by the compressor, values in
+        the `storage_dtype`.
       gram: `(r, r)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator (`optax.EmptyState()` without a compressor).
+      error: `(d,)` error-feedback accumulator in the `storage_dtype` (`optax.EmptyState()`
+        without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
       momentum: `(d,)` first-moment buffer (`optax.EmptyState()` when `beta1 == 0`).
     """
@@ -115,6 +118,7 @@ def ggt(
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
     """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
 
@@ -138,6 +142,8 @@ def ggt(
 
       error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
         the paper's ablation (no error buffer).
+      storage_dtype: dtype of the stored window values and error buffer, as in `mfac`
+        (`jnp.bfloat16` halves them; all arithmetic stays float32).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
@@ -146,7 +152,7 @@ def ggt(
     r = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
     check_nonnegative("weight_decay", weight_decay)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
+    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback, storage_dtype)
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
@@ -166,6 +172,7 @@ def scale_by_ggt(
     beta1: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
     """The bare GGT preconditioner: the update is `u = (sqrt(G^T G) + eps I)^{-1} x` (no
     learning rate, no sign), to compose inside `optax.chain`; `ggt(lr, ...)` without weight decay
@@ -173,7 +180,7 @@ def scale_by_ggt(
     is *preconditioned* (inside the transform, as GGT's Alg. 1); arguments as in `ggt`.
     """
     r = check_int_at_least("num_grads", num_grads, 1)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
+    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback, storage_dtype)
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
@@ -185,19 +192,30 @@ def scale_by_ggt(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _ggt_parts(r: int, eps: Any, beta1: Any, compressor: Compressor | None, error_feedback: bool):
+def _ggt_parts(
+    r: int,
+    eps: Any,
+    beta1: Any,
+    compressor: Compressor | None,
+    error_feedback: bool,
+    storage_dtype: Any,
+):
     """`(init_fn, direction)` shared by `ggt` and `scale_by_ggt`; `direction(updates, state)`
     pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` flat."""
     check_positive_or_schedule("eps", eps)
     check_unit_interval("beta1", beta1)
     use_momentum = not is_static_zero(beta1)
+    storage = check_storage_dtype(storage_dtype)
     ops = identity() if compressor is None else compressor
 
     def init_fn(params: Any) -> GGTState:
-        return GGTState(**init_window_fields(compressor, params, r, use_momentum, error_feedback))
+        fields = init_window_fields(compressor, params, r, use_momentum, error_feedback, storage)
+        return GGTState(**fields)
 
     def direction(updates: Any, state: GGTState):
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r, error_feedback)
+        new, slot, shapes, unravel = push_gradient(
+            compressor, updates, state, r, error_feedback, storage
+        )
         combine = lambda w: ops.window_combine(new.window, w, shapes)
         step_eps = at_step(eps, state.count)
         x = new.c

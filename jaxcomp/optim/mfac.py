@@ -42,6 +42,7 @@ from jaxcomp.optim.utils import (
     check_learning_rate,
     check_nonnegative,
     check_positive_or_schedule,
+    check_storage_dtype,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -55,9 +56,10 @@ class MFACState(NamedTuple):
     Attributes:
       count: int32 number of steps taken; the next gradient goes to slot `count % m`.
       window: the last `m` (compressed) gradients, format given by the compressor
-        (dense: `(m, d)` float32).
+        (dense: `(m, d)`), values in the `storage_dtype` (float32 by default).
       gram: `(m, m)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator `e` (`optax.EmptyState()` without a compressor).
+      error: `(d,)` error-feedback accumulator `e` in the `storage_dtype`
+        (`optax.EmptyState()` without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
       momentum: `(d,)` momentum buffer `v` (`optax.EmptyState()` when `momentum == 0`).
     """
@@ -162,6 +164,7 @@ def mfac(
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC optimizer (Frantar et al. 2021, Alg. 2) with an optional EFCP-compressed window.
 
@@ -195,6 +198,10 @@ def mfac(
         `None` stores dense gradients.
       error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
         the paper's ablation, which stores `C(g)` and drops the rest (no error buffer).
+      storage_dtype: dtype of the stored window values and error-feedback buffer: float32, or
+        `jnp.bfloat16` / `jnp.float16` to halve them. The gradient entering the window is
+        rounded to it (with error feedback the rounding joins the compression error); the Gram
+        matrix, the solve, the direction and the momentum stay float32.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
@@ -211,10 +218,12 @@ def mfac(
     check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
-    direction = _direction_fn(m, damping, compressor, error_feedback)
+    storage = check_storage_dtype(storage_dtype)
+    direction = _direction_fn(m, damping, compressor, error_feedback, storage)
 
     def init_fn(params: Any) -> MFACState:
-        return MFACState(**init_window_fields(compressor, params, m, use_momentum, error_feedback))
+        fields = init_window_fields(compressor, params, m, use_momentum, error_feedback, storage)
+        return MFACState(**fields)
 
     def update_fn(
         updates: Any, state: MFACState, params: Any = None, **extra_args: Any
@@ -232,14 +241,18 @@ def mfac(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _direction_fn(m: int, damping: Any, compressor: Compressor | None, error_feedback: bool):
+def _direction_fn(
+    m: int, damping: Any, compressor: Compressor | None, error_feedback: bool, storage: Any
+):
     """`(updates, state) -> (u, integrated, unravel)`: push the gradient into the window and
     return the flat direction `u = F^{-1} c` (shared by `mfac` and `scale_by_mfac`)."""
     check_positive_or_schedule("damping", damping)
     ops = identity() if compressor is None else compressor
 
     def direction(updates: Any, state: MFACState):
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, m, error_feedback)
+        new, slot, shapes, unravel = push_gradient(
+            compressor, updates, state, m, error_feedback, storage
+        )
         lam = at_step(damping, state.count)
         u = window_row_direction(
             new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), lam
@@ -255,6 +268,7 @@ def scale_by_mfac(
     damping: optax.ScalarOrSchedule = 1e-4,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
     """The bare M-FAC preconditioner: the update is `F^{-1} c` (no learning rate, no sign, no
     momentum), to compose inside `optax.chain`, e.g.
@@ -264,10 +278,12 @@ def scale_by_mfac(
     `MFACState` (its `momentum` is `optax.EmptyState()`).
     """
     m = check_int_at_least("num_grads", num_grads, 1)
-    direction = _direction_fn(m, damping, compressor, error_feedback)
+    storage = check_storage_dtype(storage_dtype)
+    direction = _direction_fn(m, damping, compressor, error_feedback, storage)
 
     def init_fn(params: Any) -> MFACState:
-        return MFACState(**init_window_fields(compressor, params, m, False, error_feedback))
+        fields = init_window_fields(compressor, params, m, False, error_feedback, storage)
+        return MFACState(**fields)
 
     def update_fn(updates: Any, state: MFACState, params: Any = None, **extra_args: Any):
         del params, extra_args

@@ -174,6 +174,19 @@ def check_positive_or_schedule(name: str, value: Any) -> None:
     check_positive(name, value)
 
 
+def check_storage_dtype(value: Any) -> np.dtype:
+    """`value` as a NumPy dtype, or a ValueError naming it unless it is float32, bfloat16 or
+    float16 (the dtypes a preconditioner's window may be stored in)."""
+    allowed = (jnp.float32, jnp.bfloat16, jnp.float16)
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype not in [jnp.dtype(a) for a in allowed]:
+        raise ValueError(f"storage_dtype must be float32, bfloat16 or float16, got {value!r}")
+    return dtype
+
+
 def check_unit_interval(name: str, value: ArrayLike) -> None:
     """ValueError naming `value` if it is a static number outside [0, 1) (momentum, beta1)."""
     if _is_static_number(value) and not 0.0 <= float(value) < 1.0:
