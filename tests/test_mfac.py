@@ -47,10 +47,19 @@ def _topk_np(a, k):
     return c
 
 
-@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "topk"])
-def test_direction_matches_dense_solve_before_and_after_wrap(compressed):
+def _block_topk_np(a, k, num_blocks):
+    size = a.size // num_blocks
+    return np.concatenate(
+        [_topk_np(a[b * size : (b + 1) * size], k // num_blocks) for b in range(num_blocks)]
+    )
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 4], ids=["dense", "topk", "topk_4blocks"])
+def test_direction_matches_dense_solve_before_and_after_wrap(blocks):
     m, damping = 8, 1e-2
-    tx = mfac(1.0, num_grads=m, damping=damping, compressor=topk(0.1) if compressed else None)
+    compressed = blocks > 0
+    comp = topk(0.1, num_blocks=blocks) if compressed else None
+    tx = mfac(1.0, num_grads=m, damping=damping, compressor=comp)
     state = tx.init(_tree(np.zeros(D)))
     update = jax.jit(tx.update)
     rng = np.random.default_rng(0)
@@ -59,9 +68,9 @@ def test_direction_matches_dense_solve_before_and_after_wrap(compressed):
         g = rng.normal(size=D).astype(np.float32)
         upd, state = update(_tree(g), state)
         c = g.astype(np.float64)
-        if compressed:  # error feedback with exact top-k (k = 20)
+        if compressed:  # error feedback with exact top-k (k = 20, or 5 in each of 4 blocks)
             a = error + g
-            c = _topk_np(a, 20)
+            c = _block_topk_np(a, 20, blocks)
             error = a - c
         window[t % m] = c
         expected = np.linalg.solve(_fisher(window, damping), c)

@@ -152,35 +152,69 @@ def _topk_indices(window: TopkWindow) -> jax.Array:
     return hi * _BLOCK + low
 
 
-def topk(fraction: float = 0.01) -> Compressor:
-    """Global magnitude top-k compressor (EFCP Section 3.1, sparse M-FAC / sparse GGT).
+def _block_topk(blocks: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`(values, idx)`, both `(n, k)`: the `k` entries of largest magnitude of each row of the
+    `(n, B)` array `blocks` (ties broken by `lax.top_k`), with their block-local coordinates
+    sorted in increasing order."""
+    _, idx = lax.top_k(jnp.abs(blocks), k)
+    idx = jnp.sort(idx, axis=-1)
+    return jnp.take_along_axis(blocks, idx, axis=-1), idx
 
-    Keeps exactly `k = max(1, int(fraction * d))` coordinates of largest magnitude of the
-    flattened accumulator (ties broken by `lax.top_k`). Used through `mfac(..., compressor=...)`
-    or `ggt(..., compressor=...)`, which add error feedback.
 
-    Args:
-      fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
-    """
+def _check_fraction(fraction: Any) -> float:
     if isinstance(fraction, bool) or not isinstance(
         fraction, (int, float, np.integer, np.floating)
     ):
         raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    fraction = float(fraction)
+    return float(fraction)
+
+
+def topk(fraction: float = 0.01, *, num_blocks: int = 1) -> Compressor:
+    """Magnitude top-k compressor (EFCP Section 3.1, sparse M-FAC / sparse GGT), global or
+    block-wise.
+
+    The flattened accumulator of size `d` is cut into `num_blocks` contiguous blocks of
+    `B = d / num_blocks` coordinates, and each block keeps exactly its
+    `k_b = max(1, int(fraction * B))` coordinates of largest magnitude (ties broken by
+    `lax.top_k`), `k = num_blocks * k_b` in all. `num_blocks=1` (the default) is the global
+    top-k of the paper. More blocks are the per-shard top-k of a vector split over devices
+    (each block is selected without looking at the others); the window format and products
+    are the same. Used through `mfac(..., compressor=...)` or `ggt(..., compressor=...)`, which
+    add error feedback.
+
+    Args:
+      fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
+      num_blocks: number of contiguous blocks, an integer >= 1 that divides `d` (checked when
+        the transform first sees the parameters). In `layout="leaves"` each leaf is split
+        into `num_blocks` blocks along its leading axis when that axis is divisible, else kept
+        as one block.
+    """
+    fraction = _check_fraction(fraction)
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)):
+        raise ValueError(f"num_blocks must be an integer >= 1, got {num_blocks!r}")
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be an integer >= 1, got {num_blocks!r}")
+    n = int(num_blocks)
+
+    def sizes(shapes):
+        d = _numel(shapes)
+        if d % n:
+            raise ValueError(f"topk num_blocks={n} must divide the vector size d={d}")
+        return d // n, topk_size(fraction, d // n)
 
     def compress(a, aux, shapes):
-        k = topk_size(fraction, _numel(shapes))
-        _, idx = lax.top_k(jnp.abs(a), k)
-        idx = jnp.sort(idx)
-        values = a[idx]
+        size, k_b = sizes(shapes)
+        values, idx = _block_topk(a.reshape(n, size), k_b)
+        idx = (idx + size * jnp.arange(n, dtype=idx.dtype)[:, None]).reshape(-1)
+        values = values.reshape(-1)
         c = jnp.zeros_like(a).at[idx].set(values, unique_indices=True)
         return (values, idx), c, aux
 
     def window_init(m, shapes):
         d = _numel(shapes)
-        k = topk_size(fraction, d)
+        k = n * sizes(shapes)[1]
         blocks = -(-d // _BLOCK)
         return TopkWindow(
             values=jnp.zeros((m, k), jnp.float32),
