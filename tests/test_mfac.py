@@ -1,5 +1,7 @@
 """Tests for jaxcomp.optim.mfac (dense and EFCP-compressed), plus the optax battery for EFCP."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -598,3 +600,160 @@ def test_bad_storage_dtype_raises(bad):
         mfac(0.1, storage_dtype=bad)
     with pytest.raises(ValueError, match="storage_dtype"):
         scale_by_ggt(storage_dtype=bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# layout="leaves": per-leaf windows sharded like the parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def _sharded_problem(single_leaf=False):
+    """Params on an 8-device Auto mesh: kernels sharded along their leading axis, a replicated
+    bias; and a function drawing gradients with the params' shardings."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    shapes = {"w": (64, 48)} if single_leaf else {"w": (64, 48), "b": (48,), "v": (16, 4, 8)}
+    specs = {"w": P("x", None), "b": P(), "v": P("x")}
+    shard = {k: NamedSharding(mesh, specs[k]) for k in shapes}
+    rng = np.random.default_rng(13)
+
+    def draw():
+        tree = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+        return jax.device_put(tree, shard)
+
+    return draw(), draw, shard
+
+
+LAYOUT_CASES = {
+    "mfac": lambda layout: mfac(
+        1.0, num_grads=4, damping=1e-2, momentum=0.5, weight_decay=1e-3, layout=layout
+    ),
+    # one leaf: the flat vector's 8 blocks are the leaf's 8 leading-axis blocks (= shards)
+    "mfac_topk": lambda layout: mfac(
+        1.0, num_grads=4, damping=1e-2, compressor=topk(0.1, num_blocks=8), layout=layout
+    ),
+    "mfac_bf16": lambda layout: scale_by_mfac(
+        num_grads=4, damping=1e-2, storage_dtype=jnp.bfloat16, layout=layout
+    ),
+    "ggt": lambda layout: ggt(1.0, num_grads=4, eps=0.1, beta1=0.5, layout=layout),
+    "ggt_topk": lambda layout: scale_by_ggt(
+        num_grads=4, eps=1e-3, compressor=topk(0.1, num_blocks=8), layout=layout
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_CASES))
+def test_leaves_layout_on_sharded_params_equals_flat_layout(case):
+    params, draw, shard = _sharded_problem(single_leaf=case in ("mfac_topk", "ggt_topk"))
+    flat, leaves = LAYOUT_CASES[case]("flat"), LAYOUT_CASES[case]("leaves")
+    sf, sl = flat.init(params), leaves.init(params)
+    window_w = sl.window["w"] if "topk" not in case else sl.window["w"].values
+    assert window_w.shape[0] == 4 and window_w.sharding.spec == P(None, "x", None)
+    before = [x.sharding for x in jax.tree.leaves(sl)]
+    update_f, update_l = jax.jit(flat.update), jax.jit(leaves.update)
+    for _ in range(6):  # wraps the ring buffer (m = 4)
+        g = draw()
+        uf, sf = update_f(g, sf, params)
+        ul, sl = update_l(g, sl, params)
+        tol = 1e-5 * max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(uf))
+        if case == "ggt":  # with momentum u = x / eps - G^T w cancels: a few float32 ulps of
+            # x / eps (summation order differs between the layouts)
+            tol = 2e-6 * max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g)) / 0.1
+        for k in params:
+            np.testing.assert_allclose(np.asarray(ul[k]), np.asarray(uf[k]), atol=tol)
+            assert ul[k].sharding.is_equivalent_to(shard[k], ul[k].ndim)
+    np.testing.assert_allclose(np.asarray(sl.gram), np.asarray(sf.gram), rtol=1e-5, atol=1e-4)
+    for buffer in ("error", "momentum"):
+        a, b = getattr(sl, buffer), getattr(sf, buffer)
+        if not isinstance(b, optax.EmptyState):
+            flat_a = np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(a)])
+            np.testing.assert_allclose(flat_a, np.asarray(b, np.float32), rtol=1e-5, atol=1e-5)
+    for b, a in zip(before, [x.sharding for x in jax.tree.leaves(sl)]):
+        assert a.is_equivalent_to(b, 3), (b, a)
+
+
+_COLLECTIVE = re.compile(
+    r"= \(?(\w+)\[([\d,]*)\][^\n]*? (all-gather|all-to-all|collective-permute|all-reduce)"
+    r"(?:-start)?\("
+)
+
+
+def _collectives(hlo):
+    """`(op, number of elements of its result)` of every collective in compiled HLO text."""
+    return [
+        (op, int(np.prod([int(n) for n in dims.split(",") if n])))
+        for _, dims, op in _COLLECTIVE.findall(hlo)
+    ]
+
+
+@pytest.mark.parametrize("case", ["mfac", "mfac_topk_multi", "ggt"])
+def test_leaves_layout_gathers_nothing_of_size_d(case):
+    """The compiled sharded step moves only O(m)-sized data between devices: no all-gather /
+    all-to-all of a parameter-sized operand (the flat layout gathers the whole gradient)."""
+    params, draw, _ = _sharded_problem()
+    make = {
+        "mfac": LAYOUT_CASES["mfac"],
+        "mfac_topk_multi": lambda layout: mfac(
+            1.0, num_grads=4, damping=1e-2, compressor=topk(0.1, num_blocks=8), layout=layout
+        ),
+        "ggt": LAYOUT_CASES["ggt"],
+    }[case]
+    hlo = {}
+    for layout in ("flat", "leaves"):
+        tx = make(layout)
+        state = tx.init(params)
+        hlo[layout] = _collectives(
+            jax.jit(tx.update).lower(draw(), state, params).compile().as_text()
+        )
+    smallest_sharded_leaf = 16 * 4 * 8
+    moved = [n for op, n in hlo["leaves"] if op != "all-reduce"]
+    assert all(n <= 4 * 4 for n in moved), hlo["leaves"]
+    # the psum of G x: all-reduces of a few m-sized vectors, nothing parameter-sized
+    reduced = [n for op, n in hlo["leaves"] if op == "all-reduce"]
+    assert reduced and all(n < smallest_sharded_leaf for n in reduced), hlo["leaves"]
+    # control: the parser sees the flat layout's gather of the d-vector (or of whole leaves)
+    assert max(n for op, n in hlo["flat"] if op == "all-gather") >= smallest_sharded_leaf
+
+
+def test_leaves_layout_topk_matches_numpy_per_leaf_blocks():
+    """Per-leaf block-wise top-k with error feedback (leading axis cut into 5 blocks when it
+    divides, else one block), against numpy and a float64 solve of the dense window."""
+    shapes = {"b": (50,), "s": (3,), "w": (10, 15)}  # blocks: 5 x 10, 1 x 3, 5 x (2 x 15)
+    m, damping, frac = 4, 1e-2, 0.2
+    tx = mfac(
+        1.0, num_grads=m, damping=damping, compressor=topk(frac, num_blocks=5), layout="leaves"
+    )
+    zeros = {k: jnp.zeros(s) for k, s in shapes.items()}
+    state = tx.init(zeros)
+    assert state.window["w"].values.shape == (m, 5, 6) and state.window["s"].values.shape == (
+        m,
+        1,
+        1,
+    )
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(14)
+    d = sum(int(np.prod(s)) for s in shapes.values())
+    window, error = np.zeros((m, d)), {k: np.zeros(int(np.prod(s))) for k, s in shapes.items()}
+    for t in range(6):
+        g = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+        upd, state = update({k: jnp.asarray(v) for k, v in g.items()}, state)
+        rows = []
+        for k in sorted(shapes):  # jax.tree order
+            a = error[k] + g[k].ravel()
+            n = 5 if shapes[k][0] % 5 == 0 else 1
+            size = a.size // n
+            c = _block_topk_np(a, n * max(1, int(frac * size)), n)
+            error[k] = a - c
+            rows.append(c)
+        window[t % m] = np.concatenate(rows)
+        expected = np.linalg.solve(_fisher(window, damping), window[t % m])
+        got = np.concatenate([np.asarray(upd[k], np.float64).ravel() for k in sorted(shapes)])
+        np.testing.assert_allclose(-got, expected, atol=2e-5 * np.abs(expected).max())
+    for k in shapes:
+        np.testing.assert_allclose(np.asarray(state.error[k]).ravel(), error[k], atol=1e-5)
+
+
+def test_bad_layout_raises():
+    with pytest.raises(ValueError, match="layout must be 'flat' or 'leaves', got 'tree'"):
+        mfac(0.1, layout="tree")
+    with pytest.raises(ValueError, match="layout='leaves' supports compressor=None or topk"):
+        ggt(0.1, compressor=lowrank(2), layout="leaves")

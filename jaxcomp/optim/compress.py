@@ -41,8 +41,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxcomp.optim.utils import Shapes, ravel_f32, replicate_on_params_mesh
+from jaxcomp.optim.utils import (
+    Shapes,
+    check_storage_dtype,
+    explicit_sharding,
+    ravel_f32,
+    replicate_on_params_mesh,
+)
 
 HIGHEST = lax.Precision.HIGHEST
 _BLOCK = 1 << 16  # block-local top-k indices fit in uint16
@@ -72,6 +79,29 @@ class Compressor(NamedTuple):
     window_dots: Callable[[Any, jax.Array, Any, Shapes], jax.Array]
     window_combine: Callable[[Any, jax.Array, Shapes], jax.Array]
     decode: Callable[[Any, Shapes], jax.Array] | None = None
+    leaf: Callable[[tuple[int, ...]], LeafCompressor] | None = None
+
+
+class LeafCompressor(NamedTuple):
+    """The per-leaf form of a compressor, for `layout="leaves"`: one window per parameter leaf,
+    indexed like the leaf (no flattening across leaves), so it can be sharded like the leaf.
+
+    Attributes:
+      window_init: `m -> window`, the all-zero window of `m` slots of this leaf (float32).
+      window_spec: `spec -> specs`, the `PartitionSpec`s of the window's arrays (a pytree like
+        the window) for a leaf sharded as `spec`; the slot axis is never sharded.
+      compress: `x -> (payload, c)`, `c = C(x)` shaped like the leaf.
+      window_set: `(window, slot, payload) -> window`.
+      window_dots: `(window, x) -> (m,)`, this leaf's share of `G x`.
+      window_combine: `(window, w) -> x`, this leaf's part of `G^T w`, shaped like the leaf.
+    """
+
+    window_init: Callable[[int], Any]
+    window_spec: Callable[[PartitionSpec], Any]
+    compress: Callable[[jax.Array], tuple[Any, jax.Array]]
+    window_set: Callable[[Any, jax.Array, Any], Any]
+    window_dots: Callable[[Any, jax.Array], jax.Array]
+    window_combine: Callable[[Any, jax.Array], jax.Array]
 
 
 def _numel(shapes: Shapes) -> int:
@@ -109,7 +139,55 @@ def identity() -> Compressor:
         window_set=_set_row,
         window_dots=window_dots,
         window_combine=window_combine,
+        leaf=_dense_leaf,
     )
+
+
+def _dense_leaf(shape: tuple[int, ...]) -> LeafCompressor:
+    """Dense window of one leaf: `(m, *shape)`, sharded like the leaf; `G x` is a contraction
+    over the leaf's axes (a psum of `m` floats when they are sharded), `G^T w` over the slots."""
+    nd = len(shape)
+    return LeafCompressor(
+        window_init=lambda m: jnp.zeros((m, *shape), jnp.float32),
+        window_spec=lambda spec: PartitionSpec(None, *spec),
+        compress=lambda x: (x, x),
+        window_set=_set_row,
+        window_dots=lambda window, x: _contract(window, x, nd),
+        window_combine=lambda window, w: jnp.tensordot(w, window, axes=1, precision=HIGHEST),
+    )
+
+
+def _contract(window: jax.Array, x: jax.Array, nd: int) -> jax.Array:
+    """`(m,)` contraction of `window (m, *s)` with `x (*s)` over the last `nd` axes; on Explicit
+    mesh axes the result is declared replicated (the partial sums are psum-ed)."""
+    sharding = explicit_sharding(x)
+    out = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    return jnp.tensordot(window, x, axes=nd, precision=HIGHEST, out_sharding=out)
+
+
+def _to_blocks(x: jax.Array, nb: int) -> jax.Array:
+    """`x` as `(nb, size / nb)` (contiguous blocks along its leading axis); on Explicit mesh
+    axes the block axis carries the leading axis' sharding (the leaf is resharded to that
+    first if it was sharded along another axis)."""
+    shape = (nb, x.size // nb)
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x.reshape(shape)
+    lead = sharding.spec[0] if nb > 1 and len(sharding.spec) else None
+    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(lead)))
+    return lax.reshape(x, shape, out_sharding=NamedSharding(sharding.mesh, PartitionSpec(lead)))
+
+
+def _from_blocks(y: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
+    """Inverse of `_to_blocks`: `y (nb, B)` back to `shape`; on Explicit mesh axes the leading
+    axis keeps the block axis' sharding, then (if given) the sharding of the array `like`."""
+    sharding = explicit_sharding(y)
+    if sharding is None:
+        return y.reshape(shape)
+    out = NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+    y = lax.reshape(y, shape, out_sharding=out)
+    like = None if like is None else explicit_sharding(like)
+    return y if like is None else jax.sharding.reshard(y, like)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,11 +230,23 @@ def _topk_indices(window: TopkWindow) -> jax.Array:
     return hi * _BLOCK + low
 
 
-def _block_topk(blocks: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def _block_topk(blocks: jax.Array, k: int, by_sort: bool = False) -> tuple[jax.Array, jax.Array]:
     """`(values, idx)`, both `(n, k)`: the `k` entries of largest magnitude of each row of the
-    `(n, B)` array `blocks` (ties broken by `lax.top_k`), with their block-local coordinates
-    sorted in increasing order."""
-    _, idx = lax.top_k(jnp.abs(blocks), k)
+    `(n, B)` array `blocks` (ties: the lower coordinate first), with their block-local
+    coordinates sorted in increasing order.
+
+    `by_sort=True` selects with a stable sort of each row instead of `lax.top_k` (the same
+    entries): XLA's SPMD partitioner keeps a sort along an unsharded axis local to the shards of
+    the other axes, while it gathers the operand of a `TopK` custom call.
+    """
+    if by_sort:
+        iota = lax.broadcasted_iota(
+            jnp.int32, blocks.shape, blocks.ndim - 1, out_sharding=explicit_sharding(blocks)
+        )
+        _, idx = lax.sort((-jnp.abs(blocks), iota), dimension=blocks.ndim - 1, num_keys=1)
+        idx = idx[..., :k]
+    else:
+        _, idx = lax.top_k(jnp.abs(blocks), k)
     idx = jnp.sort(idx, axis=-1)
     return jnp.take_along_axis(blocks, idx, axis=-1), idx
 
@@ -247,6 +337,74 @@ def topk(fraction: float = 0.01, *, num_blocks: int = 1) -> Compressor:
         init=lambda shapes: (),
         compress=compress,
         window_init=window_init,
+        window_set=window_set,
+        window_dots=window_dots,
+        window_combine=window_combine,
+        leaf=lambda shape: _topk_leaf(shape, fraction, n),
+    )
+
+
+class LeafTopkWindow(NamedTuple):
+    """Top-k window of one leaf (`layout="leaves"`), split into `nb` blocks along the leaf's
+    leading axis: `values[i, b]` are the `k_b` kept entries of block `b` of slot `i`, and
+    `index[i, b]` their coordinates inside the block (sorted; uint16 when a block has at most
+    2^16 coordinates, else int32)."""
+
+    values: jax.Array  # (m, nb, k_b)
+    index: jax.Array  # (m, nb, k_b)
+
+
+def _topk_leaf(shape: tuple[int, ...], fraction: float, num_blocks: int) -> LeafCompressor:
+    """Block-wise top-k of one leaf: `num_blocks` blocks along the leading axis if it divides
+    it (the shards of a leaf sharded on that axis over `num_blocks` devices), else one block.
+    Selection, `G x` (a batched gather) and `G^T w` (a batched scatter-add) stay inside each
+    block, so no block needs another block's coordinates."""
+    size = math.prod(shape)
+    nb = num_blocks if shape and shape[0] % num_blocks == 0 else 1
+    block = size // nb
+    k = topk_size(fraction, block)
+    index_dtype = jnp.uint16 if block <= _BLOCK else jnp.int32
+
+    def window_spec(spec):
+        lead = spec[0] if len(spec) and nb > 1 else None
+        return LeafTopkWindow(PartitionSpec(None, lead, None), PartitionSpec(None, lead, None))
+
+    def scatter(idx, values, add):
+        def one(i, v):
+            zeros = jnp.zeros((block,), jnp.float32)
+            i, v = i.reshape(-1), v.reshape(-1).astype(jnp.float32)
+            return zeros.at[i].add(v) if add else zeros.at[i].set(v, unique_indices=True)
+
+        return jax.vmap(one, in_axes=(-2, -2))(idx, values)
+
+    def compress(x):
+        values, idx = _block_topk(_to_blocks(x, nb), k, by_sort=True)
+        return (values, idx), _from_blocks(scatter(idx, values, add=False), shape, x)
+
+    def window_set(window, slot, payload):
+        values, idx = payload
+        return LeafTopkWindow(
+            _set_row(window.values, slot, values),
+            _set_row(window.index, slot, idx.astype(index_dtype)),
+        )
+
+    def window_dots(window, x):
+        take = lambda row, idx: row[idx]  # one block: (block,), (m, k) -> (m, k)
+        picked = jax.vmap(take, in_axes=(0, 1), out_axes=1)(
+            _to_blocks(x, nb), window.index.astype(jnp.int32)
+        )
+        return jnp.sum(window.values * picked, axis=(1, 2))
+
+    def window_combine(window, w):
+        contrib = w[:, None, None] * window.values
+        return _from_blocks(scatter(window.index.astype(jnp.int32), contrib, add=True), shape)
+
+    return LeafCompressor(
+        window_init=lambda m: LeafTopkWindow(
+            jnp.zeros((m, nb, k), jnp.float32), jnp.zeros((m, nb, k), index_dtype)
+        ),
+        window_spec=window_spec,
+        compress=compress,
         window_set=window_set,
         window_dots=window_dots,
         window_combine=window_combine,
@@ -390,15 +548,16 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
 
 
 def _stored(
-    compressor: Compressor, payload: Any, c: jax.Array, shapes: Shapes, storage_dtype: Any
+    decode: Any, payload: Any, c: jax.Array, shapes: Shapes, storage_dtype: Any
 ) -> tuple[Any, jax.Array]:
     """`(payload, c)` rounded to `storage_dtype` (what a window of that dtype holds), `c` back in
-    float32; unchanged for float32 storage."""
+    float32 (`decode(payload, shapes)`, or rounded elementwise when `decode` is None);
+    unchanged for float32 storage."""
     if jnp.dtype(storage_dtype) == jnp.float32:
         return payload, c
     payload = jax.tree.map(lambda x: _to_storage(x, storage_dtype), payload)
-    if compressor.decode is not None:
-        return payload, compressor.decode(payload, shapes)
+    if decode is not None:
+        return payload, decode(payload, shapes)
     return payload, c.astype(storage_dtype).astype(jnp.float32)
 
 
@@ -424,7 +583,7 @@ def error_feedback(
     """
     a = error.astype(jnp.float32) + g
     payload, c, aux = compressor.compress(a, aux, shapes)
-    payload, c = _stored(compressor, payload, c, shapes, storage_dtype)
+    payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
     return payload, c, (a - c).astype(storage_dtype), aux
 
 
@@ -464,15 +623,35 @@ def integrate_gradient(
     if compressor is None or not feedback:
         compressor = identity() if compressor is None else compressor
         payload, c, aux = compressor.compress(g, aux, shapes)
-        payload, c = _stored(compressor, payload, c, shapes, storage_dtype)
+        payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
     else:
         payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes, storage_dtype)
     window = compressor.window_set(window, slot, payload)
     dots = compressor.window_dots(window, c, payload, shapes)
+    return Integrated(c, dots, window, _set_gram_row(gram, slot, dots), error, aux)
+
+
+def _set_gram_row(gram: jax.Array, slot: jax.Array, dots: jax.Array) -> jax.Array:
+    """`gram` with row and column `slot` replaced by `dots` (the new window row's products)."""
     m = gram.shape[0]
     gram = lax.dynamic_update_slice(gram, dots.reshape(1, m), (slot, 0))
-    gram = lax.dynamic_update_slice(gram, dots.reshape(m, 1), (0, slot))
-    return Integrated(c, dots, window, gram, error, aux)
+    return lax.dynamic_update_slice(gram, dots.reshape(m, 1), (0, slot))
+
+
+LAYOUTS = ("flat", "leaves")
+
+
+def check_layout(layout: Any, compressor: Compressor | None) -> str:
+    """`layout` if it is `"flat"` or `"leaves"` and the compressor supports it, else a
+    ValueError naming it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'flat' or 'leaves', got {layout!r}")
+    if layout == "leaves" and compressor is not None and compressor.leaf is None:
+        raise ValueError(
+            "layout='leaves' supports compressor=None or topk(...); this compressor has no "
+            "per-leaf form (low-rank: use layout='flat')"
+        )
+    return layout
 
 
 def init_window_fields(
@@ -482,6 +661,7 @@ def init_window_fields(
     with_momentum: bool,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> dict[str, Any]:
     """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
 
@@ -489,22 +669,89 @@ def init_window_fields(
     when unused (no compressor or `error_feedback=False`; no momentum), so every state can be
     checkpointed (orbax refuses zero-size arrays). The window's floating arrays and the error
     buffer are stored in `storage_dtype`; the Gram matrix and the momentum stay float32.
+
+    `layout="flat"`: one window over the flattened `(d,)` vector, replicated. `layout="leaves"`:
+    a pytree like `params` of per-leaf windows (`LeafCompressor`; the dense one is
+    `(m, *leaf.shape)`), `error` and `momentum` are pytrees like `params`, each placed with the
+    sharding of its parameter leaf when that is known (concrete arrays with a `NamedSharding`,
+    or Explicit mesh axes). Under `jax.jit` on Auto axes nothing is known: call `init` on the
+    placed params outside `jit`, or give the state's shardings as `out_shardings`.
     """
     with_error = compressor is not None and error_feedback
-    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
-    d = _numel(shapes)
     comp = identity() if compressor is None else compressor
+    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
     fields = dict(
         count=jnp.zeros((), jnp.int32),
-        window=jax.tree.map(
-            lambda x: _to_storage(x, storage_dtype), comp.window_init(num_grads, shapes)
-        ),
         gram=jnp.zeros((num_grads, num_grads), jnp.float32),
-        error=jnp.zeros((d,), storage_dtype) if with_error else optax.EmptyState(),
-        compressor_state=comp.init(shapes),
-        momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
+        compressor_state=() if layout == "leaves" else comp.init(shapes),
     )
-    return replicate_on_params_mesh(fields, params)
+    stored = lambda tree: jax.tree.map(lambda x: _to_storage(x, storage_dtype), tree)
+    if layout == "flat":
+        d = _numel(shapes)
+        fields.update(
+            window=stored(comp.window_init(num_grads, shapes)),
+            error=jnp.zeros((d,), storage_dtype) if with_error else optax.EmptyState(),
+            momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
+        )
+        return replicate_on_params_mesh(fields, params)
+    # count and Gram matrix replicated on the params' mesh, so every state leaf keeps one
+    # sharding from step to step
+    placed = [p for p in jax.tree.leaves(params) if _spec(p)[0] is not None]
+    if placed:
+        fields = jax.tree.map(lambda x: _place(x, PartitionSpec(), placed[0]), fields)
+    like = lambda dtype: jax.tree.map(
+        lambda p: _place(jnp.zeros(p.shape, dtype), PartitionSpec(*_spec(p)[1]), p), params
+    )
+    window = []
+    for p in jax.tree.leaves(params):
+        ops = comp.leaf(tuple(p.shape))
+        specs = ops.window_spec(PartitionSpec(*_spec(p)[1]))
+        window.append(
+            jax.tree.map(
+                lambda spec, x, p=p: _place(x, spec, p),
+                specs,
+                stored(ops.window_init(num_grads)),
+                is_leaf=lambda x: isinstance(x, PartitionSpec),
+            )
+        )
+    fields.update(
+        window=jax.tree.structure(params).unflatten(window),
+        error=like(storage_dtype) if with_error else optax.EmptyState(),
+        momentum=like(jnp.float32) if with_momentum else optax.EmptyState(),
+    )
+    return fields
+
+
+def _spec(p: Any) -> tuple[Any, tuple[Any, ...]]:
+    """`(mesh, spec)` of a parameter leaf's `NamedSharding` if known: a concrete array's
+    sharding, or the sharding in the type of an array on Explicit mesh axes; `(None, ())` else."""
+    sharding = None
+    if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer):
+        sharding = p.sharding
+    else:
+        sharding = getattr(jax.typeof(p), "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None, ()
+    return sharding.mesh, tuple(sharding.spec)
+
+
+def _place(x: jax.Array, spec: PartitionSpec, p: Any) -> jax.Array:
+    """`x` placed on the mesh of parameter leaf `p` with `spec` (no-op if `p`'s is unknown)."""
+    mesh, _ = _spec(p)
+    if mesh is None:
+        return x
+    sharding = NamedSharding(mesh, spec)
+    if isinstance(p, jax.core.Tracer):
+        return jax.sharding.reshard(x, sharding)
+    return jax.device_put(x, sharding)
+
+
+class WindowOps(NamedTuple):
+    """The two products with the current window, in the layout's vector format (a flat `(d,)`
+    array for `"flat"`, a pytree like the gradients for `"leaves"`)."""
+
+    dots: Callable[[Any], jax.Array]  # x -> G x, (m,)
+    combine: Callable[[jax.Array], Any]  # w -> G^T w
 
 
 def push_gradient(
@@ -514,16 +761,20 @@ def push_gradient(
     num_grads: int,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
-) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
-    """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
+    layout: str = "flat",
+) -> tuple[Integrated, jax.Array, WindowOps, Callable[[Any], Any]]:
+    """Integrate `updates` (a gradient pytree) into the window of `state` (an `MFACState` or
     `GGTState`) at slot `count % num_grads`.
 
-    Returns `(integrated, slot, shapes, unravel)`; `unravel` maps a flat update back to the
-    gradient pytree (shapes and dtypes).
+    Returns `(integrated, slot, ops, unravel)`: `ops` are the products with the new window,
+    and `unravel` maps a vector of the layout back to the gradient pytree (shapes, dtypes and,
+    on Explicit meshes, shardings).
     """
+    slot = state.count % num_grads
+    if layout == "leaves":
+        return _push_leaves(compressor, updates, state, slot, error_feedback, storage_dtype)
     shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(updates))
     g, unravel = ravel_f32(updates)
-    slot = state.count % num_grads
     new = integrate_gradient(
         compressor,
         g,
@@ -536,7 +787,85 @@ def push_gradient(
         error_feedback,
         storage_dtype,
     )
-    return new, slot, shapes, unravel
+    comp = identity() if compressor is None else compressor
+    ops = WindowOps(
+        dots=lambda x: comp.window_dots(new.window, x, None, shapes),
+        combine=lambda w: comp.window_combine(new.window, w, shapes),
+    )
+    return new, slot, ops, unravel
+
+
+def _push_leaves(compressor, updates, state, slot, feedback, storage_dtype):
+    """`push_gradient` for `layout="leaves"`: error feedback, compression and window update per
+    leaf, in the leaf's own shape and sharding; the Gram row is the sum of the leaves' dots."""
+    leaves, treedef = jax.tree.flatten(updates)
+    dtypes = [x.dtype for x in leaves]
+    comp = identity() if compressor is None else compressor
+    ops = [comp.leaf(tuple(x.shape)) for x in leaves]
+    with_error = compressor is not None and feedback
+    errors = treedef.flatten_up_to(state.error) if with_error else [None] * len(leaves)
+    cs, new_errors, windows, dots = [], [], [], 0.0
+    for op, g, e, window in zip(ops, leaves, errors, treedef.flatten_up_to(state.window)):
+        a = g.astype(jnp.float32) if e is None else e.astype(jnp.float32) + g
+        payload, c = op.compress(a)
+        payload, c = _stored(None, payload, c, (), storage_dtype)
+        window = op.window_set(window, slot, payload)
+        dots = dots + op.window_dots(window, c)
+        cs.append(c)
+        new_errors.append(None if e is None else (a - c).astype(storage_dtype))
+        windows.append(window)
+    error = treedef.unflatten(new_errors) if with_error else state.error
+    new = Integrated(
+        treedef.unflatten(cs),
+        dots,
+        treedef.unflatten(windows),
+        _set_gram_row(state.gram, slot, dots),
+        error,
+        state.compressor_state,
+    )
+    window_ops = WindowOps(
+        dots=lambda x: sum(
+            op.window_dots(w, v) for op, w, v in zip(ops, windows, treedef.flatten_up_to(x))
+        ),
+        combine=lambda w: treedef.unflatten(
+            [op.window_combine(win, w) for op, win in zip(ops, windows)]
+        ),
+    )
+
+    def unravel(tree):
+        return treedef.unflatten(
+            [x.astype(dt) for x, dt in zip(treedef.flatten_up_to(tree), dtypes)]
+        )
+
+    return new, slot, window_ops, unravel
+
+
+def window_parts(
+    state_type: Callable[..., Any],
+    compressor: Compressor | None,
+    num_grads: int,
+    with_momentum: bool,
+    error_feedback: bool,
+    storage_dtype: Any,
+    layout: Any,
+) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """`(init_fn, push)` shared by `mfac`, `ggt` and their `scale_by_*` forms, after checking
+    `storage_dtype` and `layout`: `init_fn(params)` is the zero `state_type` (`MFACState`,
+    `GGTState`) from `init_window_fields`, `push(updates, state)` is `push_gradient`."""
+    storage = check_storage_dtype(storage_dtype)
+    layout = check_layout(layout, compressor)
+
+    def init_fn(params: Any) -> Any:
+        return state_type(
+            **init_window_fields(
+                compressor, params, num_grads, with_momentum, error_feedback, storage, layout
+            )
+        )
+
+    def push(updates: Any, state: Any):
+        return push_gradient(compressor, updates, state, num_grads, error_feedback, storage, layout)
+
+    return init_fn, push
 
 
 def next_window_fields(state: Any, new: Integrated, momentum: jax.Array) -> dict[str, Any]:

@@ -36,10 +36,8 @@ import optax
 from jaxcomp.optim.compress import (
     HIGHEST,
     Compressor,
-    identity,
-    init_window_fields,
     next_window_fields,
-    push_gradient,
+    window_parts,
 )
 from jaxcomp.optim.utils import (
     at_step,
@@ -47,7 +45,6 @@ from jaxcomp.optim.utils import (
     check_learning_rate,
     check_nonnegative,
     check_positive_or_schedule,
-    check_storage_dtype,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -93,7 +90,7 @@ def inverse_sqrt_product(
     coeff = jnp.where(keep, -1.0 / (eps * s * (s + eps)), 0.0)
     proj = jnp.matmul(vecs.T, dots, precision=HIGHEST)
     w = jnp.matmul(vecs, coeff * proj, precision=HIGHEST)
-    return x / eps + combine(w)
+    return jax.tree.map(lambda a, b: a / eps + b, x, combine(w))
 
 
 def window_row_sqrt_direction(
@@ -119,6 +116,7 @@ def ggt(
     compressor: Compressor | None = None,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
 
@@ -144,6 +142,8 @@ def ggt(
         the paper's ablation (no error buffer).
       storage_dtype: dtype of the stored window values and error buffer, as in `mfac`
         (`jnp.bfloat16` halves them; all arithmetic stays float32).
+      layout: `"flat"` or `"leaves"` (per-leaf windows sharded like the parameters), as in
+        `mfac`; the `(r, r)` Gram matrix and its spectrum are replicated.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
@@ -152,15 +152,17 @@ def ggt(
     r = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
     check_nonnegative("weight_decay", weight_decay)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback, storage_dtype)
+    init_fn, direction = _ggt_parts(
+        r, eps, beta1, compressor, error_feedback, storage_dtype, layout
+    )
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, GGTState]:
         del extra_args
         u, new_state, unravel = direction(updates, state)
-        step = scaled_step("ggt", learning_rate, state.count, u, weight_decay, params)
-        return unravel(-step), new_state
+        step = scaled_step("ggt", learning_rate, state.count, u, weight_decay, params, layout)
+        return unravel(optax.tree.scale(-1.0, step)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -173,6 +175,7 @@ def scale_by_ggt(
     compressor: Compressor | None = None,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """The bare GGT preconditioner: the update is `u = (sqrt(G^T G) + eps I)^{-1} x` (no
     learning rate, no sign), to compose inside `optax.chain`; `ggt(lr, ...)` without weight decay
@@ -180,7 +183,9 @@ def scale_by_ggt(
     is *preconditioned* (inside the transform, as GGT's Alg. 1); arguments as in `ggt`.
     """
     r = check_int_at_least("num_grads", num_grads, 1)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback, storage_dtype)
+    init_fn, direction = _ggt_parts(
+        r, eps, beta1, compressor, error_feedback, storage_dtype, layout
+    )
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
@@ -199,32 +204,27 @@ def _ggt_parts(
     compressor: Compressor | None,
     error_feedback: bool,
     storage_dtype: Any,
+    layout: str,
 ):
     """`(init_fn, direction)` shared by `ggt` and `scale_by_ggt`; `direction(updates, state)`
-    pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` flat."""
+    pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` in the
+    layout's vector format."""
     check_positive_or_schedule("eps", eps)
     check_unit_interval("beta1", beta1)
     use_momentum = not is_static_zero(beta1)
-    storage = check_storage_dtype(storage_dtype)
-    ops = identity() if compressor is None else compressor
-
-    def init_fn(params: Any) -> GGTState:
-        fields = init_window_fields(compressor, params, r, use_momentum, error_feedback, storage)
-        return GGTState(**fields)
+    init_fn, push = window_parts(
+        GGTState, compressor, r, use_momentum, error_feedback, storage_dtype, layout
+    )
 
     def direction(updates: Any, state: GGTState):
-        new, slot, shapes, unravel = push_gradient(
-            compressor, updates, state, r, error_feedback, storage
-        )
-        combine = lambda w: ops.window_combine(new.window, w, shapes)
+        new, slot, ops, unravel = push(updates, state)
         step_eps = at_step(eps, state.count)
         x = new.c
         if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
-            x = beta1 * state.momentum + (1.0 - beta1) * new.c
-            dots = ops.window_dots(new.window, x, None, shapes)
-            u = inverse_sqrt_product(new.gram, dots, x, combine, step_eps)
+            x = jax.tree.map(lambda v, c: beta1 * v + (1.0 - beta1) * c, state.momentum, new.c)
+            u = inverse_sqrt_product(new.gram, ops.dots(x), x, ops.combine, step_eps)
         else:  # x is the row that just entered the window
-            u = window_row_sqrt_direction(new.gram, slot, combine, step_eps)
+            u = window_row_sqrt_direction(new.gram, slot, ops.combine, step_eps)
         new_state = GGTState(
             **next_window_fields(state, new, x if use_momentum else state.momentum)
         )

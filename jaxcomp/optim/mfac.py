@@ -31,10 +31,8 @@ from jax.scipy.linalg import cho_solve
 from jaxcomp.optim.compress import (
     HIGHEST,
     Compressor,
-    identity,
-    init_window_fields,
     next_window_fields,
-    push_gradient,
+    window_parts,
 )
 from jaxcomp.optim.utils import (
     at_step,
@@ -42,7 +40,6 @@ from jaxcomp.optim.utils import (
     check_learning_rate,
     check_nonnegative,
     check_positive_or_schedule,
-    check_storage_dtype,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -102,7 +99,7 @@ def window_row_direction(gram: jax.Array, slot: jax.Array, combine: Any, damping
     """
     m = gram.shape[0]
     unit = jax.nn.one_hot(slot, m, dtype=gram.dtype)
-    return m * combine(_solve_shifted_gram(gram, unit, m * damping))
+    return jax.tree.map(lambda x: m * x, combine(_solve_shifted_gram(gram, unit, m * damping)))
 
 
 def _shifted_cholesky(gram: jax.Array, shift: Any) -> tuple[jax.Array, jax.Array]:
@@ -165,6 +162,7 @@ def mfac(
     compressor: Compressor | None = None,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC optimizer (Frantar et al. 2021, Alg. 2) with an optional EFCP-compressed window.
 
@@ -202,6 +200,15 @@ def mfac(
         `jnp.bfloat16` / `jnp.float16` to halve them. The gradient entering the window is
         rounded to it (with error feedback the rounding joins the compression error); the Gram
         matrix, the solve, the direction and the momentum stay float32.
+      layout: `"flat"` (default): one window over all parameters flattened to `(d,)`, kept
+        replicated (on a mesh the gradient is gathered). `"leaves"`: one window per parameter
+        leaf, `(m, *leaf.shape)` for the dense window, sharded like the leaf, error and momentum
+        buffers shaped and sharded like the parameters; `G x` is a sum of per-leaf
+        contractions (under sharding a psum of `m` floats), `G^T w` is local to each shard,
+        and only the `(m, m)` Gram matrix and its solve are replicated. Same numbers as
+        `"flat"` up to float32 summation order. Supports `compressor=None` and `topk(...)`
+        (block-wise along each leaf's leading axis, `num_blocks` = the shard count keeps the
+        selection shard-local); not `lowrank`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
@@ -218,12 +225,9 @@ def mfac(
     check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
-    storage = check_storage_dtype(storage_dtype)
-    direction = _direction_fn(m, damping, compressor, error_feedback, storage)
-
-    def init_fn(params: Any) -> MFACState:
-        fields = init_window_fields(compressor, params, m, use_momentum, error_feedback, storage)
-        return MFACState(**fields)
+    init_fn, direction = _mfac_parts(
+        m, damping, compressor, error_feedback, storage_dtype, layout, use_momentum
+    )
 
     def update_fn(
         updates: Any, state: MFACState, params: Any = None, **extra_args: Any
@@ -232,34 +236,38 @@ def mfac(
         u, new, unravel = direction(updates, state)
         v = state.momentum
         if use_momentum:
-            v = momentum * v + u
+            v = optax.tree.add_scale(u, momentum, v)
             u = v
-        step = scaled_step("mfac", learning_rate, state.count, u, weight_decay, params)
+        step = scaled_step("mfac", learning_rate, state.count, u, weight_decay, params, layout)
         new_state = MFACState(**next_window_fields(state, new, v))
-        return unravel(-step), new_state
+        return unravel(optax.tree.scale(-1.0, step)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _direction_fn(
-    m: int, damping: Any, compressor: Compressor | None, error_feedback: bool, storage: Any
+def _mfac_parts(
+    m: int,
+    damping: Any,
+    compressor: Compressor | None,
+    error_feedback: bool,
+    storage_dtype: Any,
+    layout: str,
+    use_momentum: bool,
 ):
-    """`(updates, state) -> (u, integrated, unravel)`: push the gradient into the window and
-    return the flat direction `u = F^{-1} c` (shared by `mfac` and `scale_by_mfac`)."""
+    """`(init_fn, direction)` shared by `mfac` and `scale_by_mfac`; `direction(updates, state)`
+    pushes the gradient into the window and returns `(u, integrated, unravel)` with the
+    direction `u = F^{-1} c` in the layout's vector format."""
     check_positive_or_schedule("damping", damping)
-    ops = identity() if compressor is None else compressor
+    init_fn, push = window_parts(
+        MFACState, compressor, m, use_momentum, error_feedback, storage_dtype, layout
+    )
 
     def direction(updates: Any, state: MFACState):
-        new, slot, shapes, unravel = push_gradient(
-            compressor, updates, state, m, error_feedback, storage
-        )
+        new, slot, ops, unravel = push(updates, state)
         lam = at_step(damping, state.count)
-        u = window_row_direction(
-            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), lam
-        )
-        return u, new, unravel
+        return window_row_direction(new.gram, slot, ops.combine, lam), new, unravel
 
-    return direction
+    return init_fn, direction
 
 
 def scale_by_mfac(
@@ -269,6 +277,7 @@ def scale_by_mfac(
     compressor: Compressor | None = None,
     error_feedback: bool = True,
     storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """The bare M-FAC preconditioner: the update is `F^{-1} c` (no learning rate, no sign, no
     momentum), to compose inside `optax.chain`, e.g.
@@ -278,12 +287,9 @@ def scale_by_mfac(
     `MFACState` (its `momentum` is `optax.EmptyState()`).
     """
     m = check_int_at_least("num_grads", num_grads, 1)
-    storage = check_storage_dtype(storage_dtype)
-    direction = _direction_fn(m, damping, compressor, error_feedback, storage)
-
-    def init_fn(params: Any) -> MFACState:
-        fields = init_window_fields(compressor, params, m, False, error_feedback, storage)
-        return MFACState(**fields)
+    init_fn, direction = _mfac_parts(
+        m, damping, compressor, error_feedback, storage_dtype, layout, False
+    )
 
     def update_fn(updates: Any, state: MFACState, params: Any = None, **extra_args: Any):
         del params, extra_args

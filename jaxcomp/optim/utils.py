@@ -53,7 +53,7 @@ def ravel_f32(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     """
     leaves = jax.tree.leaves(tree)
     dtypes = [leaf.dtype for leaf in leaves]
-    shardings = [_explicit_sharding(leaf) for leaf in leaves]
+    shardings = [explicit_sharding(leaf) for leaf in leaves]
     flat, unravel_f32 = ravel_pytree(jax.tree.map(_replicated_f32, tree))
 
     def unravel(vec: jax.Array) -> Any:
@@ -68,7 +68,7 @@ def ravel_f32(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     return flat, unravel
 
 
-def _explicit_sharding(x: Any) -> NamedSharding | None:
+def explicit_sharding(x: Any) -> NamedSharding | None:
     """The sharding in `x`'s type if it is sharded over an Explicit mesh axis, else None."""
     sharding = getattr(jax.typeof(x), "sharding", None)
     if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
@@ -103,7 +103,7 @@ def _replicated_f32(x: Any) -> jax.Array:
     (flattened) preconditioner works on the replicated vector.
     """
     x = jnp.asarray(x, jnp.float32)
-    sharding = _explicit_sharding(x)
+    sharding = explicit_sharding(x)
     if sharding is None:
         return x
     return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
@@ -200,17 +200,28 @@ def check_learning_rate(value: optax.ScalarOrSchedule) -> None:
 
 
 def scaled_step(
-    name: str, learning_rate: Any, count: jax.Array, u: jax.Array, weight_decay: Any, params: Any
-) -> jax.Array:
-    """`learning_rate(count) * u + weight_decay * w` (flat; decoupled weight decay not scaled by
-    the learning rate, as EFCP's `DenseMFAC`), shared by `mfac` and `ggt`; `ValueError` naming
+    name: str,
+    learning_rate: Any,
+    count: jax.Array,
+    u: Any,
+    weight_decay: Any,
+    params: Any,
+    layout: str = "flat",
+) -> Any:
+    """`learning_rate(count) * u + weight_decay * w` (decoupled weight decay not scaled by the
+    learning rate, as EFCP's `DenseMFAC`), shared by `mfac` and `ggt`; `u` and the result are a
+    flat vector (`layout="flat"`) or a pytree like the params (`"leaves"`); `ValueError` naming
     `name` when weight decay needs `params` and got none."""
-    step = resolve_learning_rate(learning_rate, count) * u
+    step = optax.tree.scale(resolve_learning_rate(learning_rate, count), u)
     if is_static_zero(weight_decay):
         return step
     if params is None:
         raise ValueError(f"{name} with weight_decay > 0 needs params, got params=None")
-    return step + weight_decay * ravel_f32(params)[0]
+    if layout == "flat":
+        w = ravel_f32(params)[0]
+    else:
+        w = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return optax.tree.add_scale(step, weight_decay, w)
 
 
 # Spectrum of a window's Gram matrix (shared by GGT and the M-FAC fallback).
