@@ -257,6 +257,26 @@ def _ggt_topk(learning_rate):
     return ggt(learning_rate, num_grads=4, eps=1e-3, compressor=topk(0.1))
 
 
+def _mfac_leaves(learning_rate, damping=1e-2, momentum=0.5):
+    return mfac(
+        learning_rate,
+        num_grads=4,
+        damping=damping,
+        momentum=momentum,
+        weight_decay=1e-3,
+        layout="leaves",
+    )
+
+
+def _mfac_topk_leaves(learning_rate):
+    comp = topk(0.1, num_blocks=8)  # 8 blocks: the 8 shards of the kernel's leading axis
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=comp, layout="leaves")
+
+
+def _ggt_leaves(learning_rate):
+    return ggt(learning_rate, num_grads=4, eps=1e-3, compressor=topk(0.1), layout="leaves")
+
+
 BATTERY = {
     "mfac": (_mfac, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
     "mfac_topk": (_mfac_topk, {"learning_rate": 0.05}),
@@ -266,12 +286,15 @@ BATTERY = {
     # float32 rounding, so compiled variants would differ by more than the battery's 1e-5
     "ggt": (_ggt, {"learning_rate": 0.05, "eps": 0.1, "beta1": 0.5}),
     "ggt_topk": (_ggt_topk, {"learning_rate": 0.05}),
+    "mfac_leaves": (_mfac_leaves, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
+    "mfac_topk_leaves": (_mfac_topk_leaves, {"learning_rate": 0.05}),
+    "ggt_leaves": (_ggt_leaves, {"learning_rate": 0.05}),
 }
 
 
 # the full battery for dense M-FAC, top-k M-FAC and GGT; the other two variants share all code
 # paths but the compressor, so (to keep the suite fast) they run the dtype check only
-FULL = ("mfac", "mfac_topk", "ggt")
+FULL = ("mfac", "mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves")
 CASES = [(n, c) for n in FULL for c in optax_battery.CHECKS] + [
     (n, optax_battery.check_dtype_kept) for n in sorted(set(BATTERY) - set(FULL))
 ]
@@ -283,7 +306,7 @@ def test_battery(name, check):
     assert check(factory, hp)
 
 
-@pytest.mark.parametrize("name", ["mfac_topk", "ggt"])
+@pytest.mark.parametrize("name", ["mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves"])
 def test_state_sharding_unchanged_on_explicit_mesh(name):
     """Sharding in types: params FSDP-sharded over an Explicit axis, state stays replicated."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
@@ -306,6 +329,16 @@ def test_state_sharding_unchanged_on_explicit_mesh(name):
     assert upd["kernel"].sharding.is_equivalent_to(params["kernel"].sharding, 2)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2)):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+    if name.endswith("leaves"):  # the kernel's window is sharded like the kernel
+        window = state2.window["kernel"]
+        window = window.values if name == "mfac_topk_leaves" else window
+        assert window.sharding.spec == P(None, "data", None), window.sharding
+    if name == "mfac_leaves":  # and computes what the flat layout computes
+        flat = _mfac(**hp)
+        with jax.set_mesh(mesh):
+            want, _ = jax.jit(flat.update)(grads, jax.jit(flat.init)(params), params)
+        for k in params:
+            np.testing.assert_allclose(np.asarray(upd[k]), np.asarray(want[k]), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -318,8 +351,20 @@ def test_state_sharding_unchanged_on_explicit_mesh(name):
         lambda: ggt(0.1, num_grads=3),
         lambda: ggt(0.1, num_grads=3, beta1=0.5, compressor=topk(0.1)),
         lambda: ggt(0.1, num_grads=3, compressor=lowrank(2), weight_decay=1e-3),
+        lambda: mfac(0.1, num_grads=3, momentum=0.5, layout="leaves", storage_dtype=jnp.bfloat16),
+        lambda: mfac(0.1, num_grads=3, compressor=topk(0.2, num_blocks=2), layout="leaves"),
     ],
-    ids=["mfac", "mfac_mom", "mfac_topk", "mfac_lowrank_mom", "ggt", "ggt_topk_mom", "ggt_lr_wd"],
+    ids=[
+        "mfac",
+        "mfac_mom",
+        "mfac_topk",
+        "mfac_lowrank_mom",
+        "ggt",
+        "ggt_topk_mom",
+        "ggt_lr_wd",
+        "mfac_leaves_bf16_mom",
+        "mfac_leaves_topk",
+    ],
 )
 def test_every_state_variant_saves_restores_and_continues_exactly(make, tmp_path):
     from jaxcomp.train import Checkpointer

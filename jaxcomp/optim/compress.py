@@ -174,6 +174,7 @@ def _to_blocks(x: jax.Array, nb: int) -> jax.Array:
     if sharding is None:
         return x.reshape(shape)
     lead = sharding.spec[0] if nb > 1 and len(sharding.spec) else None
+    lead = lead if nb % _axis_size(sharding.mesh, lead) == 0 else None
     x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(lead)))
     return lax.reshape(x, shape, out_sharding=NamedSharding(sharding.mesh, PartitionSpec(lead)))
 
@@ -735,11 +736,22 @@ def _spec(p: Any) -> tuple[Any, tuple[Any, ...]]:
     return sharding.mesh, tuple(sharding.spec)
 
 
+def _axis_size(mesh: Any, entry: Any) -> int:
+    """Number of shards of an array axis partitioned as `entry` (a spec entry) on `mesh`."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[n] for n in names)
+
+
 def _place(x: jax.Array, spec: PartitionSpec, p: Any) -> jax.Array:
-    """`x` placed on the mesh of parameter leaf `p` with `spec` (no-op if `p`'s is unknown)."""
+    """`x` placed on the mesh of parameter leaf `p` with `spec` (no-op if `p`'s is unknown); an
+    axis whose size the spec's shard count does not divide (e.g. fewer top-k blocks than
+    shards) is replicated instead."""
     mesh, _ = _spec(p)
     if mesh is None:
         return x
+    spec = PartitionSpec(
+        *(e if n % _axis_size(mesh, e) == 0 else None for e, n in zip(spec, x.shape))
+    )
     sharding = NamedSharding(mesh, spec)
     if isinstance(p, jax.core.Tracer):
         return jax.sharding.reshard(x, sharding)
