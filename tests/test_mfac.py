@@ -560,7 +560,7 @@ def test_damping_under_inject_hyperparams_is_not_checked_but_used():
     )
     ref = mfac(1.0, num_grads=3, damping=0.1)
     g = _tree(np.random.default_rng(8).normal(size=D))
-    upd, _ = jax.jit(tx.update)(g, tx.init(g))
+    upd, _ = jax.jit(tx.update)(g, tx.init(g), g)  # injected weight_decay (0) needs params
     want, _ = jax.jit(ref.update)(g, ref.init(g))
     np.testing.assert_allclose(_vec(upd), _vec(want), rtol=1e-6)
 

@@ -25,9 +25,12 @@ linear combination of the stored gradients), so a compressed window never materi
   (biases, norms) and layers too small to gain are kept dense, as in PowerSGD.
 * `identity()`: the uncompressed window of dense M-FAC / GGT (no error feedback needed).
 
-Everything works on the float32 vector obtained by flattening the gradient pytree
-(`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank compressor
-find the layers inside that vector.
+`layout="flat"` (the default) works on the float32 vector obtained by flattening the gradient
+pytree (`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank
+compressor find the layers inside that vector. `layout="leaves"` keeps one window per leaf
+(`LeafCompressor`, given by `identity()` and `topk(...)`), in the leaf's shape and sharding:
+`G x` is a sum of per-leaf contractions, `G^T w` is per leaf. Windows may store their values
+in a narrower `storage_dtype` (bf16); all arithmetic is float32.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class Compressor(NamedTuple):
       decode: `(payload, shapes) -> (d,)`, the dense `c` of a payload; needed only when rounding
         the payload for storage (`storage_dtype`) does not round `c` elementwise (low-rank
         factors); `None`: `c` is rounded elementwise.
+      leaf: `shape -> LeafCompressor`, the per-leaf form for `layout="leaves"`; `None` if the
+        compressor has none (low-rank).
     """
 
     init: Callable[[Shapes], Any]
