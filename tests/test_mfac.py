@@ -639,6 +639,20 @@ def test_bf16_storage_halves_the_window_and_error_bytes():
     )
 
 
+def test_bf16_window_is_never_copied_to_float32():
+    """Compile only: a dense bf16 window of 128 MiB (d = 2^20, m = 64) needs a few MiB of
+    temporaries per step, not a float32 copy of the window (XLA would hoist the conversion in
+    front of the slot update, or share one converted copy between G x and G^T w)."""
+    params = {"w": jax.ShapeDtypeStruct((1 << 20,), jnp.float32)}
+    for layout in ("flat", "leaves"):
+        tx = mfac(0.1, num_grads=64, storage_dtype=jnp.bfloat16, layout=layout)
+        state = jax.eval_shape(tx.init, params)
+        window_bytes = state_nbytes(state.window)
+        assert window_bytes == 64 * (1 << 20) * 2
+        step = jax.jit(tx.update, donate_argnums=1).lower(params, state).compile()
+        assert step.memory_analysis().temp_size_in_bytes < 0.1 * window_bytes, layout
+
+
 @pytest.mark.parametrize("bad", [jnp.int8, "float64", jnp.float64, None, "bf17"])
 def test_bad_storage_dtype_raises(bad):
     with pytest.raises(ValueError, match="storage_dtype must be float32, bfloat16 or float16, got"):
@@ -730,7 +744,7 @@ def _collectives(hlo):
     ]
 
 
-@pytest.mark.parametrize("case", ["mfac", "mfac_topk_multi", "ggt"])
+@pytest.mark.parametrize("case", ["mfac", "mfac_topk_multi", "ggt", "mfac_bf16"])
 def test_leaves_layout_gathers_nothing_of_size_d(case):
     """The compiled sharded step moves only O(m)-sized data between devices: no all-gather /
     all-to-all of a parameter-sized operand (the flat layout gathers the whole gradient)."""
@@ -741,6 +755,7 @@ def test_leaves_layout_gathers_nothing_of_size_d(case):
             1.0, num_grads=4, damping=1e-2, compressor=topk(0.1, num_blocks=8), layout=layout
         ),
         "ggt": LAYOUT_CASES["ggt"],
+        "mfac_bf16": LAYOUT_CASES["mfac_bf16"],
     }[case]
     hlo = {}
     for layout in ("flat", "leaves"):

@@ -131,11 +131,11 @@ def identity() -> Compressor:
 
     def window_dots(window, x, payload, shapes):
         del payload, shapes
-        return jnp.matmul(window, x, precision=HIGHEST)
+        return _contract(window, x, 1)
 
     def window_combine(window, w, shapes):
         del shapes
-        return jnp.matmul(w, window, precision=HIGHEST)
+        return _combine_rows(window, w)
 
     return Compressor(
         init=lambda shapes: (),
@@ -158,16 +158,42 @@ def _dense_leaf(shape: tuple[int, ...]) -> LeafCompressor:
         compress=lambda x: (x, x),
         window_set=_set_row,
         window_dots=lambda window, x: _contract(window, x, nd),
-        window_combine=lambda window, w: jnp.tensordot(w, window, axes=1, precision=HIGHEST),
+        window_combine=_combine_rows,
     )
 
 
 def _contract(window: jax.Array, x: jax.Array, nd: int) -> jax.Array:
-    """`(m,)` contraction of `window (m, *s)` with `x (*s)` over the last `nd` axes; on Explicit
-    mesh axes the result is declared replicated (the partial sums are psum-ed)."""
+    """`(m,)` contraction of `window (m, *s)` with the float32 `x (*s)` over the last `nd` axes;
+    on Explicit mesh axes the result is declared replicated (the partial sums are psum-ed).
+
+    A float32 window is a matmul. A narrower stored window (bf16) is widened inside a fused
+    multiply-and-sum instead, so no float32 copy of the window is materialised (`_widened`).
+    """
     sharding = explicit_sharding(x)
     out = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
-    return jnp.tensordot(window, x, axes=nd, precision=HIGHEST, out_sharding=out)
+    if window.dtype == jnp.float32:
+        return jnp.tensordot(window, x, axes=nd, precision=HIGHEST, out_sharding=out)
+    window, x = _widened(window, x)
+    total = jnp.sum(window * x, axis=tuple(range(1, nd + 1)))
+    return total if out is None else jax.sharding.reshard(total, out)
+
+
+def _combine_rows(window: jax.Array, w: jax.Array) -> jax.Array:
+    """`G^T w = sum_i w_i window[i]` for a dense window `(m, *s)`: a matmul for float32, a
+    fused multiply-and-sum over the slots for a narrower stored window (see `_contract`)."""
+    if window.dtype == jnp.float32:
+        return jnp.tensordot(w, window, axes=1, precision=HIGHEST)
+    window, w = _widened(window, w)
+    return jnp.sum(w.reshape(-1, *([1] * (window.ndim - 1))) * window, axis=0)
+
+
+def _widened(window: jax.Array, other: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(window as float32, other)` for one fused product. The optimization barrier (joint with
+    the product's other operand, so that two products do not share one conversion) keeps XLA
+    from hoisting the conversion in front of the slot update that produced `window`, or from
+    materialising one float32 copy of the window for both products."""
+    window, other = lax.optimization_barrier((window, other))
+    return window.astype(jnp.float32), other
 
 
 def _to_blocks(x: jax.Array, nb: int) -> jax.Array:
