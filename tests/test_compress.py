@@ -200,3 +200,84 @@ def test_topk_window_products_memory_is_linear_in_the_window():
     window_bytes = state_nbytes(window)
     assert window_bytes > 500e6
     assert stats.temp_size_in_bytes < 4 * window_bytes, stats.temp_size_in_bytes
+
+
+@pytest.mark.parametrize("make", [lambda: topk(0.05), lambda: lowrank(2)], ids=["topk", "lowrank"])
+def test_bf16_error_feedback_bookkeeping(make):
+    """bf16 storage: `c` is exactly representable in bf16 (what the window holds), `e` is
+    `a - c` rounded once to bf16, and the stream telescopes up to those roundings."""
+    comp = make()
+    rng = np.random.default_rng(11)
+    d = _numel(SMALL)
+    error = jnp.zeros((d,), jnp.bfloat16)
+    aux = comp.init(SMALL)
+    step = jax.jit(lambda g, e, x: error_feedback(comp, g, e, x, SMALL, jnp.bfloat16))
+    total_g, total_c, slack = np.zeros(d), np.zeros(d), np.zeros(d)
+    for _ in range(6):
+        g = jnp.asarray(rng.normal(size=d), jnp.float32)
+        a = np.asarray(error, np.float64) + np.asarray(g, np.float64)
+        payload, c, error, aux = step(g, error, aux)
+        assert error.dtype == jnp.bfloat16 and c.dtype == jnp.float32
+        for leaf in jax.tree.leaves(payload):
+            assert leaf.dtype in (jnp.bfloat16, jnp.int32)
+        c, e = np.asarray(c, np.float64), np.asarray(error, np.float64)
+        if comp.decode is None:  # top-k: c is a bf16-rounded subset of a
+            np.testing.assert_array_equal(c, np.asarray(jnp.asarray(c, jnp.bfloat16), np.float64))
+        exact = a - c  # float32 arithmetic on these values is exact here up to 2^-24
+        np.testing.assert_allclose(e, exact, rtol=2.0**-8, atol=1e-6 * np.abs(a).max())
+        assert np.abs(e - exact).max() > 0  # bf16 really rounded the error
+        slack += 2.0**-8 * np.abs(exact) + 1e-6
+        total_g += np.asarray(g, np.float64)
+        total_c += c
+    # telescoping: sum c = sum g - e_T + (the bf16 roundings of the stored errors)
+    assert np.all(np.abs(total_c - (total_g - e)) <= slack)
+
+
+def _blockwise_topk_np(a, num_blocks, fraction):
+    """Brute force: per contiguous block, the int(fraction * B) largest |entries| (no ties)."""
+    size = a.size // num_blocks
+    k_b = max(1, int(fraction * size))
+    keep = []
+    for b in range(num_blocks):
+        block = a[b * size : (b + 1) * size]
+        keep.append(b * size + np.sort(np.argsort(-np.abs(block), kind="stable")[:k_b]))
+    return np.concatenate(keep)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 4, 5])
+def test_blockwise_topk_equals_brute_force_per_block(num_blocks):
+    # d = 262204 (4 blocks of 65551) or 262205 (5 blocks): block and uint16 boundaries differ
+    shapes = ((4, 65536), (60 if num_blocks != 5 else 61,))
+    d = _numel(shapes)
+    rng = np.random.default_rng(12)
+    a = (rng.permutation(np.arange(1, d + 1)) * rng.choice([-1, 1], size=d)).astype(np.float32)
+    # one block holds all the largest entries: a global top-k would take nothing elsewhere
+    a[: d // num_blocks] *= 1e3
+    comp = topk(0.001, num_blocks=num_blocks)
+    (values, idx), c, _ = jax.jit(comp.compress, static_argnums=2)(jnp.asarray(a), (), shapes)
+    want = _blockwise_topk_np(a, num_blocks, 0.001)
+    np.testing.assert_array_equal(np.asarray(idx), want)
+    np.testing.assert_array_equal(np.asarray(values), a[want])
+    dense = np.zeros(d, np.float32)
+    dense[want] = a[want]
+    np.testing.assert_array_equal(np.asarray(c), dense)
+    if num_blocks == 1:  # the global top-k
+        np.testing.assert_array_equal(want, np.sort(np.argsort(-np.abs(a))[: topk_size(0.001, d)]))
+    else:  # every block keeps its share, unlike the global top-k
+        per_block = np.bincount(want // (d // num_blocks), minlength=num_blocks)
+        assert (per_block == len(want) // num_blocks).all()
+    # the window stores them like a global top-k: products equal the dense ones
+    window = comp.window_set(comp.window_init(2, shapes), jnp.int32(1), (values, idx))
+    x = jnp.asarray(rng.normal(size=d), jnp.float32)
+    dots = jax.jit(comp.window_dots, static_argnums=3)(window, x, None, shapes)
+    np.testing.assert_allclose(np.asarray(dots), [0.0, dense @ np.asarray(x)], rtol=1e-5)
+
+
+def test_blockwise_topk_bad_blocks_raise():
+    with pytest.raises(ValueError, match="num_blocks must be an integer >= 1, got 0"):
+        topk(0.1, num_blocks=0)
+    with pytest.raises(ValueError, match="num_blocks must be an integer >= 1, got 2.0"):
+        topk(0.1, num_blocks=2.0)
+    comp = topk(0.1, num_blocks=3)
+    with pytest.raises(ValueError, match="topk num_blocks=3 must divide the vector size d=100"):
+        comp.window_init(2, ((10, 10),))

@@ -25,9 +25,12 @@ linear combination of the stored gradients), so a compressed window never materi
   (biases, norms) and layers too small to gain are kept dense, as in PowerSGD.
 * `identity()`: the uncompressed window of dense M-FAC / GGT (no error feedback needed).
 
-Everything works on the float32 vector obtained by flattening the gradient pytree
-(`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank compressor
-find the layers inside that vector.
+`layout="flat"` (the default) works on the float32 vector obtained by flattening the gradient
+pytree (`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank
+compressor find the layers inside that vector. `layout="leaves"` keeps one window per leaf
+(`LeafCompressor`, given by `identity()` and `topk(...)`), in the leaf's shape and sharding:
+`G x` is a sum of per-leaf contractions, `G^T w` is per leaf. Windows may store their values
+in a narrower `storage_dtype` (bf16); all arithmetic is float32.
 """
 
 from __future__ import annotations
@@ -41,8 +44,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxcomp.optim.utils import Shapes, ravel_f32, replicate_on_params_mesh
+from jaxcomp.optim.utils import (
+    Shapes,
+    check_storage_dtype,
+    explicit_sharding,
+    ravel_f32,
+    replicate_on_params_mesh,
+)
 
 HIGHEST = lax.Precision.HIGHEST
 _BLOCK = 1 << 16  # block-local top-k indices fit in uint16
@@ -60,6 +70,11 @@ class Compressor(NamedTuple):
       window_dots: `(window, x, payload_or_None, shapes) -> (m,)`, the products `G @ x`; when the
         payload of `x` is given the compressor may use it (low-rank uses the factors).
       window_combine: `(window, w, shapes) -> (d,)`, the linear combination `G.T @ w`.
+      decode: `(payload, shapes) -> (d,)`, the dense `c` of a payload; needed only when rounding
+        the payload for storage (`storage_dtype`) does not round `c` elementwise (low-rank
+        factors); `None`: `c` is rounded elementwise.
+      leaf: `shape -> LeafCompressor`, the per-leaf form for `layout="leaves"`; `None` if the
+        compressor has none (low-rank).
     """
 
     init: Callable[[Shapes], Any]
@@ -68,6 +83,30 @@ class Compressor(NamedTuple):
     window_set: Callable[[Any, jax.Array, Any], Any]
     window_dots: Callable[[Any, jax.Array, Any, Shapes], jax.Array]
     window_combine: Callable[[Any, jax.Array, Shapes], jax.Array]
+    decode: Callable[[Any, Shapes], jax.Array] | None = None
+    leaf: Callable[[tuple[int, ...]], LeafCompressor] | None = None
+
+
+class LeafCompressor(NamedTuple):
+    """The per-leaf form of a compressor, for `layout="leaves"`: one window per parameter leaf,
+    indexed like the leaf (no flattening across leaves), so it can be sharded like the leaf.
+
+    Attributes:
+      window_init: `m -> window`, the all-zero window of `m` slots of this leaf (float32).
+      window_spec: `spec -> specs`, the `PartitionSpec`s of the window's arrays (a pytree like
+        the window) for a leaf sharded as `spec`; the slot axis is never sharded.
+      compress: `x -> (payload, c)`, `c = C(x)` shaped like the leaf.
+      window_set: `(window, slot, payload) -> window`.
+      window_dots: `(window, x) -> (m,)`, this leaf's share of `G x`.
+      window_combine: `(window, w) -> x`, this leaf's part of `G^T w`, shaped like the leaf.
+    """
+
+    window_init: Callable[[int], Any]
+    window_spec: Callable[[PartitionSpec], Any]
+    compress: Callable[[jax.Array], tuple[Any, jax.Array]]
+    window_set: Callable[[Any, jax.Array, Any], Any]
+    window_dots: Callable[[Any, jax.Array], jax.Array]
+    window_combine: Callable[[Any, jax.Array], jax.Array]
 
 
 def _numel(shapes: Shapes) -> int:
@@ -92,11 +131,11 @@ def identity() -> Compressor:
 
     def window_dots(window, x, payload, shapes):
         del payload, shapes
-        return jnp.matmul(window, x, precision=HIGHEST)
+        return _contract(window, x, 1)
 
     def window_combine(window, w, shapes):
         del shapes
-        return jnp.matmul(w, window, precision=HIGHEST)
+        return _combine_rows(window, w)
 
     return Compressor(
         init=lambda shapes: (),
@@ -105,7 +144,82 @@ def identity() -> Compressor:
         window_set=_set_row,
         window_dots=window_dots,
         window_combine=window_combine,
+        leaf=_dense_leaf,
     )
+
+
+def _dense_leaf(shape: tuple[int, ...]) -> LeafCompressor:
+    """Dense window of one leaf: `(m, *shape)`, sharded like the leaf; `G x` is a contraction
+    over the leaf's axes (a psum of `m` floats when they are sharded), `G^T w` over the slots."""
+    nd = len(shape)
+    return LeafCompressor(
+        window_init=lambda m: jnp.zeros((m, *shape), jnp.float32),
+        window_spec=lambda spec: PartitionSpec(None, *spec),
+        compress=lambda x: (x, x),
+        window_set=_set_row,
+        window_dots=lambda window, x: _contract(window, x, nd),
+        window_combine=_combine_rows,
+    )
+
+
+def _contract(window: jax.Array, x: jax.Array, nd: int) -> jax.Array:
+    """`(m,)` contraction of `window (m, *s)` with the float32 `x (*s)` over the last `nd` axes;
+    on Explicit mesh axes the result is declared replicated (the partial sums are psum-ed).
+
+    A float32 window is a matmul. A narrower stored window (bf16) is widened inside a fused
+    multiply-and-sum instead, so no float32 copy of the window is materialised (`_widened`).
+    """
+    sharding = explicit_sharding(x)
+    out = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    if window.dtype == jnp.float32:
+        return jnp.tensordot(window, x, axes=nd, precision=HIGHEST, out_sharding=out)
+    window, x = _widened(window, x)
+    total = jnp.sum(window * x, axis=tuple(range(1, nd + 1)))
+    return total if out is None else jax.sharding.reshard(total, out)
+
+
+def _combine_rows(window: jax.Array, w: jax.Array) -> jax.Array:
+    """`G^T w = sum_i w_i window[i]` for a dense window `(m, *s)`: a matmul for float32, a
+    fused multiply-and-sum over the slots for a narrower stored window (see `_contract`)."""
+    if window.dtype == jnp.float32:
+        return jnp.tensordot(w, window, axes=1, precision=HIGHEST)
+    window, w = _widened(window, w)
+    return jnp.sum(w.reshape(-1, *([1] * (window.ndim - 1))) * window, axis=0)
+
+
+def _widened(window: jax.Array, other: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(window as float32, other)` for one fused product. The optimization barrier (joint with
+    the product's other operand, so that two products do not share one conversion) keeps XLA
+    from hoisting the conversion in front of the slot update that produced `window`, or from
+    materialising one float32 copy of the window for both products."""
+    window, other = lax.optimization_barrier((window, other))
+    return window.astype(jnp.float32), other
+
+
+def _to_blocks(x: jax.Array, nb: int) -> jax.Array:
+    """`x` as `(nb, size / nb)` (contiguous blocks along its leading axis); on Explicit mesh
+    axes the block axis carries the leading axis' sharding (the leaf is resharded to that
+    first if it was sharded along another axis)."""
+    shape = (nb, x.size // nb)
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x.reshape(shape)
+    lead = sharding.spec[0] if nb > 1 and len(sharding.spec) else None
+    lead = lead if nb % _axis_size(sharding.mesh, lead) == 0 else None
+    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec(lead)))
+    return lax.reshape(x, shape, out_sharding=NamedSharding(sharding.mesh, PartitionSpec(lead)))
+
+
+def _from_blocks(y: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
+    """Inverse of `_to_blocks`: `y (nb, B)` back to `shape`; on Explicit mesh axes the leading
+    axis keeps the block axis' sharding, then (if given) the sharding of the array `like`."""
+    sharding = explicit_sharding(y)
+    if sharding is None:
+        return y.reshape(shape)
+    out = NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+    y = lax.reshape(y, shape, out_sharding=out)
+    like = None if like is None else explicit_sharding(like)
+    return y if like is None else jax.sharding.reshard(y, like)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,35 +262,81 @@ def _topk_indices(window: TopkWindow) -> jax.Array:
     return hi * _BLOCK + low
 
 
-def topk(fraction: float = 0.01) -> Compressor:
-    """Global magnitude top-k compressor (EFCP Section 3.1, sparse M-FAC / sparse GGT).
+def _block_topk(blocks: jax.Array, k: int, by_sort: bool = False) -> tuple[jax.Array, jax.Array]:
+    """`(values, idx)`, both `(n, k)`: the `k` entries of largest magnitude of each row of the
+    `(n, B)` array `blocks` (ties: the lower coordinate first), with their block-local
+    coordinates sorted in increasing order.
 
-    Keeps exactly `k = max(1, int(fraction * d))` coordinates of largest magnitude of the
-    flattened accumulator (ties broken by `lax.top_k`). Used through `mfac(..., compressor=...)`
-    or `ggt(..., compressor=...)`, which add error feedback.
-
-    Args:
-      fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
+    `by_sort=True` selects with a stable sort of each row instead of `lax.top_k` (the same
+    entries): XLA's SPMD partitioner keeps a sort along an unsharded axis local to the shards of
+    the other axes, while it gathers the operand of a `TopK` custom call.
     """
+    if by_sort:
+        iota = lax.broadcasted_iota(
+            jnp.int32, blocks.shape, blocks.ndim - 1, out_sharding=explicit_sharding(blocks)
+        )
+        _, idx = lax.sort((-jnp.abs(blocks), iota), dimension=blocks.ndim - 1, num_keys=1)
+        idx = idx[..., :k]
+    else:
+        _, idx = lax.top_k(jnp.abs(blocks), k)
+    idx = jnp.sort(idx, axis=-1)
+    return jnp.take_along_axis(blocks, idx, axis=-1), idx
+
+
+def _check_fraction(fraction: Any) -> float:
     if isinstance(fraction, bool) or not isinstance(
         fraction, (int, float, np.integer, np.floating)
     ):
         raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    fraction = float(fraction)
+    return float(fraction)
+
+
+def topk(fraction: float = 0.01, *, num_blocks: int = 1) -> Compressor:
+    """Magnitude top-k compressor (EFCP Section 3.1, sparse M-FAC / sparse GGT), global or
+    block-wise.
+
+    The flattened accumulator of size `d` is cut into `num_blocks` contiguous blocks of
+    `B = d / num_blocks` coordinates, and each block keeps exactly its
+    `k_b = max(1, int(fraction * B))` coordinates of largest magnitude (ties broken by
+    `lax.top_k`), `k = num_blocks * k_b` in all. `num_blocks=1` (the default) is the global
+    top-k of the paper. More blocks are the per-shard top-k of a vector split over devices
+    (each block is selected without looking at the others); the window format and products
+    are the same. Used through `mfac(..., compressor=...)` or `ggt(..., compressor=...)`, which
+    add error feedback.
+
+    Args:
+      fraction: density of the kept entries, in (0, 1] (0.01 keeps 1%).
+      num_blocks: number of contiguous blocks, an integer >= 1 that divides `d` (checked when
+        the transform first sees the parameters). In `layout="leaves"` each leaf is split
+        into `num_blocks` blocks along its leading axis when that axis is divisible, else kept
+        as one block.
+    """
+    fraction = _check_fraction(fraction)
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)):
+        raise ValueError(f"num_blocks must be an integer >= 1, got {num_blocks!r}")
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be an integer >= 1, got {num_blocks!r}")
+    n = int(num_blocks)
+
+    def sizes(shapes):
+        d = _numel(shapes)
+        if d % n:
+            raise ValueError(f"topk num_blocks={n} must divide the vector size d={d}")
+        return d // n, topk_size(fraction, d // n)
 
     def compress(a, aux, shapes):
-        k = topk_size(fraction, _numel(shapes))
-        _, idx = lax.top_k(jnp.abs(a), k)
-        idx = jnp.sort(idx)
-        values = a[idx]
+        size, k_b = sizes(shapes)
+        values, idx = _block_topk(a.reshape(n, size), k_b)
+        idx = (idx + size * jnp.arange(n, dtype=idx.dtype)[:, None]).reshape(-1)
+        values = values.reshape(-1)
         c = jnp.zeros_like(a).at[idx].set(values, unique_indices=True)
         return (values, idx), c, aux
 
     def window_init(m, shapes):
         d = _numel(shapes)
-        k = topk_size(fraction, d)
+        k = n * sizes(shapes)[1]
         blocks = -(-d // _BLOCK)
         return TopkWindow(
             values=jnp.zeros((m, k), jnp.float32),
@@ -209,6 +369,74 @@ def topk(fraction: float = 0.01) -> Compressor:
         init=lambda shapes: (),
         compress=compress,
         window_init=window_init,
+        window_set=window_set,
+        window_dots=window_dots,
+        window_combine=window_combine,
+        leaf=lambda shape: _topk_leaf(shape, fraction, n),
+    )
+
+
+class LeafTopkWindow(NamedTuple):
+    """Top-k window of one leaf (`layout="leaves"`), split into `nb` blocks along the leaf's
+    leading axis: `values[i, b]` are the `k_b` kept entries of block `b` of slot `i`, and
+    `index[i, b]` their coordinates inside the block (sorted; uint16 when a block has at most
+    2^16 coordinates, else int32)."""
+
+    values: jax.Array  # (m, nb, k_b)
+    index: jax.Array  # (m, nb, k_b)
+
+
+def _topk_leaf(shape: tuple[int, ...], fraction: float, num_blocks: int) -> LeafCompressor:
+    """Block-wise top-k of one leaf: `num_blocks` blocks along the leading axis if it divides
+    it (the shards of a leaf sharded on that axis over `num_blocks` devices), else one block.
+    Selection, `G x` (a batched gather) and `G^T w` (a batched scatter-add) stay inside each
+    block, so no block needs another block's coordinates."""
+    size = math.prod(shape)
+    nb = num_blocks if shape and shape[0] % num_blocks == 0 else 1
+    block = size // nb
+    k = topk_size(fraction, block)
+    index_dtype = jnp.uint16 if block <= _BLOCK else jnp.int32
+
+    def window_spec(spec):
+        lead = spec[0] if len(spec) and nb > 1 else None
+        return LeafTopkWindow(PartitionSpec(None, lead, None), PartitionSpec(None, lead, None))
+
+    def scatter(idx, values, add):
+        def one(i, v):
+            zeros = jnp.zeros((block,), jnp.float32)
+            i, v = i.reshape(-1), v.reshape(-1).astype(jnp.float32)
+            return zeros.at[i].add(v) if add else zeros.at[i].set(v, unique_indices=True)
+
+        return jax.vmap(one, in_axes=(-2, -2))(idx, values)
+
+    def compress(x):
+        values, idx = _block_topk(_to_blocks(x, nb), k, by_sort=True)
+        return (values, idx), _from_blocks(scatter(idx, values, add=False), shape, x)
+
+    def window_set(window, slot, payload):
+        values, idx = payload
+        return LeafTopkWindow(
+            _set_row(window.values, slot, values),
+            _set_row(window.index, slot, idx.astype(index_dtype)),
+        )
+
+    def window_dots(window, x):
+        take = lambda row, idx: row[idx]  # one block: (block,), (m, k) -> (m, k)
+        picked = jax.vmap(take, in_axes=(0, 1), out_axes=1)(
+            _to_blocks(x, nb), window.index.astype(jnp.int32)
+        )
+        return jnp.sum(window.values * picked, axis=(1, 2))
+
+    def window_combine(window, w):
+        contrib = w[:, None, None] * window.values
+        return _from_blocks(scatter(window.index.astype(jnp.int32), contrib, add=True), shape)
+
+    return LeafCompressor(
+        window_init=lambda m: LeafTopkWindow(
+            jnp.zeros((m, nb, k), jnp.float32), jnp.zeros((m, nb, k), index_dtype)
+        ),
+        window_spec=window_spec,
+        compress=compress,
         window_set=window_set,
         window_dots=window_dots,
         window_combine=window_combine,
@@ -268,21 +496,28 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
         )
 
     def compress(a, aux, shapes):
-        payload, pieces, new_aux, qs = [], [], [], iter(aux)
+        payload, new_aux, qs = [], [], iter(aux)
         for layer in _lowrank_plan(shapes, rank):
             flat = a[layer.offset : layer.offset + layer.size]
             if not layer.rank:
                 payload.append(flat)
-                pieces.append(flat)
                 continue
             mat = flat.reshape(layer.rows, layer.cols)
             q_old = next(qs)
             p, _ = jnp.linalg.qr(jnp.matmul(mat, q_old, precision=HIGHEST))
             q = jnp.matmul(mat.T, p, precision=HIGHEST)
             payload.append((p, q))
-            pieces.append(jnp.matmul(p, q.T, precision=HIGHEST).reshape(-1))
             new_aux.append(jnp.where(jnp.any(q != 0), q, q_old))
-        return tuple(payload), jnp.concatenate(pieces), tuple(new_aux)
+        return tuple(payload), decode(tuple(payload), shapes), tuple(new_aux)
+
+    def decode(payload, shapes):
+        pieces = []
+        for layer, piece in zip(_lowrank_plan(shapes, rank), payload):
+            if layer.rank:
+                p, q = (f.astype(jnp.float32) for f in piece)
+                piece = jnp.matmul(p, q.T, precision=HIGHEST).reshape(-1)
+            pieces.append(piece.astype(jnp.float32))
+        return jnp.concatenate(pieces)
 
     def window_init(m, shapes):
         return tuple(
@@ -306,7 +541,7 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
                 flat = x[layer.offset : layer.offset + layer.size]
                 total = total + jnp.matmul(buf, flat, precision=HIGHEST)
             elif payload is not None:  # <P_i Q_i^T, P Q^T> = sum((P_i^T P) * (Q_i^T Q))
-                p, q = payload[i]
+                p, q = (f.astype(jnp.float32) for f in payload[i])  # stored dtype
                 pp = jnp.einsum("mna,nb->mab", buf[0], p, precision=HIGHEST)
                 qq = jnp.einsum("mla,lb->mab", buf[1], q, precision=HIGHEST)
                 total = total + jnp.sum(pp * qq, axis=(1, 2))
@@ -335,6 +570,7 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
         window_set=window_set,
         window_dots=window_dots,
         window_combine=window_combine,
+        decode=decode,
     )
 
 
@@ -343,16 +579,44 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _stored(
+    decode: Any, payload: Any, c: jax.Array, shapes: Shapes, storage_dtype: Any
+) -> tuple[Any, jax.Array]:
+    """`(payload, c)` rounded to `storage_dtype` (what a window of that dtype holds), `c` back in
+    float32 (`decode(payload, shapes)`, or rounded elementwise when `decode` is None);
+    unchanged for float32 storage."""
+    if jnp.dtype(storage_dtype) == jnp.float32:
+        return payload, c
+    payload = jax.tree.map(lambda x: _to_storage(x, storage_dtype), payload)
+    if decode is not None:
+        return payload, decode(payload, shapes)
+    return payload, c.astype(storage_dtype).astype(jnp.float32)
+
+
+def _to_storage(x: jax.Array, storage_dtype: Any) -> jax.Array:
+    """Floating arrays cast to `storage_dtype`; indices and other integers unchanged."""
+    return x.astype(storage_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
 def error_feedback(
-    compressor: Compressor, g: jax.Array, error: jax.Array, aux: Any, shapes: Shapes
+    compressor: Compressor,
+    g: jax.Array,
+    error: jax.Array,
+    aux: Any,
+    shapes: Shapes,
+    storage_dtype: Any = jnp.float32,
 ) -> tuple[Any, jax.Array, jax.Array, Any]:
     """One error-feedback step (EFCP Algorithm 1): `a = e + g; c = C(a); e = a - c`.
 
+    With a `storage_dtype` narrower than float32 (e.g. bfloat16), `c` is what the window stores
+    (the payload rounded to it), so the rounding is part of the compression error that is fed
+    back, and the error `e` is itself stored rounded to `storage_dtype`; `a` and `c` are float32.
     Returns `(payload, c, new_error, new_aux)`.
     """
-    a = error + g
+    a = error.astype(jnp.float32) + g
     payload, c, aux = compressor.compress(a, aux, shapes)
-    return payload, c, a - c, aux
+    payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
+    return payload, c, (a - c).astype(storage_dtype), aux
 
 
 class Integrated(NamedTuple):
@@ -376,6 +640,7 @@ def integrate_gradient(
     slot: jax.Array,
     shapes: Shapes,
     feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
 ) -> Integrated:
     """Write the (error-feedback compressed) gradient into ring-buffer slot `slot`.
 
@@ -383,19 +648,42 @@ def integrate_gradient(
     O(m k) top-k (M-FAC paper, Frantar et al. 2021, Section 3.2 "dynamic algorithm"; the
     reference's `update_mul`). With `compressor=None` the gradient enters as is and `error` is
     left untouched; with `feedback=False` (the EFCP paper's ablation) `C(g)` enters and the
-    compression error is discarded.
+    compression error is discarded. The window may store its values in a narrower
+    `storage_dtype`; `c` and the Gram row are then those of the rounded, stored values (float32
+    arithmetic), so the Gram matrix is exactly that of the window.
     """
     if compressor is None or not feedback:
         compressor = identity() if compressor is None else compressor
         payload, c, aux = compressor.compress(g, aux, shapes)
+        payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
     else:
-        payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes)
+        payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes, storage_dtype)
     window = compressor.window_set(window, slot, payload)
     dots = compressor.window_dots(window, c, payload, shapes)
+    return Integrated(c, dots, window, _set_gram_row(gram, slot, dots), error, aux)
+
+
+def _set_gram_row(gram: jax.Array, slot: jax.Array, dots: jax.Array) -> jax.Array:
+    """`gram` with row and column `slot` replaced by `dots` (the new window row's products)."""
     m = gram.shape[0]
     gram = lax.dynamic_update_slice(gram, dots.reshape(1, m), (slot, 0))
-    gram = lax.dynamic_update_slice(gram, dots.reshape(m, 1), (0, slot))
-    return Integrated(c, dots, window, gram, error, aux)
+    return lax.dynamic_update_slice(gram, dots.reshape(m, 1), (0, slot))
+
+
+LAYOUTS = ("flat", "leaves")
+
+
+def check_layout(layout: Any, compressor: Compressor | None) -> str:
+    """`layout` if it is `"flat"` or `"leaves"` and the compressor supports it, else a
+    ValueError naming it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'flat' or 'leaves', got {layout!r}")
+    if layout == "leaves" and compressor is not None and compressor.leaf is None:
+        raise ValueError(
+            "layout='leaves' supports compressor=None or topk(...); this compressor has no "
+            "per-leaf form (low-rank: use layout='flat')"
+        )
+    return layout
 
 
 def init_window_fields(
@@ -404,26 +692,109 @@ def init_window_fields(
     num_grads: int,
     with_momentum: bool,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> dict[str, Any]:
     """Initial state fields shared by `MFACState` and `GGTState` (all zeros, static shapes).
 
     `error` (the error-feedback accumulator) and `momentum` are `optax.EmptyState()` (no array)
     when unused (no compressor or `error_feedback=False`; no momentum), so every state can be
-    checkpointed (orbax refuses zero-size arrays).
+    checkpointed (orbax refuses zero-size arrays). The window's floating arrays and the error
+    buffer are stored in `storage_dtype`; the Gram matrix and the momentum stay float32.
+
+    `layout="flat"`: one window over the flattened `(d,)` vector, replicated. `layout="leaves"`:
+    a pytree like `params` of per-leaf windows (`LeafCompressor`; the dense one is
+    `(m, *leaf.shape)`), `error` and `momentum` are pytrees like `params`, each placed with the
+    sharding of its parameter leaf when that is known (concrete arrays with a `NamedSharding`,
+    or Explicit mesh axes). Under `jax.jit` on Auto axes nothing is known: call `init` on the
+    placed params outside `jit`, or give the state's shardings as `out_shardings`.
     """
     with_error = compressor is not None and error_feedback
-    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
-    d = _numel(shapes)
     comp = identity() if compressor is None else compressor
+    shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(params))
     fields = dict(
         count=jnp.zeros((), jnp.int32),
-        window=comp.window_init(num_grads, shapes),
         gram=jnp.zeros((num_grads, num_grads), jnp.float32),
-        error=jnp.zeros((d,), jnp.float32) if with_error else optax.EmptyState(),
-        compressor_state=comp.init(shapes),
-        momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
+        compressor_state=() if layout == "leaves" else comp.init(shapes),
     )
-    return replicate_on_params_mesh(fields, params)
+    stored = lambda tree: jax.tree.map(lambda x: _to_storage(x, storage_dtype), tree)
+    if layout == "flat":
+        d = _numel(shapes)
+        fields.update(
+            window=stored(comp.window_init(num_grads, shapes)),
+            error=jnp.zeros((d,), storage_dtype) if with_error else optax.EmptyState(),
+            momentum=jnp.zeros((d,), jnp.float32) if with_momentum else optax.EmptyState(),
+        )
+        return replicate_on_params_mesh(fields, params)
+    # count and Gram matrix replicated on the params' mesh, so every state leaf keeps one
+    # sharding from step to step
+    placed = [p for p in jax.tree.leaves(params) if _spec(p)[0] is not None]
+    if placed:
+        fields = jax.tree.map(lambda x: _place(x, PartitionSpec(), placed[0]), fields)
+    like = lambda dtype: jax.tree.map(
+        lambda p: _place(jnp.zeros(p.shape, dtype), PartitionSpec(*_spec(p)[1]), p), params
+    )
+    window = []
+    for p in jax.tree.leaves(params):
+        ops = comp.leaf(tuple(p.shape))
+        specs = ops.window_spec(PartitionSpec(*_spec(p)[1]))
+        window.append(
+            jax.tree.map(
+                lambda spec, x, p=p: _place(x, spec, p),
+                specs,
+                stored(ops.window_init(num_grads)),
+                is_leaf=lambda x: isinstance(x, PartitionSpec),
+            )
+        )
+    fields.update(
+        window=jax.tree.structure(params).unflatten(window),
+        error=like(storage_dtype) if with_error else optax.EmptyState(),
+        momentum=like(jnp.float32) if with_momentum else optax.EmptyState(),
+    )
+    return fields
+
+
+def _spec(p: Any) -> tuple[Any, tuple[Any, ...]]:
+    """`(mesh, spec)` of a parameter leaf's `NamedSharding` if known: a concrete array's
+    sharding, or the sharding in the type of an array on Explicit mesh axes; `(None, ())` else."""
+    sharding = None
+    if isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer):
+        sharding = p.sharding
+    else:
+        sharding = getattr(jax.typeof(p), "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None, ()
+    return sharding.mesh, tuple(sharding.spec)
+
+
+def _axis_size(mesh: Any, entry: Any) -> int:
+    """Number of shards of an array axis partitioned as `entry` (a spec entry) on `mesh`."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def _place(x: jax.Array, spec: PartitionSpec, p: Any) -> jax.Array:
+    """`x` placed on the mesh of parameter leaf `p` with `spec` (no-op if `p`'s is unknown); an
+    axis whose size the spec's shard count does not divide (e.g. fewer top-k blocks than
+    shards) is replicated instead."""
+    mesh, _ = _spec(p)
+    if mesh is None:
+        return x
+    spec = PartitionSpec(
+        *(e if n % _axis_size(mesh, e) == 0 else None for e, n in zip(spec, x.shape))
+    )
+    sharding = NamedSharding(mesh, spec)
+    if isinstance(p, jax.core.Tracer):
+        return jax.sharding.reshard(x, sharding)
+    return jax.device_put(x, sharding)
+
+
+class WindowOps(NamedTuple):
+    """The two products with the current window, in the layout's vector format (a flat `(d,)`
+    array for `"flat"`, a pytree like the gradients for `"leaves"`)."""
+
+    dots: Callable[[Any], jax.Array]  # x -> G x, (m,)
+    combine: Callable[[jax.Array], Any]  # w -> G^T w
 
 
 def push_gradient(
@@ -432,16 +803,21 @@ def push_gradient(
     state: Any,
     num_grads: int,
     error_feedback: bool = True,
-) -> tuple[Integrated, jax.Array, Shapes, Callable[[jax.Array], Any]]:
-    """Flatten `updates` and integrate them into the window of `state` (an `MFACState` or
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
+) -> tuple[Integrated, jax.Array, WindowOps, Callable[[Any], Any]]:
+    """Integrate `updates` (a gradient pytree) into the window of `state` (an `MFACState` or
     `GGTState`) at slot `count % num_grads`.
 
-    Returns `(integrated, slot, shapes, unravel)`; `unravel` maps a flat update back to the
-    gradient pytree (shapes and dtypes).
+    Returns `(integrated, slot, ops, unravel)`: `ops` are the products with the new window,
+    and `unravel` maps a vector of the layout back to the gradient pytree (shapes, dtypes and,
+    on Explicit meshes, shardings).
     """
+    slot = state.count % num_grads
+    if layout == "leaves":
+        return _push_leaves(compressor, updates, state, slot, error_feedback, storage_dtype)
     shapes = tuple(tuple(int(s) for s in leaf.shape) for leaf in jax.tree.leaves(updates))
     g, unravel = ravel_f32(updates)
-    slot = state.count % num_grads
     new = integrate_gradient(
         compressor,
         g,
@@ -452,8 +828,87 @@ def push_gradient(
         slot,
         shapes,
         error_feedback,
+        storage_dtype,
     )
-    return new, slot, shapes, unravel
+    comp = identity() if compressor is None else compressor
+    ops = WindowOps(
+        dots=lambda x: comp.window_dots(new.window, x, None, shapes),
+        combine=lambda w: comp.window_combine(new.window, w, shapes),
+    )
+    return new, slot, ops, unravel
+
+
+def _push_leaves(compressor, updates, state, slot, feedback, storage_dtype):
+    """`push_gradient` for `layout="leaves"`: error feedback, compression and window update per
+    leaf, in the leaf's own shape and sharding; the Gram row is the sum of the leaves' dots."""
+    leaves, treedef = jax.tree.flatten(updates)
+    dtypes = [x.dtype for x in leaves]
+    comp = identity() if compressor is None else compressor
+    ops = [comp.leaf(tuple(x.shape)) for x in leaves]
+    with_error = compressor is not None and feedback
+    errors = treedef.flatten_up_to(state.error) if with_error else [None] * len(leaves)
+    cs, new_errors, windows, dots = [], [], [], 0.0
+    for op, g, e, window in zip(ops, leaves, errors, treedef.flatten_up_to(state.window)):
+        a = g.astype(jnp.float32) if e is None else e.astype(jnp.float32) + g
+        payload, c = op.compress(a)
+        payload, c = _stored(None, payload, c, (), storage_dtype)
+        window = op.window_set(window, slot, payload)
+        dots = dots + op.window_dots(window, c)
+        cs.append(c)
+        new_errors.append(None if e is None else (a - c).astype(storage_dtype))
+        windows.append(window)
+    error = treedef.unflatten(new_errors) if with_error else state.error
+    new = Integrated(
+        treedef.unflatten(cs),
+        dots,
+        treedef.unflatten(windows),
+        _set_gram_row(state.gram, slot, dots),
+        error,
+        state.compressor_state,
+    )
+    window_ops = WindowOps(
+        dots=lambda x: sum(
+            op.window_dots(w, v) for op, w, v in zip(ops, windows, treedef.flatten_up_to(x))
+        ),
+        combine=lambda w: treedef.unflatten(
+            [op.window_combine(win, w) for op, win in zip(ops, windows)]
+        ),
+    )
+
+    def unravel(tree):
+        return treedef.unflatten(
+            [x.astype(dt) for x, dt in zip(treedef.flatten_up_to(tree), dtypes)]
+        )
+
+    return new, slot, window_ops, unravel
+
+
+def window_parts(
+    state_type: Callable[..., Any],
+    compressor: Compressor | None,
+    num_grads: int,
+    with_momentum: bool,
+    error_feedback: bool,
+    storage_dtype: Any,
+    layout: Any,
+) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
+    """`(init_fn, push)` shared by `mfac`, `ggt` and their `scale_by_*` forms, after checking
+    `storage_dtype` and `layout`: `init_fn(params)` is the zero `state_type` (`MFACState`,
+    `GGTState`) from `init_window_fields`, `push(updates, state)` is `push_gradient`."""
+    storage = check_storage_dtype(storage_dtype)
+    layout = check_layout(layout, compressor)
+
+    def init_fn(params: Any) -> Any:
+        return state_type(
+            **init_window_fields(
+                compressor, params, num_grads, with_momentum, error_feedback, storage, layout
+            )
+        )
+
+    def push(updates: Any, state: Any):
+        return push_gradient(compressor, updates, state, num_grads, error_feedback, storage, layout)
+
+    return init_fn, push
 
 
 def next_window_fields(state: Any, new: Integrated, momentum: jax.Array) -> dict[str, Any]:

@@ -36,16 +36,15 @@ import optax
 from jaxcomp.optim.compress import (
     HIGHEST,
     Compressor,
-    identity,
-    init_window_fields,
     next_window_fields,
-    push_gradient,
+    window_parts,
 )
 from jaxcomp.optim.utils import (
+    at_step,
     check_int_at_least,
     check_learning_rate,
     check_nonnegative,
-    check_positive,
+    check_positive_or_schedule,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -58,9 +57,11 @@ class GGTState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken; the next gradient goes to slot `count % r`.
-      window: the last `r` (compressed) gradients, format given by the compressor.
+      window: the last `r` (compressed) gradients, format given by the compressor, values in
+        the `storage_dtype`.
       gram: `(r, r)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator (`optax.EmptyState()` without a compressor).
+      error: `(d,)` error-feedback accumulator in the `storage_dtype` (`optax.EmptyState()`
+        without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
       momentum: `(d,)` first-moment buffer (`optax.EmptyState()` when `beta1 == 0`).
     """
@@ -89,7 +90,7 @@ def inverse_sqrt_product(
     coeff = jnp.where(keep, -1.0 / (eps * s * (s + eps)), 0.0)
     proj = jnp.matmul(vecs.T, dots, precision=HIGHEST)
     w = jnp.matmul(vecs, coeff * proj, precision=HIGHEST)
-    return x / eps + combine(w)
+    return jax.tree.map(lambda a, b: a / eps + b, x, combine(w))
 
 
 def window_row_sqrt_direction(
@@ -109,11 +110,13 @@ def ggt(
     learning_rate: optax.ScalarOrSchedule,
     *,
     num_grads: int = 100,
-    eps: float = 1e-5,
+    eps: optax.ScalarOrSchedule = 1e-5,
     beta1: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """GGT optimizer (Agarwal et al. 2019, Alg. 1) with an optional EFCP-compressed window.
 
@@ -128,7 +131,8 @@ def ggt(
     Args:
       learning_rate: scalar or optax schedule.
       num_grads: window size `r >= 1`.
-      eps: `eps > 0`, the regulariser added to the square root.
+      eps: `eps > 0`, the regulariser added to the square root; a float or an optax schedule of
+        the step count, evaluated before the step (its value at step 0 is checked).
       beta1: momentum of the preconditioned vector, in [0, 1).
       weight_decay: decoupled weight decay, as in `mfac`: the parameters also move by
         `-weight_decay * w` (not scaled by the learning rate); needs `params` in `update`.
@@ -136,6 +140,10 @@ def ggt(
 
       error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
         the paper's ablation (no error buffer).
+      storage_dtype: dtype of the stored window values and error buffer, as in `mfac`
+        (`jnp.bfloat16` halves them; all arithmetic stays float32).
+      layout: `"flat"` or `"leaves"` (per-leaf windows sharded like the parameters), as in
+        `mfac`; the `(r, r)` Gram matrix and its spectrum are replicated.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `GGTState`.
@@ -144,15 +152,17 @@ def ggt(
     r = check_int_at_least("num_grads", num_grads, 1)
     check_learning_rate(learning_rate)
     check_nonnegative("weight_decay", weight_decay)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
+    init_fn, direction = _ggt_parts(
+        r, eps, beta1, compressor, error_feedback, storage_dtype, layout
+    )
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, GGTState]:
         del extra_args
         u, new_state, unravel = direction(updates, state)
-        step = scaled_step("ggt", learning_rate, state.count, u, weight_decay, params)
-        return unravel(-step), new_state
+        step = scaled_step("ggt", learning_rate, state.count, u, weight_decay, params, layout)
+        return unravel(optax.tree.scale(-1.0, step)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -160,10 +170,12 @@ def ggt(
 def scale_by_ggt(
     *,
     num_grads: int = 100,
-    eps: float = 1e-5,
+    eps: optax.ScalarOrSchedule = 1e-5,
     beta1: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """The bare GGT preconditioner: the update is `u = (sqrt(G^T G) + eps I)^{-1} x` (no
     learning rate, no sign), to compose inside `optax.chain`; `ggt(lr, ...)` without weight decay
@@ -171,7 +183,9 @@ def scale_by_ggt(
     is *preconditioned* (inside the transform, as GGT's Alg. 1); arguments as in `ggt`.
     """
     r = check_int_at_least("num_grads", num_grads, 1)
-    init_fn, direction = _ggt_parts(r, eps, beta1, compressor, error_feedback)
+    init_fn, direction = _ggt_parts(
+        r, eps, beta1, compressor, error_feedback, storage_dtype, layout
+    )
 
     def update_fn(
         updates: Any, state: GGTState, params: Any = None, **extra_args: Any
@@ -183,27 +197,34 @@ def scale_by_ggt(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _ggt_parts(r: int, eps: Any, beta1: Any, compressor: Compressor | None, error_feedback: bool):
+def _ggt_parts(
+    r: int,
+    eps: Any,
+    beta1: Any,
+    compressor: Compressor | None,
+    error_feedback: bool,
+    storage_dtype: Any,
+    layout: str,
+):
     """`(init_fn, direction)` shared by `ggt` and `scale_by_ggt`; `direction(updates, state)`
-    pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` flat."""
-    check_positive("eps", eps)
+    pushes the gradient into the window and returns `(u, new_state, unravel)`, `u` in the
+    layout's vector format."""
+    check_positive_or_schedule("eps", eps)
     check_unit_interval("beta1", beta1)
     use_momentum = not is_static_zero(beta1)
-    ops = identity() if compressor is None else compressor
-
-    def init_fn(params: Any) -> GGTState:
-        return GGTState(**init_window_fields(compressor, params, r, use_momentum, error_feedback))
+    init_fn, push = window_parts(
+        GGTState, compressor, r, use_momentum, error_feedback, storage_dtype, layout
+    )
 
     def direction(updates: Any, state: GGTState):
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, r, error_feedback)
-        combine = lambda w: ops.window_combine(new.window, w, shapes)
+        new, slot, ops, unravel = push(updates, state)
+        step_eps = at_step(eps, state.count)
         x = new.c
         if use_momentum:  # x leaves the window's span: general formula with the 1/eps term
-            x = beta1 * state.momentum + (1.0 - beta1) * new.c
-            dots = ops.window_dots(new.window, x, None, shapes)
-            u = inverse_sqrt_product(new.gram, dots, x, combine, eps)
+            x = jax.tree.map(lambda v, c: beta1 * v + (1.0 - beta1) * c, state.momentum, new.c)
+            u = inverse_sqrt_product(new.gram, ops.dots(x), x, ops.combine, step_eps)
         else:  # x is the row that just entered the window
-            u = window_row_sqrt_direction(new.gram, slot, combine, eps)
+            u = window_row_sqrt_direction(new.gram, slot, ops.combine, step_eps)
         new_state = GGTState(
             **next_window_fields(state, new, x if use_momentum else state.momentum)
         )

@@ -31,16 +31,15 @@ from jax.scipy.linalg import cho_solve
 from jaxcomp.optim.compress import (
     HIGHEST,
     Compressor,
-    identity,
-    init_window_fields,
     next_window_fields,
-    push_gradient,
+    window_parts,
 )
 from jaxcomp.optim.utils import (
+    at_step,
     check_int_at_least,
     check_learning_rate,
     check_nonnegative,
-    check_positive,
+    check_positive_or_schedule,
     check_unit_interval,
     gram_spectrum,
     is_static_zero,
@@ -54,9 +53,10 @@ class MFACState(NamedTuple):
     Attributes:
       count: int32 number of steps taken; the next gradient goes to slot `count % m`.
       window: the last `m` (compressed) gradients, format given by the compressor
-        (dense: `(m, d)` float32).
+        (dense: `(m, d)`), values in the `storage_dtype` (float32 by default).
       gram: `(m, m)` float32 Gram matrix `G G^T` of the window.
-      error: `(d,)` error-feedback accumulator `e` (`optax.EmptyState()` without a compressor).
+      error: `(d,)` error-feedback accumulator `e` in the `storage_dtype`
+        (`optax.EmptyState()` without a compressor).
       compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
       momentum: `(d,)` momentum buffer `v` (`optax.EmptyState()` when `momentum == 0`).
     """
@@ -99,7 +99,7 @@ def window_row_direction(gram: jax.Array, slot: jax.Array, combine: Any, damping
     """
     m = gram.shape[0]
     unit = jax.nn.one_hot(slot, m, dtype=gram.dtype)
-    return m * combine(_solve_shifted_gram(gram, unit, m * damping))
+    return jax.tree.map(lambda x: m * x, combine(_solve_shifted_gram(gram, unit, m * damping)))
 
 
 def _shifted_cholesky(gram: jax.Array, shift: Any) -> tuple[jax.Array, jax.Array]:
@@ -116,9 +116,11 @@ def _shifted_cholesky(gram: jax.Array, shift: Any) -> tuple[jax.Array, jax.Array
 
 def uses_cholesky(state: MFACState, damping: Any) -> jax.Array:
     """Whether the next direction from `state`'s window is solved by Cholesky (True) or by the
-    spectral fallback of a numerically rank-deficient window (False); for benchmarks and logs."""
+    spectral fallback of a numerically rank-deficient window (False); for benchmarks and logs.
+    A damping schedule is evaluated at `state.count`."""
     gram = state.gram
-    return _shifted_cholesky(gram, gram.shape[0] * damping)[1]
+    lam = at_step(damping, state.count)
+    return _shifted_cholesky(gram, gram.shape[0] * lam)[1]
 
 
 def _solve_shifted_gram(gram: jax.Array, rhs: jax.Array, shift: Any) -> jax.Array:
@@ -154,11 +156,13 @@ def mfac(
     learning_rate: optax.ScalarOrSchedule,
     *,
     num_grads: int = 1024,
-    damping: float = 1e-4,
+    damping: optax.ScalarOrSchedule = 1e-4,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """M-FAC optimizer (Frantar et al. 2021, Alg. 2) with an optional EFCP-compressed window.
 
@@ -168,7 +172,8 @@ def mfac(
        `a = e + g, c = C(a), e = a - c`; without one, `c = g`.
     2. `c` overwrites the oldest slot of the ring buffer (it enters the window *before* it is
        preconditioned, as the reference's `update_mul`) and one row of `G G^T` is refreshed.
-    3. `u = F^{-1} c` with `F = damping * I + (1/m) sum_i g_i g_i^T`, i.e.
+    3. `u = F^{-1} c` with `F = damping * I + (1/m) sum_i g_i g_i^T` (a damping schedule is
+       evaluated at the step count before the step, like the learning rate), i.e.
        `u = (1/damping) (c - G^T (m damping I + G G^T)^{-1} G c)` (M-FAC eq. 3), evaluated in
        the equivalent cancellation-free form `m G^T (m damping I + G G^T)^{-1} e_slot`
        (`window_row_direction`; `c` is row `slot` of `G`).
@@ -182,7 +187,8 @@ def mfac(
     Args:
       learning_rate: scalar or optax schedule.
       num_grads: window size `m >= 1`.
-      damping: `lambda > 0`.
+      damping: `lambda > 0`, a float or an optax schedule of the step count (its value at step 0
+        is checked; later values must stay > 0).
       momentum: heavy-ball coefficient on the preconditioned direction (no dampening), in
         [0, 1).
       weight_decay: decoupled weight decay; needs `params` in `update`.
@@ -190,6 +196,19 @@ def mfac(
         `None` stores dense gradients.
       error_feedback: keep the compression error for the next step (EFCP Alg. 1); `False` is
         the paper's ablation, which stores `C(g)` and drops the rest (no error buffer).
+      storage_dtype: dtype of the stored window values and error-feedback buffer: float32, or
+        `jnp.bfloat16` / `jnp.float16` to halve them. The gradient entering the window is
+        rounded to it (with error feedback the rounding joins the compression error); the Gram
+        matrix, the solve, the direction and the momentum stay float32.
+      layout: `"flat"` (default): one window over all parameters flattened to `(d,)`, kept
+        replicated (on a mesh the gradient is gathered). `"leaves"`: one window per parameter
+        leaf, `(m, *leaf.shape)` for the dense window, sharded like the leaf, error and momentum
+        buffers shaped and sharded like the parameters; `G x` is a sum of per-leaf
+        contractions (under sharding a psum of `m` floats), `G^T w` is local to each shard,
+        and only the `(m, m)` Gram matrix and its solve are replicated. Same numbers as
+        `"flat"` up to float32 summation order. Supports `compressor=None` and `topk(...)`
+        (block-wise along each leaf's leading axis, `num_blocks` = the shard count keeps the
+        selection shard-local); not `lowrank`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
@@ -206,10 +225,9 @@ def mfac(
     check_unit_interval("momentum", momentum)
     check_nonnegative("weight_decay", weight_decay)
     use_momentum = not is_static_zero(momentum)
-    direction = _direction_fn(m, damping, compressor, error_feedback)
-
-    def init_fn(params: Any) -> MFACState:
-        return MFACState(**init_window_fields(compressor, params, m, use_momentum, error_feedback))
+    init_fn, direction = _mfac_parts(
+        m, damping, compressor, error_feedback, storage_dtype, layout, use_momentum
+    )
 
     def update_fn(
         updates: Any, state: MFACState, params: Any = None, **extra_args: Any
@@ -218,37 +236,48 @@ def mfac(
         u, new, unravel = direction(updates, state)
         v = state.momentum
         if use_momentum:
-            v = momentum * v + u
+            v = optax.tree.add_scale(u, momentum, v)
             u = v
-        step = scaled_step("mfac", learning_rate, state.count, u, weight_decay, params)
+        step = scaled_step("mfac", learning_rate, state.count, u, weight_decay, params, layout)
         new_state = MFACState(**next_window_fields(state, new, v))
-        return unravel(-step), new_state
+        return unravel(optax.tree.scale(-1.0, step)), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _direction_fn(m: int, damping: Any, compressor: Compressor | None, error_feedback: bool):
-    """`(updates, state) -> (u, integrated, unravel)`: push the gradient into the window and
-    return the flat direction `u = F^{-1} c` (shared by `mfac` and `scale_by_mfac`)."""
-    check_positive("damping", damping)
-    ops = identity() if compressor is None else compressor
+def _mfac_parts(
+    m: int,
+    damping: Any,
+    compressor: Compressor | None,
+    error_feedback: bool,
+    storage_dtype: Any,
+    layout: str,
+    use_momentum: bool,
+):
+    """`(init_fn, direction)` shared by `mfac` and `scale_by_mfac`; `direction(updates, state)`
+    pushes the gradient into the window and returns `(u, integrated, unravel)` with the
+    direction `u = F^{-1} c` in the layout's vector format."""
+    check_positive_or_schedule("damping", damping)
+    init_fn, push = window_parts(
+        MFACState, compressor, m, use_momentum, error_feedback, storage_dtype, layout
+    )
 
     def direction(updates: Any, state: MFACState):
-        new, slot, shapes, unravel = push_gradient(compressor, updates, state, m, error_feedback)
-        u = window_row_direction(
-            new.gram, slot, lambda w: ops.window_combine(new.window, w, shapes), damping
-        )
-        return u, new, unravel
+        new, slot, ops, unravel = push(updates, state)
+        lam = at_step(damping, state.count)
+        return window_row_direction(new.gram, slot, ops.combine, lam), new, unravel
 
-    return direction
+    return init_fn, direction
 
 
 def scale_by_mfac(
     *,
     num_grads: int = 1024,
-    damping: float = 1e-4,
+    damping: optax.ScalarOrSchedule = 1e-4,
     compressor: Compressor | None = None,
     error_feedback: bool = True,
+    storage_dtype: Any = jnp.float32,
+    layout: str = "flat",
 ) -> optax.GradientTransformationExtraArgs:
     """The bare M-FAC preconditioner: the update is `F^{-1} c` (no learning rate, no sign, no
     momentum), to compose inside `optax.chain`, e.g.
@@ -258,10 +287,9 @@ def scale_by_mfac(
     `MFACState` (its `momentum` is `optax.EmptyState()`).
     """
     m = check_int_at_least("num_grads", num_grads, 1)
-    direction = _direction_fn(m, damping, compressor, error_feedback)
-
-    def init_fn(params: Any) -> MFACState:
-        return MFACState(**init_window_fields(compressor, params, m, False, error_feedback))
+    init_fn, direction = _mfac_parts(
+        m, damping, compressor, error_feedback, storage_dtype, layout, False
+    )
 
     def update_fn(updates: Any, state: MFACState, params: Any = None, **extra_args: Any):
         del params, extra_args

@@ -53,7 +53,7 @@ def ravel_f32(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     """
     leaves = jax.tree.leaves(tree)
     dtypes = [leaf.dtype for leaf in leaves]
-    shardings = [_explicit_sharding(leaf) for leaf in leaves]
+    shardings = [explicit_sharding(leaf) for leaf in leaves]
     flat, unravel_f32 = ravel_pytree(jax.tree.map(_replicated_f32, tree))
 
     def unravel(vec: jax.Array) -> Any:
@@ -68,7 +68,7 @@ def ravel_f32(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     return flat, unravel
 
 
-def _explicit_sharding(x: Any) -> NamedSharding | None:
+def explicit_sharding(x: Any) -> NamedSharding | None:
     """The sharding in `x`'s type if it is sharded over an Explicit mesh axis, else None."""
     sharding = getattr(jax.typeof(x), "sharding", None)
     if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
@@ -103,7 +103,7 @@ def _replicated_f32(x: Any) -> jax.Array:
     (flattened) preconditioner works on the replicated vector.
     """
     x = jnp.asarray(x, jnp.float32)
-    sharding = _explicit_sharding(x)
+    sharding = explicit_sharding(x)
     if sharding is None:
         return x
     return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
@@ -114,6 +114,12 @@ def resolve_learning_rate(learning_rate: optax.ScalarOrSchedule, count: jax.Arra
     if callable(learning_rate):
         return jnp.asarray(learning_rate(count), jnp.float32)
     return jnp.asarray(learning_rate, jnp.float32)
+
+
+def at_step(value: Any, count: jax.Array) -> Any:
+    """An optax schedule's float32 value at step `count`; a constant is returned unchanged (a
+    Python float stays a compile-time constant)."""
+    return jnp.asarray(value(count), jnp.float32) if callable(value) else value
 
 
 def is_static_zero(value: Any) -> bool:
@@ -149,6 +155,38 @@ def check_nonnegative(name: str, value: ArrayLike) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
 
 
+def check_positive_or_schedule(name: str, value: Any) -> None:
+    """ValueError naming `value` unless it is a finite number > 0, an array (a hyperparameter
+    injected by `optax.inject_hyperparams`, not checked) or an optax schedule (a callable of the
+    step count) whose value at step 0 is finite and > 0 (later steps are traced, not checked)."""
+    if callable(value):
+        try:
+            first = float(value(0))
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return  # not evaluable outside a trace: checked by nobody, like an injected array
+        if not (math.isfinite(first) and first > 0):
+            raise ValueError(f"{name} schedule must be finite and > 0, got {first!r} at step 0")
+        return
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, bool):
+        return
+    if not _is_static_number(value):
+        raise ValueError(f"{name} must be a number or an optax schedule, got {value!r}")
+    check_positive(name, value)
+
+
+def check_storage_dtype(value: Any) -> np.dtype:
+    """`value` as a NumPy dtype, or a ValueError naming it unless it is float32, bfloat16 or
+    float16 (the dtypes a preconditioner's window may be stored in)."""
+    allowed = (jnp.float32, jnp.bfloat16, jnp.float16)
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype not in [jnp.dtype(a) for a in allowed]:
+        raise ValueError(f"storage_dtype must be float32, bfloat16 or float16, got {value!r}")
+    return dtype
+
+
 def check_unit_interval(name: str, value: ArrayLike) -> None:
     """ValueError naming `value` if it is a static number outside [0, 1) (momentum, beta1)."""
     if _is_static_number(value) and not 0.0 <= float(value) < 1.0:
@@ -162,17 +200,28 @@ def check_learning_rate(value: optax.ScalarOrSchedule) -> None:
 
 
 def scaled_step(
-    name: str, learning_rate: Any, count: jax.Array, u: jax.Array, weight_decay: Any, params: Any
-) -> jax.Array:
-    """`learning_rate(count) * u + weight_decay * w` (flat; decoupled weight decay not scaled by
-    the learning rate, as EFCP's `DenseMFAC`), shared by `mfac` and `ggt`; `ValueError` naming
+    name: str,
+    learning_rate: Any,
+    count: jax.Array,
+    u: Any,
+    weight_decay: Any,
+    params: Any,
+    layout: str = "flat",
+) -> Any:
+    """`learning_rate(count) * u + weight_decay * w` (decoupled weight decay not scaled by the
+    learning rate, as EFCP's `DenseMFAC`), shared by `mfac` and `ggt`; `u` and the result are a
+    flat vector (`layout="flat"`) or a pytree like the params (`"leaves"`); `ValueError` naming
     `name` when weight decay needs `params` and got none."""
-    step = resolve_learning_rate(learning_rate, count) * u
+    step = optax.tree.scale(resolve_learning_rate(learning_rate, count), u)
     if is_static_zero(weight_decay):
         return step
     if params is None:
         raise ValueError(f"{name} with weight_decay > 0 needs params, got params=None")
-    return step + weight_decay * ravel_f32(params)[0]
+    if layout == "flat":
+        w = ravel_f32(params)[0]
+    else:
+        w = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return optax.tree.add_scale(step, weight_decay, w)
 
 
 # Spectrum of a window's Gram matrix (shared by GGT and the M-FAC fallback).
