@@ -226,3 +226,58 @@ def test_bad_inputs(clip, tok):
     coop = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(batch, dim\)"):
         coop.logits_from_features(np.zeros(16, np.float32))
+
+
+def _with_eos(clip, eos_token_id):
+    """A copy of ``clip`` (same weights) whose text tower pools by ``eos_token_id``."""
+    import dataclasses
+
+    cfg = dataclasses.replace(clip.config, eos_token_id=eos_token_id)
+    out = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
+    nnx.update(out, jax.tree.map(jnp.array, nnx.state(clip)))
+    return out
+
+
+def test_eot_pooling_checked_at_prompt_build(clip, tok):
+    """argmax pooling needs EOS to be the largest id; a configured eos_token_id pools at its
+    first occurrence (Hugging Face), which is checked to be the prompt's EOS."""
+    assert clip.config.eos_token_id == 515 == tok.eot_id  # read from the fixture's config.json
+    argmax_clip = _with_eos(clip, None)
+    a = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    b = P.CoOp(argmax_clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(a.text_features(), b.text_features())
+
+    # A tokenizer whose EOS (the id of "q") is not the largest id: with
+    # eos_token_id = that id and its embedding row set to the real EOT's, every prompt must give
+    # exactly the features of the original tokenization pooled at argmax.
+    q = tok.encode("q")[1]
+    assert q < 514
+    remap = lambda s: [*tok.encode(s)[:-1], q]  # noqa: E731
+    q_clip = _with_eos(clip, q)
+    emb = q_clip.text_model.token_embedding.embedding
+    emb[...] = emb[...].at[q].set(emb[...][tok.eot_id])
+    for kw in ({"ctx_init": "a photo of a"}, {"n_ctx": 4}):
+        ours = P.CoOp(q_clip, NAMES, tokenize=remap, rngs=nnx.Rngs(0), **kw)
+        ref = P.CoOp(argmax_clip, NAMES, tokenize=tok.encode, rngs=nnx.Rngs(0), **kw)
+        assert (ours.token_ids[...] == q).sum() == 3  # one EOS per class, none elsewhere
+        np.testing.assert_allclose(ours.text_features(), ref.text_features(), atol=1e-5)
+    ref = encode_text(argmax_clip, tok([f"a photo of a {n}." for n in NAMES]))
+    np.testing.assert_allclose(
+        P.CoOp(q_clip, NAMES, tokenize=remap, ctx_init="a photo of a", rngs=nnx.Rngs(0))
+        .text_features(), ref, atol=1e-5,
+    )  # fmt: skip
+    w_q = P.zero_shot_classifier(q_clip, NAMES, ["a {}."], tokenize=remap)
+    w_ref = P.zero_shot_classifier(argmax_clip, NAMES, ["a {}."], tokenize=tok.encode)
+    np.testing.assert_allclose(w_q, w_ref, atol=1e-5)
+
+    # The silent failures become errors naming the prompt and the ids.
+    with pytest.raises(
+        ValueError, match=f"'cat'.*argmax.*id 514 at position 0 is >= the EOS id {q}"
+    ):
+        P.CoOp(argmax_clip, NAMES, tokenize=remap, n_ctx=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=f"'a cat.'.*EOS id {q} at position 6"):
+        P.zero_shot_classifier(argmax_clip, NAMES, ["a {}."], tokenize=remap)
+    with pytest.raises(ValueError, match=f"EOS id {q} is not the text encoder's eos_token_id 515"):
+        P.CoOp(clip, NAMES, tokenize=remap, n_ctx=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=f"'aq'.*eos_token_id {q} first occurs at position 6"):
+        P.CoOp(q_clip, ["cat", "aq"], tokenize=remap, n_ctx=4, rngs=nnx.Rngs(0))

@@ -20,7 +20,8 @@ images, each chunk rematerialised (``jax.checkpoint``), so activation memory is 
 ``chunk_size`` images whatever the batch size.
 
 The CLIP model is duck-typed: it needs ``embed_tokens(ids)``, ``encode_text_embeddings(emb, ids)``
-(EOT located by ``argmax(ids)``), ``encode_image(pixels)``, a ``logit_scale`` variable and
+(pooled at ``argmax(ids)``, or at the first ``config.eos_token_id`` when the config sets one;
+every prompt is checked at build time to pool at its EOS token), ``encode_image(pixels)``, a ``logit_scale`` variable and
 ``config.projection_dim`` / ``config.context_length``, as :class:`jaxcomp.models.clip.CLIP` has.
 
 Base-to-new protocol (CoCoOp Sec. 4.1): :func:`base_new_split`, :func:`k_shot_indices`,
@@ -76,6 +77,40 @@ def _token_layout(tokenize: Tokenize) -> tuple[int, int]:
             "adds start/end tokens"
         )
     return empty[0], empty[1]
+
+
+def _check_pooling(
+    clip: Any, ids: np.ndarray, eos_positions: Sequence[int], eos: int, labels: Sequence[str]
+) -> None:
+    """Check that the text encoder pools each prompt at its EOS token.
+
+    With ``clip.config.eos_token_id`` unset the encoder pools at ``argmax(ids)`` (OpenAI CLIP),
+    which is the EOS only if EOS is the largest id of the prompt (and its first maximum); with it
+    set, at the first position of that id (Hugging Face), which must then be the tokenizer's EOS.
+    Otherwise the features would silently come from another token; ``ValueError`` names the prompt.
+    """
+    eos_token_id = getattr(getattr(clip, "config", None), "eos_token_id", None)
+    if eos_token_id is not None and eos != eos_token_id:
+        raise ValueError(
+            f"the tokenizer's EOS id {eos} is not the text encoder's eos_token_id "
+            f"{eos_token_id}: the encoder would pool at the wrong token"
+        )
+    for row, pos, label in zip(ids, eos_positions, labels):
+        if eos_token_id is None:
+            got = int(np.argmax(row))
+            if got != pos:
+                raise ValueError(
+                    f"prompt {label!r}: the text encoder pools at argmax(ids), but id "
+                    f"{int(row[got])} at position {got} is >= the EOS id {eos} at position {pos}; "
+                    "use a tokenizer whose EOS is the largest id or set config.eos_token_id"
+                )
+        else:
+            got = int(np.argmax(row == eos_token_id))
+            if got != pos:
+                raise ValueError(
+                    f"prompt {label!r}: eos_token_id {eos_token_id} first occurs at position "
+                    f"{got}, before the EOS at position {pos}; the encoder pools at the first one"
+                )
 
 
 class _PromptBase(nnx.Module):
@@ -168,7 +203,9 @@ class _PromptBase(nnx.Module):
                 middle = ctx_pos + name_pos
             order[i, 1 : 1 + n_ctx + n] = middle
         self.order = PromptBuffer(jnp.asarray(order, jnp.int32))
-        self.token_ids = PromptBuffer(jnp.asarray(np.take_along_axis(ids, order, axis=1)))
+        token_ids = np.take_along_axis(ids, order, axis=1)
+        _check_pooling(clip, token_ids, [len(r) - 1 for r in rows], eos, self.classnames)
+        self.token_ids = PromptBuffer(jnp.asarray(token_ids))
 
     def _assemble(self, ctx: jax.Array) -> jax.Array:
         """Prompt embeddings ``(n_cls, L, dim)`` from context ``(n_ctx, dim)`` or per class."""
@@ -391,17 +428,18 @@ def zero_shot_classifier(
         raise ValueError("templates is empty")
     context_length = clip.config.context_length
     names = [name.replace("_", " ") for name in classnames]
+    _, eos = _token_layout(tokenize)
     total = 0.0
     for template in templates:  # one text pass per template over all classes
-        rows = [list(tokenize(template.format(name))) for name in names]
-        for name, r in zip(names, rows):
+        texts = [template.format(name) for name in names]
+        rows = [list(tokenize(text)) for text in texts]
+        for text, r in zip(texts, rows):
             if len(r) > context_length:
-                raise ValueError(
-                    f"prompt {template.format(name)!r} has {len(r)} tokens > {context_length}"
-                )
+                raise ValueError(f"prompt {text!r} has {len(r)} tokens > {context_length}")
         ids = np.zeros((len(rows), max(map(len, rows))), np.int32)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
+        _check_pooling(clip, ids, [len(r) - 1 for r in rows], eos, texts)
         total = total + _l2_normalize(_encode_text_jit(clip, jnp.asarray(ids)))
     return _l2_normalize(total / len(templates))
 
