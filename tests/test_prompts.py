@@ -281,3 +281,110 @@ def test_eot_pooling_checked_at_prompt_build(clip, tok):
         P.CoOp(clip, NAMES, tokenize=remap, n_ctx=4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=f"'aq'.*eos_token_id {q} first occurs at position 6"):
         P.CoOp(q_clip, ["cat", "aq"], tokenize=remap, n_ctx=4, rngs=nnx.Rngs(0))
+
+
+def test_save_load_prompts_round_trip(clip, tok, tmp_path):
+    """Saved prompts loaded into a freshly initialised learner give identical logits."""
+    feats = encode_image(clip, _pixels(4, seed=3))
+    makers = {
+        "cocoop": lambda seed: P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8,
+                                        chunk_size=2, rngs=nnx.Rngs(seed)),
+        "csc_middle": lambda seed: P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4,
+                                          class_specific=True, class_token_position="middle",
+                                          rngs=nnx.Rngs(seed)),
+    }  # fmt: skip
+    for name, make in makers.items():
+        trained = make(1)
+        _train_step(trained, _pixels(6), jnp.array([0, 1, 2, 0, 1, 2]))  # values off the init
+        file = tmp_path / f"{name}.safetensors"
+        P.save_prompts(trained, file)
+        fresh = make(7)
+        before = features_of(fresh, feats)
+        assert np.abs(before - features_of(trained, feats)).max() > 1e-3
+        assert P.load_prompts(fresh, file) is fresh
+        np.testing.assert_array_equal(features_of(fresh, feats), features_of(trained, feats))
+        for (path, a), (_, b) in zip(
+            jax.tree.leaves_with_path(nnx.state(trained, P.PromptParam)),
+            jax.tree.leaves_with_path(nnx.state(fresh, P.PromptParam)),
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    # A unified context moves to other class names (base-to-new).
+    other = P.CoCoOp(clip, ["fish", "cow"], tokenize=tok.encode, n_ctx=4, meta_hidden=8,
+                     rngs=nnx.Rngs(9))  # fmt: skip
+    P.load_prompts(other, tmp_path / "cocoop.safetensors")
+    ref = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8, rngs=nnx.Rngs(9))
+    P.load_prompts(ref, tmp_path / "cocoop.safetensors")
+    np.testing.assert_array_equal(
+        other.meta_net(feats),
+        ref.with_classnames(["fish", "cow"], tokenize=tok.encode).meta_net(feats),
+    )
+
+
+def test_load_prompts_mismatches(clip, tok, tmp_path):
+    from safetensors.numpy import save_file
+
+    coop = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, rngs=nnx.Rngs(0))
+    cocoop = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=8, rngs=nnx.Rngs(0))
+    P.save_prompts(coop, tmp_path / "coop.safetensors")
+    P.save_prompts(cocoop, tmp_path / "cocoop.safetensors")
+    untouched = np.array(coop.ctx[...])
+    with pytest.raises(ValueError, match="learner='CoCoOp', the learner has learner='CoOp'"):
+        P.load_prompts(coop, tmp_path / "cocoop.safetensors")
+    long = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=6, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"tensor 'ctx' has shape \(4, 32\).*expects \(6, 32\)"):
+        P.load_prompts(long, tmp_path / "coop.safetensors")
+    wide = P.CoCoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, meta_hidden=5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"tensor 'meta_b1' has shape \(8,\).*expects \(5,\)"):
+        P.load_prompts(wide, tmp_path / "cocoop.safetensors")
+    front = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, class_token_position="front",
+                   rngs=nnx.Rngs(0))  # fmt: skip
+    with pytest.raises(ValueError, match="class_token_position='end', the learner has.*'front'"):
+        P.load_prompts(front, tmp_path / "coop.safetensors")
+    csc = P.CoOp(clip, NAMES, tokenize=tok.encode, n_ctx=4, class_specific=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="class_specific='False'"):
+        P.load_prompts(csc, tmp_path / "coop.safetensors")
+    meta = {"format": "jaxcomp.prompts/1", "learner": "CoCoOp", "class_specific": "False",
+            "class_token_position": "end", "classnames": "[]"}  # fmt: skip
+    tensors = {k: np.asarray(v) for k, v in [("ctx", cocoop.ctx[...]),
+               ("meta_w1", cocoop.meta_w1[...]), ("meta_b1", cocoop.meta_b1[...]),
+               ("meta_w2", cocoop.meta_w2[...])]}  # fmt: skip
+    save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"missing tensors \['meta_b2'\]"):
+        P.load_prompts(cocoop, tmp_path / "missing.safetensors")
+    save_file({"ctx": np.zeros((4, 32), np.int32)}, str(tmp_path / "int.safetensors"),
+              metadata=dict(meta, learner="CoOp"))  # fmt: skip
+    with pytest.raises(ValueError, match="tensor 'ctx' has dtype int32"):
+        P.load_prompts(coop, tmp_path / "int.safetensors")
+    save_file({"ctx": np.zeros((4, 32), np.float32)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not a save_prompts file"):
+        P.load_prompts(coop, tmp_path / "plain.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05junk")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        P.load_prompts(coop, tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        P.load_prompts(coop, tmp_path / "nowhere.safetensors")
+    np.testing.assert_array_equal(coop.ctx[...], untouched)  # failed loads changed nothing
+
+
+def test_interpret_prompt_matches_brute_force(clip, tok):
+    rng = np.random.default_rng(0)
+    vocab = rng.normal(size=(50, 8))
+    ctx = rng.normal(size=(2, 4, 8))
+    ctx[1, 2] = vocab[7]  # a context vector sitting on a word
+    words = P.interpret_prompt(ctx, vocab, topk=3)
+    dist = np.linalg.norm(ctx[..., None, :] - vocab, axis=-1)  # (2, 4, 50), brute force
+    np.testing.assert_array_equal(words.ids, np.argsort(dist, axis=-1)[..., :3])
+    np.testing.assert_allclose(words.distances, np.sort(dist, axis=-1)[..., :3], rtol=1e-12)
+    assert words.ids[1, 2, 0] == 7 and words.distances[1, 2, 0] == 0.0
+    assert P.interpret_prompt(ctx[0], vocab).ids.shape == (4, 1)
+    # A word-initialised context reads back as its words, at distance 0.
+    coop = P.CoOp(clip, NAMES, tokenize=tok.encode, ctx_init="a photo of a", rngs=nnx.Rngs(0))
+    table = clip.text_model.token_embedding.embedding[...]
+    words = P.interpret_prompt(coop.ctx[...], table, topk=2)
+    np.testing.assert_array_equal(words.ids[:, 0], tok.encode("a photo of a")[1:-1])
+    np.testing.assert_array_equal(words.distances[:, 0], 0.0)
+    assert (words.distances[:, 1] > 0).all()
+    with pytest.raises(ValueError, match=r"topk must be an integer in \[1, 50\], got 51"):
+        P.interpret_prompt(ctx, vocab, topk=51)
+    with pytest.raises(ValueError, match=r"\(4, 7\) and \(50, 8\)"):
+        P.interpret_prompt(np.zeros((4, 7)), vocab)

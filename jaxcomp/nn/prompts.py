@@ -31,9 +31,11 @@ Base-to-new protocol (CoCoOp Sec. 4.1): :func:`base_new_split`, :func:`k_shot_in
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +49,12 @@ __all__ = [
     "PromptBuffer",
     "PromptParam",
     "base_new_split",
+    "PromptWords",
     "harmonic_mean",
+    "interpret_prompt",
     "k_shot_indices",
+    "load_prompts",
+    "save_prompts",
     "zero_shot_classifier",
 ]
 
@@ -408,6 +414,146 @@ def _default_n_ctx(n_ctx: int | None, ctx_init: str | None, default: int) -> int
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     bound = 1.0 / math.sqrt(fan_in)
     return jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving, loading and reading learned prompts
+# --------------------------------------------------------------------------------------------
+
+_PROMPTS_FORMAT = "jaxcomp.prompts/1"
+
+
+def _prompt_tensors(learner: _PromptBase) -> dict[tuple, nnx.Variable]:
+    """``{path: variable}`` of every :class:`PromptParam` of ``learner`` (its ``nnx.state``)."""
+    if not isinstance(learner, _PromptBase):
+        raise ValueError(f"learner must be a CoOp or CoCoOp module, got {type(learner).__name__}")
+    return dict(nnx.to_flat_state(nnx.state(learner, PromptParam)))
+
+
+def _prompt_metadata(learner: _PromptBase) -> dict[str, str]:
+    return {
+        "format": _PROMPTS_FORMAT,
+        "learner": type(learner).__name__,
+        "class_specific": str(bool(learner._options[2])),
+        "class_token_position": learner.class_token_position,
+        "classnames": json.dumps(list(learner.classnames)),
+    }
+
+
+def save_prompts(learner: _PromptBase, path: str | os.PathLike) -> None:
+    """Write the learned prompts of a :class:`CoOp` / :class:`CoCoOp` learner to ``path``.
+
+    Every :class:`PromptParam` is stored as a float32 tensor of a safetensors file, named by its
+    attribute path (``ctx``; CoCoOp adds the meta-net ``meta_w1``, ``meta_b1``, ``meta_w2``,
+    ``meta_b2``), with the learner kind, ``class_specific``, ``class_token_position`` and the class
+    names as metadata. The frozen CLIP is not saved: a few kilobytes per learned prompt set.
+    """
+    from safetensors.numpy import save_file
+
+    tensors = {
+        ".".join(map(str, key)): np.ascontiguousarray(np.asarray(var.get_value(), np.float32))
+        for key, var in _prompt_tensors(learner).items()
+    }  # contiguous: safetensors.numpy writes a non-contiguous view's memory, not its values
+    save_file(tensors, os.fspath(path), metadata=_prompt_metadata(learner))
+
+
+def load_prompts(learner: _PromptBase, path: str | os.PathLike) -> _PromptBase:
+    """Load prompts written by :func:`save_prompts` into ``learner`` (in place; returns it).
+
+    The learner must be of the same kind (CoOp / CoCoOp), ``class_specific`` and
+    ``class_token_position`` as the saved one, and hold tensors of the same names and shapes
+    (``n_ctx``, the embedding width, CoCoOp's meta-net width, and for a class-specific context the
+    class count). The class names may differ: a unified context transfers to other classes
+    (base-to-new, as :meth:`CoOp.with_classnames`). A mismatch raises ``ValueError`` naming the
+    file and the tensor or field; everything is checked before anything is assigned.
+    """
+    from safetensors import safe_open
+
+    file = os.fspath(path)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no prompt file at {file!r}")
+    try:
+        with safe_open(file, framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            saved = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"could not read safetensors file {file!r}: {e}") from None
+    if metadata.get("format") != _PROMPTS_FORMAT:
+        raise ValueError(
+            f"{file!r} is not a save_prompts file (format {metadata.get('format')!r}, expected "
+            f"{_PROMPTS_FORMAT!r})"
+        )
+    ours = _prompt_metadata(learner)
+    for field in ("learner", "class_specific", "class_token_position"):
+        if metadata.get(field) != ours[field]:
+            raise ValueError(
+                f"{file!r} holds prompts with {field}={metadata.get(field)!r}, the learner has "
+                f"{field}={ours[field]!r}"
+            )
+    flat = _prompt_tensors(learner)
+    variables = {".".join(map(str, k)): v for k, v in flat.items()}
+    missing, unknown = sorted(set(variables) - set(saved)), sorted(set(saved) - set(variables))
+    if missing or unknown:
+        raise ValueError(f"{file!r}: missing tensors {missing}, unknown tensors {unknown}")
+    staged = {}
+    for key, var in flat.items():
+        name = ".".join(map(str, key))
+        value = saved[name]
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ValueError(f"{file!r}: tensor {name!r} has dtype {value.dtype}, expected float")
+        expected = tuple(var.get_value().shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"{file!r}: tensor {name!r} has shape {tuple(value.shape)}, the learner expects "
+                f"{expected}"
+            )
+        staged[key] = var.replace(jnp.asarray(value, var.get_value().dtype))
+    nnx.update(learner, nnx.from_flat_state(staged))
+    return learner
+
+
+class PromptWords(NamedTuple):
+    """Nearest vocabulary tokens of learned context vectors: ``ids`` and Euclidean
+    ``distances``, both ``(..., n_ctx, topk)``, nearest first."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+
+
+def interpret_prompt(ctx: ArrayLike, token_embedding: ArrayLike, *, topk: int = 1) -> PromptWords:
+    """The ``topk`` vocabulary tokens nearest to each learned context vector (CoOp Sec. 5,
+    "Interpretability": the reference's ``interpret_prompt.py`` ranks the token embeddings by
+    Euclidean distance to each context vector).
+
+    Args:
+      ctx: context vectors ``(..., dim)``, e.g. ``learner.ctx[...]`` (``(n_ctx, dim)``, or
+        ``(n_cls, n_ctx, dim)`` class-specific).
+      token_embedding: the text encoder's token-embedding table ``(vocab, dim)``, e.g.
+        ``clip.text_model.token_embedding.embedding[...]``.
+      topk: how many tokens per context vector.
+
+    Returns :class:`PromptWords`; decode the ids with the tokenizer (``id_to_token``). Distances
+    are recomputed exactly (``||c - e||``) for the returned tokens; the search itself uses
+    ``|c|^2 - 2 c.e + |e|^2`` in float64, so memory is ``n_ctx x vocab``.
+    """
+    ctx = np.asarray(ctx, np.float64)
+    table = np.asarray(token_embedding, np.float64)
+    if table.ndim != 2 or ctx.ndim < 1 or ctx.shape[-1] != table.shape[1]:
+        raise ValueError(
+            f"ctx (..., dim) and token_embedding (vocab, dim) must share dim, got shapes "
+            f"{ctx.shape} and {table.shape}"
+        )
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= table.shape[0]:
+        raise ValueError(f"topk must be an integer in [1, {table.shape[0]}], got {topk!r}")
+    flat = ctx.reshape(-1, ctx.shape[-1])
+    sq = (flat**2).sum(1)[:, None] - 2 * flat @ table.T + (table**2).sum(1)[None]
+    cand = np.argpartition(sq, topk - 1, axis=1)[:, :topk]
+    dist = np.linalg.norm(flat[:, None] - table[cand], axis=-1)
+    order = np.lexsort((cand, dist), axis=1)  # by distance, ties by id
+    ids = np.take_along_axis(cand, order, 1)
+    dist = np.take_along_axis(dist, order, 1)
+    shape = (*ctx.shape[:-1], topk)
+    return PromptWords(ids.reshape(shape), dist.reshape(shape))
 
 
 # --------------------------------------------------------------------------------------------
