@@ -388,3 +388,72 @@ def test_interpret_prompt_matches_brute_force(clip, tok):
         P.interpret_prompt(ctx, vocab, topk=51)
     with pytest.raises(ValueError, match=r"\(4, 7\) and \(50, 8\)"):
         P.interpret_prompt(np.zeros((4, 7)), vocab)
+
+
+def _blobs(n_per, seed, centers):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([c + 0.5 * rng.normal(size=(n_per, centers.shape[1])) for c in centers])
+    return x.astype(np.float32), np.repeat(np.arange(len(centers)), n_per)
+
+
+def test_fit_logistic_regression_is_the_sklearn_optimum():
+    centers = np.random.default_rng(0).normal(size=(3, 6))  # overlapping classes: finite optimum
+    x, y = _blobs(20, 1, centers)
+    w, b = P.fit_logistic_regression(x, y, c=0.5)
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    # Stationarity of 0.5 |W|^2 + C sum CE, computed independently in float64.
+    logits = x @ w + b
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    resid = prob - np.eye(3)[y]
+    grad_w, grad_b = w + 0.5 * x.T @ resid, 0.5 * resid.sum(0)
+    assert np.abs(grad_w).max() < 1e-4 * max(1, np.abs(w).max()) and np.abs(grad_b).max() < 1e-4
+    assert np.abs(w).max() > 0.1
+    # scikit-learn's lbfgs stops with a gradient of ~5e-4 here (ours ~6e-6): agree to 1e-3.
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    ref = sklearn.LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(x, y)
+    np.testing.assert_allclose(w, ref.coef_.T, atol=1e-3)
+    np.testing.assert_allclose(b - b.mean(), ref.intercept_ - ref.intercept_.mean(), atol=1e-3)
+
+
+def test_linear_probe_on_separable_features():
+    centers = 4.0 * np.eye(4, 8)  # 4 classes, 8-d features, far apart
+    tx, ty = _blobs(4, 0, centers)  # 4 shots
+    vx, vy = _blobs(4, 1, centers)
+    sx, sy = _blobs(50, 2, centers)
+    probe = P.linear_probe(tx, ty, vx, vy, steps=3, max_iter=200)
+    assert probe.val_accuracy == 1.0
+    assert float(jnp.mean(probe.predict(sx) == sy)) == 1.0
+    assert probe.weights.shape == (8, 4) and probe.bias.shape == (4,)
+    # History: the grid, then pairs (C_lo, C_hi) following the reference's range update.
+    h = probe.history
+    assert [c for c, _ in h[:7]] == list(P.LINEAR_PROBE_GRID) and len(h) == 7 + 2 * 3
+    peak = P.LINEAR_PROBE_GRID[int(np.argmax([a for _, a in h[:7]]))]
+    lo, hi = np.log10(peak) - 1, np.log10(peak) + 1
+    for (c_lo, a_lo), (c_hi, a_hi) in zip(h[7::2], h[8::2]):
+        np.testing.assert_allclose([c_lo, c_hi], [10**lo, 10**hi], rtol=1e-12)
+        lo, hi = (0.5 * (lo + hi), hi) if a_lo < a_hi else (lo, 0.5 * (lo + hi))
+        chosen = (c_hi, a_hi) if a_lo < a_hi else (c_lo, a_lo)
+    assert (probe.c, probe.val_accuracy) == chosen
+    # A tiny C (strong shrinkage) still ranks right, but a fitted W shrinks with C.
+    w_small, _ = P.fit_logistic_regression(tx, ty, c=1e-4)
+    w_big, _ = P.fit_logistic_regression(tx, ty, c=1.0)
+    assert np.abs(w_small).max() < np.abs(w_big).max()
+
+
+def test_linear_probe_bad_inputs():
+    x, y = _blobs(3, 0, np.eye(3, 4))
+    with pytest.raises(ValueError, match="c must be a finite number > 0, got 0"):
+        P.fit_logistic_regression(x, y, c=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got 5"):
+        P.fit_logistic_regression(x, np.where(y == 2, 5, y), c=1.0, n_classes=3)
+    with pytest.raises(ValueError, match=r"labels must be 9 integer labels, got shape \(8,\)"):
+        P.fit_logistic_regression(x, y[:8], c=1.0)
+    with pytest.raises(ValueError, match=r"val_labels must be in \[0, 3\), got 3"):
+        P.linear_probe(x, y, x, np.full(9, 3), steps=1)
+    with pytest.raises(ValueError, match=r"\(9, 4\) and \(9, 5\)"):
+        P.linear_probe(x, y, np.zeros((9, 5)), y)
+    with pytest.raises(ValueError, match="grid must be.*-1"):
+        P.linear_probe(x, y, x, y, grid=(1.0, -1))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        P.linear_probe(x, y, x, y, steps=0)

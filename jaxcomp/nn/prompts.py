@@ -21,12 +21,18 @@ images, each chunk rematerialised (``jax.checkpoint``), so activation memory is 
 
 The CLIP model is duck-typed: it needs ``embed_tokens(ids)``, ``encode_text_embeddings(emb, ids)``
 (pooled at ``argmax(ids)``, or at the first ``config.eos_token_id`` when the config sets one;
-every prompt is checked at build time to pool at its EOS token), ``encode_image(pixels)``, a ``logit_scale`` variable and
-``config.projection_dim`` / ``config.context_length``, as :class:`jaxcomp.models.clip.CLIP` has.
+every prompt is checked at build time to pool at its EOS token), ``encode_image(pixels)``, a
+``logit_scale`` variable and ``config.projection_dim`` / ``config.context_length``, as
+:class:`jaxcomp.models.clip.CLIP` has.
+
+Learned prompts are saved and loaded with :func:`save_prompts` / :func:`load_prompts`
+(safetensors) and read as words with :func:`interpret_prompt` (CoOp Sec. 5).
 
 Base-to-new protocol (CoCoOp Sec. 4.1): :func:`base_new_split`, :func:`k_shot_indices`,
 :func:`harmonic_mean`, and the zero-shot CLIP baseline with prompt templates,
-:func:`zero_shot_classifier` (CLIP Sec. 3.1.4, prompt ensembling).
+:func:`zero_shot_classifier` (CLIP Sec. 3.1.4, prompt ensembling), and the linear-probe
+baseline :func:`linear_probe` (logistic regression on frozen features, ``C`` searched on a
+validation split, as CoOp's ``lpclip``).
 """
 
 from __future__ import annotations
@@ -40,19 +46,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
 __all__ = [
+    "LINEAR_PROBE_GRID",
     "CoCoOp",
     "CoOp",
+    "LinearProbe",
     "PromptBuffer",
     "PromptParam",
-    "base_new_split",
     "PromptWords",
+    "base_new_split",
+    "fit_logistic_regression",
     "harmonic_mean",
     "interpret_prompt",
     "k_shot_indices",
+    "linear_probe",
     "load_prompts",
     "save_prompts",
     "zero_shot_classifier",
@@ -635,3 +646,160 @@ def harmonic_mean(base_acc: float, new_acc: float) -> float:
     if base_acc + new_acc == 0:
         return 0.0
     return 2 * base_acc * new_acc / (base_acc + new_acc)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear-probe CLIP baseline (CoOp Sec. 4.1; the reference's lpclip/linear_probe.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _labels(labels: ArrayLike, n: int, n_classes: int, name: str) -> jax.Array:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be {n} integer labels, got shape {labels.shape}")
+    bad = labels[(labels < 0) | (labels >= n_classes)]
+    if bad.size:
+        raise ValueError(f"{name} must be in [0, {n_classes}), got {int(bad[0])}")
+    return jnp.asarray(labels, jnp.int32)
+
+
+@jax.jit(static_argnames=("n_classes", "max_iter"))
+def _fit_lr(x, y, c, tol, *, n_classes: int, max_iter: int):
+    n, d = x.shape
+    onehot = jax.nn.one_hot(y, n_classes, dtype=x.dtype)
+
+    def objective(p):  # sklearn's  0.5 |W|^2 + C sum_i CE_i, divided by C n (same minimiser)
+        w, b = p
+        ce = optax.softmax_cross_entropy(x @ w + b, onehot).mean()
+        return ce + 0.5 * jnp.sum(w**2) / (c * n)
+
+    params = (jnp.zeros((d, n_classes), x.dtype), jnp.zeros((n_classes,), x.dtype))
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry):
+        p, state, _, i = carry
+        value, grad = value_and_grad(p, state=state)
+        updates, state = solver.update(grad, state, p, value=value, grad=grad, value_fn=objective)
+        return optax.apply_updates(p, updates), state, optax.tree.norm(grad), i + 1
+
+    def keep_going(carry):
+        return (carry[2] > tol) & (carry[3] < max_iter)
+
+    init = (params, solver.init(params), jnp.asarray(jnp.inf, x.dtype), 0)
+    params, _, gnorm, iters = jax.lax.while_loop(keep_going, step, init)
+    return params, gnorm, iters
+
+
+def fit_logistic_regression(
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    c: float,
+    n_classes: int | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> tuple[jax.Array, jax.Array]:
+    """L2-regularised multinomial logistic regression, solved with L-BFGS (``optax.lbfgs``).
+
+    Minimises scikit-learn's ``LogisticRegression(penalty="l2", C=c)`` objective
+    ``0.5 |W|^2 + c * sum_i CE(x_i W + b, y_i)`` (bias not penalised), the classifier of CoOp's
+    linear-probe baseline, scaled by ``1 / (c n)`` for conditioning; stops when the scaled
+    gradient norm is below ``tol`` or after ``max_iter`` iterations. Returns ``(W (dim, n_classes),
+    b (n_classes,))``; predict with ``argmax(x @ W + b)``. ``n_classes`` defaults to
+    ``max(labels) + 1``.
+    """
+    x = jnp.asarray(features, jnp.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"features must be (n, dim) with n >= 1, got shape {x.shape}")
+    if not (isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0):
+        raise ValueError(f"c must be a finite number > 0, got {c!r}")
+    if n_classes is None:
+        n_classes = int(np.max(np.asarray(labels))) + 1 if np.size(labels) else 0
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    y = _labels(labels, x.shape[0], n_classes, "labels")
+    (w, b), _, _ = _fit_lr(x, y, float(c), float(tol), n_classes=n_classes, max_iter=max_iter)
+    return w, b
+
+
+class LinearProbe(NamedTuple):
+    """Result of :func:`linear_probe`: the classifier ``(weights, bias)`` fitted with the chosen
+    ``c``, its validation accuracy (in [0, 1]) and every ``(c, val_accuracy)`` tried, in order."""
+
+    weights: jax.Array
+    bias: jax.Array
+    c: float
+    val_accuracy: float
+    history: tuple[tuple[float, float], ...]
+
+    def predict(self, features: ArrayLike) -> jax.Array:
+        """Class predictions ``argmax(x W + b)`` for ``features`` ``(n, dim)``."""
+        return jnp.argmax(jnp.asarray(features, jnp.float32) @ self.weights + self.bias, axis=-1)
+
+
+LINEAR_PROBE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+
+
+def linear_probe(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    val_features: ArrayLike,
+    val_labels: ArrayLike,
+    *,
+    grid: Sequence[float] = LINEAR_PROBE_GRID,
+    steps: int = 8,
+    max_iter: int = 1000,
+) -> LinearProbe:
+    """The linear-probe CLIP baseline of CoOp (Sec. 4.1; Radford et al. 2021, Sec. 3.2): logistic
+    regression on frozen image features, its inverse regularisation ``C`` chosen on a validation
+    split.
+
+    As the reference (``lpclip/linear_probe.py``): every ``C`` of ``grid`` is fitted
+    (:func:`fit_logistic_regression`) and scored by validation accuracy; from the best, ``C_peak``,
+    the range ``[C_peak / 10, 10 C_peak]`` is searched for ``steps`` rounds: both ends are fitted,
+    the better one (the left on a tie) is kept, and the range shrinks to that end and the
+    log-space midpoint. The classifier of the last round is returned. ``n_classes`` is
+    ``max(train_labels) + 1``; validation labels must lie in that range.
+    """
+    train_x = np.asarray(train_features, np.float32)
+    val_x = np.asarray(val_features, np.float32)
+    if val_x.ndim != 2 or train_x.ndim != 2 or val_x.shape[1] != train_x.shape[1]:
+        raise ValueError(
+            f"train and validation features must be (n, dim) with one dim, got shapes "
+            f"{train_x.shape} and {val_x.shape}"
+        )
+    if not grid or any(not (isinstance(c, (int, float)) and c > 0) for c in grid):
+        raise ValueError(f"grid must be a non-empty sequence of numbers > 0, got {grid!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    n_classes = int(np.max(np.asarray(train_labels))) + 1 if np.size(train_labels) else 0
+    val_y = _labels(val_labels, val_x.shape[0], max(n_classes, 1), "val_labels")
+    history: list[tuple[float, float]] = []
+
+    def fit(c: float):
+        w, b = fit_logistic_regression(
+            train_x, train_labels, c=c, n_classes=n_classes, max_iter=max_iter
+        )
+        acc = float(jnp.mean(jnp.argmax(val_x @ w + b, axis=-1) == val_y))
+        history.append((float(c), acc))
+        return w, b, acc
+
+    accs = [fit(c)[2] for c in grid]
+    peak = float(grid[int(np.argmax(accs))])
+    lo, hi = math.log10(peak) - 1, math.log10(peak) + 1  # log10 of the range's ends
+    for _ in range(steps):
+        w_lo, b_lo, acc_lo = fit(10.0**lo)
+        w_hi, b_hi, acc_hi = fit(10.0**hi)
+        mid = 0.5 * (lo + hi)
+        if acc_lo < acc_hi:
+            w, b, c, acc = w_hi, b_hi, 10.0**hi, acc_hi
+            lo = mid
+        else:
+            w, b, c, acc = w_lo, b_lo, 10.0**lo, acc_lo
+            hi = mid
+    return LinearProbe(w, b, float(c), acc, tuple(history))
