@@ -167,3 +167,110 @@ def test_bad_inputs(model):
         model.encode_text(np.ones((1, 33), np.int32))
     with pytest.raises(ValueError, match="patch_size"):
         clip_lib.CLIPConfig(image_size=30, patch_size=4)
+
+
+# --------------------------------------------------------------------------------------------
+# Activation of OpenAI-layout checkpoints; EOS pooling
+# --------------------------------------------------------------------------------------------
+
+
+def _np_ln(x, w, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+_NP_ACT = {
+    "quick_gelu": lambda x: x / (1 + np.exp(-1.702 * x)),
+    "gelu": lambda x: 0.5 * x * (1 + __import__("scipy.special").special.erf(x / np.sqrt(2))),
+}
+
+
+def _np_tower(sd, pre, x, heads, act, causal):
+    """OpenAI's ``Transformer`` on the OpenAI-format state dict (fused in_proj), in float64."""
+    n_layers = len({k.split(".")[len(pre.split(".")) - 1] for k in sd if k.startswith(pre)})
+    length, width = x.shape[1], x.shape[2]
+    hd = width // heads
+    for i in range(n_layers):
+        p = lambda k: np.asarray(sd[f"{pre}{i}.{k}"], np.float64)  # noqa: B023
+        h = _np_ln(x, p("ln_1.weight"), p("ln_1.bias"))
+        q, k, v = np.split(h @ p("attn.in_proj_weight").T + p("attn.in_proj_bias"), 3, axis=-1)
+        q, k, v = (t.reshape(len(x), length, heads, hd) for t in (q, k, v))
+        s = np.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(hd)
+        if causal:
+            s = np.where(np.tril(np.ones((length, length), bool)), s, -np.inf)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        o = np.einsum("nhqk,nkhd->nqhd", w, v).reshape(x.shape)
+        x = x + o @ p("attn.out_proj.weight").T + p("attn.out_proj.bias")
+        h = _np_ln(x, p("ln_2.weight"), p("ln_2.bias"))
+        h = _NP_ACT[act](h @ p("mlp.c_fc.weight").T + p("mlp.c_fc.bias"))
+        x = x + h @ p("mlp.c_proj.weight").T + p("mlp.c_proj.bias")
+    return x
+
+
+def _np_clip(sd, pixels, ids, heads, act):
+    """Reference forward of OpenAI's ``CLIP.encode_image`` / ``encode_text``."""
+    f = lambda k: np.asarray(sd[k], np.float64)
+    conv = f("visual.conv1.weight")  # (width, C, P, P)
+    width, c, p, _ = conv.shape
+    n, h, w, _ = pixels.shape
+    patches = pixels.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4)
+    x = patches.reshape(n, -1, c * p * p) @ conv.reshape(width, -1).T
+    cls = np.broadcast_to(f("visual.class_embedding"), (n, 1, width))
+    x = np.concatenate([cls, x], 1) + f("visual.positional_embedding")
+    x = _np_ln(x, f("visual.ln_pre.weight"), f("visual.ln_pre.bias"))
+    x = _np_tower(sd, "visual.transformer.resblocks.", x, heads, act, causal=False)
+    img = _np_ln(x[:, 0], f("visual.ln_post.weight"), f("visual.ln_post.bias")) @ f("visual.proj")
+    t = f("token_embedding.weight")[ids] + f("positional_embedding")[: ids.shape[1]]
+    t = _np_tower(sd, "transformer.resblocks.", t, heads, act, causal=True)
+    t = _np_ln(t, f("ln_final.weight"), f("ln_final.bias"))
+    txt = t[np.arange(len(ids)), ids.argmax(-1)] @ f("text_projection")
+    return img, txt
+
+
+def test_openai_layout_activation(golden, tmp_path):
+    """QuickGELU (OpenAI) and GELU (OpenCLIP LAION) checkpoints share keys; each loads right."""
+    sd = _to_openai(load_file(os.path.join(TINY, "model.safetensors")))
+    # safetensors.numpy writes a transposed view's memory, not its values: make it contiguous.
+    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    pixels, ids = golden["pixels_nhwc"].astype(np.float64), golden["input_ids"]
+    feats, refs = {}, {}
+    for act in ("quick_gelu", "gelu"):
+        model = clip_lib.load_pretrained(tmp_path / "m.safetensors", act=act)
+        assert model.config.hidden_act == act and model.config.vision_heads == 1
+        feats[act] = (np.asarray(model.encode_image(pixels)), np.asarray(model.encode_text(ids)))
+        refs[act] = _np_clip(sd, pixels, ids, heads=1, act=act)
+        for ours, ref in zip(feats[act], refs[act]):
+            np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+    for a, b in zip(feats["gelu"], refs["quick_gelu"]):  # the wrong activation is visible
+        assert np.abs(a - b).max() > 1e-3
+    # No act: OpenAI's QuickGELU, unless an open_clip_config.json says otherwise.
+    default = clip_lib.load_pretrained(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(default.encode_text(ids), feats["quick_gelu"][1])
+    for cfg, act in (({"model_cfg": {"embed_dim": 16}}, "gelu"),
+                     ({"model_cfg": {"quick_gelu": True}}, "quick_gelu")):  # fmt: skip
+        json.dump(cfg, open(tmp_path / "open_clip_config.json", "w"))
+        assert clip_lib.load_pretrained(tmp_path / "m.safetensors").config.hidden_act == act
+    json.dump({"model_cfg": {"quick_gelu": "yes"}}, open(tmp_path / "open_clip_config.json", "w"))
+    with pytest.raises(ValueError, match="open_clip_config.json.*quick_gelu.*'yes'"):
+        clip_lib.load_pretrained(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="'relu'"):
+        clip_lib.load_pretrained(tmp_path / "m.safetensors", act="relu")
+    with pytest.raises(ValueError, match="act='gelu'.*hidden_act='quick_gelu'"):
+        clip_lib.load_pretrained(TINY, act="gelu")
+    with pytest.raises(ValueError, match="'swish'"):
+        clip_lib.config_from_openai_state_dict(sd, act="swish")
+
+
+def test_openclip_activation_names_and_configs():
+    act = clip_lib.openclip_activation
+    assert act("ViT-B-32-quickgelu") == "quick_gelu"
+    assert act("ViT-B-32") == act("ViT-H-14") == "gelu"
+    assert act("ViT-B-32", pretrained="openai") == "quick_gelu"
+    assert act({"embed_dim": 512, "quick_gelu": True}) == "quick_gelu"
+    assert act({"embed_dim": 512}) == "gelu"
+    with pytest.raises(ValueError, match="quick_gelu must be a bool, got 1"):
+        act({"quick_gelu": 1})
+    with pytest.raises(ValueError, match="empty"):
+        act("")

@@ -18,7 +18,9 @@ into a joint space of ``projection_dim``, and a learned temperature ``logit_scal
   ``model.safetensors``); ``convert_openai_state_dict(sd)`` maps an OpenAI-format state dict
   (``transformer.resblocks.N.attn.in_proj_weight`` ...) to Hugging Face names, splitting the fused
   ``in_proj`` into ``q/k/v`` and transposing the projections; ``config_from_openai_state_dict``
-  infers the architecture from the shapes, as OpenAI's ``build_model`` does.
+  infers the architecture from the shapes, as OpenAI's ``build_model`` does. OpenCLIP's LAION
+  checkpoints share these keys but use plain GELU: pass ``act="gelu"`` or let
+  :func:`openclip_activation` read it from an OpenCLIP model name or config.
 * ``load_tokenizer(path)`` wraps a ``tokenizer.json`` (the ``tokenizers`` package) with OpenAI's
   ``tokenize`` semantics: start/end tokens, zero padding to the context length.
 """
@@ -56,6 +58,8 @@ __all__ = [
     "load_pretrained",
     "load_state_dict",
     "load_tokenizer",
+    "openclip_activation",
+    "pool_positions",
 ]
 
 # Per-channel statistics OpenAI's preprocessing normalises RGB pixels in [0, 1] with.
@@ -69,6 +73,10 @@ class CLIPConfig:
 
     ``vision_*`` describe the ViT image tower, ``text_*`` the causal text transformer;
     ``context_length`` is the number of text positions (77 for OpenAI models).
+    ``hidden_act`` is the MLP activation: ``"quick_gelu"`` for OpenAI's weights, ``"gelu"`` for
+    OpenCLIP's LAION models (see :func:`openclip_activation`). ``eos_token_id``: ``None`` pools the
+    text tower at ``argmax(token_ids)`` (OpenAI: the EOT token has the largest id); an id pools at
+    the *first* position holding it (Hugging Face's rule for an EOS that is not the largest id).
     """
 
     image_size: int = 224
@@ -88,6 +96,7 @@ class CLIPConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     logit_scale_init: float = 2.6592  # log(1 / 0.07)
+    eos_token_id: int | None = None
 
     def __post_init__(self):
         check_config_fields(self)
@@ -107,6 +116,14 @@ class CLIPConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(
                 f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}"
+            )
+        eos = self.eos_token_id
+        if eos is not None and (
+            isinstance(eos, bool) or not isinstance(eos, (int, np.integer))
+            or not 0 <= eos < self.vocab_size
+        ):  # fmt: skip
+            raise ValueError(
+                f"eos_token_id must be None or an id in [0, {self.vocab_size}), got {eos!r}"
             )
 
     @property
@@ -254,6 +271,7 @@ class TextTransformer(nnx.Module):
         )  # fmt: skip
         self.final_layer_norm = _layer_norm(width, cfg.layer_norm_eps, rngs)
         self.projection = nnx.Linear(width, cfg.projection_dim, use_bias=False, rngs=rngs)
+        self.eos_token_id = cfg.eos_token_id
 
     def embed_tokens(self, token_ids: jax.Array) -> jax.Array:
         return self.token_embedding(token_ids)
@@ -271,8 +289,17 @@ class TextTransformer(nnx.Module):
         x = embeddings + self.position_embedding[...][:length]
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))
         x = self.final_layer_norm(self.encoder(x, causal[None, None]))
-        eot = jnp.argmax(token_ids, axis=-1)  # EOT has the largest id (OpenAI convention)
-        return self.projection(x[jnp.arange(n), eot])
+        return self.projection(x[jnp.arange(n), pool_positions(token_ids, self.eos_token_id)])
+
+
+def pool_positions(token_ids: ArrayLike, eos_token_id: int | None) -> jax.Array:
+    """Where the text tower pools each row of ``token_ids`` ``(N, L)``: ``argmax(ids)`` when
+    ``eos_token_id`` is ``None`` (OpenAI: EOT has the largest id), else the first position of
+    ``eos_token_id`` (Hugging Face ``CLIPTextTransformer`` for a configured EOS)."""
+    token_ids = jnp.asarray(token_ids)
+    if eos_token_id is None:
+        return jnp.argmax(token_ids, axis=-1)
+    return jnp.argmax(token_ids == eos_token_id, axis=-1)
 
 
 class CLIP(nnx.Module):
@@ -297,7 +324,8 @@ class CLIP(nnx.Module):
         return self.text_model.embed_tokens(jnp.asarray(token_ids))
 
     def encode_text_embeddings(self, embeddings: ArrayLike, token_ids: ArrayLike) -> jax.Array:
-        """Text features from token *embeddings*; ``token_ids`` give the EOT position (argmax)."""
+        """Text features from token *embeddings*; ``token_ids`` give the EOT position
+        (:func:`pool_positions`: ``argmax``, or the first ``config.eos_token_id``)."""
         return self.text_model(jnp.asarray(embeddings), jnp.asarray(token_ids))
 
     def encode_text(self, token_ids: ArrayLike) -> jax.Array:
@@ -349,6 +377,8 @@ def config_from_hf(config: Mapping[str, Any]) -> CLIPConfig:
         hidden_act=acts.pop(),
         layer_norm_eps=v.get("layer_norm_eps", 1e-5),
         logit_scale_init=config.get("logit_scale_init_value", 2.6592),
+        # Hugging Face pools at argmax for the legacy eos_token_id 2, else at the first EOS.
+        eos_token_id=None if t.get("eos_token_id", 2) == 2 else t["eos_token_id"],
     )
 
 
@@ -454,44 +484,93 @@ def _abstract_model(config: CLIPConfig) -> CLIP:
     return nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
 
 
-def load_pretrained(path: str | os.PathLike, *, strict: bool = True) -> CLIP:
+def load_pretrained(
+    path: str | os.PathLike, *, strict: bool = True, act: str | None = None
+) -> CLIP:
     """Load a Hugging Face CLIP checkpoint directory (``config.json`` + ``model.safetensors``).
 
     ``path`` may also be a ``.safetensors`` file holding an OpenAI-format state dict
     (``visual.conv1.weight`` ...): it is converted with :func:`convert_openai_state_dict` and the
-    architecture is inferred with :func:`config_from_openai_state_dict`.
+    architecture is inferred with :func:`config_from_openai_state_dict`. OpenAI's weights and
+    OpenCLIP's use the same keys but not the same MLP activation (``quick_gelu`` vs ``gelu``), which
+    the shapes cannot tell, so for such a file the activation is ``act`` when given, else read
+    from an ``open_clip_config.json`` next to the file (:func:`openclip_activation`), else
+    ``"quick_gelu"`` (OpenAI's release). For a Hugging Face directory ``config.json`` says it;
+    an ``act`` that contradicts it raises ``ValueError``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file (and the key
     or config field) for a corrupt safetensors file, invalid JSON, a config field of the wrong type
     or a tensor of the wrong shape or dtype.
     """
     path = os.fspath(path)
+    if act is not None and act not in _ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
     if os.path.isfile(path) and path.endswith(".safetensors"):
         tensors = _read_safetensors(path)
         if "visual.conv1.weight" in tensors or "token_embedding.weight" in tensors:
+            if act is None:
+                act = _openclip_file_activation(os.path.dirname(path))
             try:
-                config = config_from_openai_state_dict(tensors)
+                config = config_from_openai_state_dict(tensors, act=act)
                 tensors = convert_openai_state_dict(tensors)
             except ValueError as e:
                 raise ValueError(f"{path!r}: {e}") from None
         else:
-            config = _config_file(os.path.join(os.path.dirname(path), "config.json"))
+            config = _config_file(os.path.join(os.path.dirname(path), "config.json"), act)
         return load_state_dict(_abstract_model(config), tensors, strict=strict, source=path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no CLIP checkpoint directory or .safetensors file at {path!r}")
-    config = _config_file(os.path.join(path, "config.json"))
+    config = _config_file(os.path.join(path, "config.json"), act)
     weights = os.path.join(path, "model.safetensors")
     tensors = _read_safetensors(weights)
     return load_state_dict(_abstract_model(config), tensors, strict=strict, source=weights)
 
 
-def _config_file(path: str) -> CLIPConfig:
+def openclip_activation(model: str | Mapping[str, Any], *, pretrained: str | None = None) -> str:
+    """The MLP activation of an OpenCLIP model: ``"quick_gelu"`` or ``"gelu"``.
+
+    ``model`` is an OpenCLIP model name (``"ViT-B-32-quickgelu"``: QuickGELU iff it ends in
+    ``-quickgelu``) or its model config (a ``model_configs/*.json`` dict, or a hub
+    ``open_clip_config.json`` dict holding it under ``"model_cfg"``), where ``"quick_gelu": true``
+    selects QuickGELU and its absence means OpenCLIP's default ``nn.GELU``. ``pretrained="openai"``
+    is always QuickGELU: OpenCLIP loads OpenAI's weights with OpenAI's activation.
+    """
+    if pretrained is not None and pretrained.lower() == "openai":
+        return "quick_gelu"
+    if isinstance(model, str):
+        if not model:
+            raise ValueError("model name is empty")
+        return "quick_gelu" if model.lower().endswith("-quickgelu") else "gelu"
+    if not isinstance(model, Mapping):
+        raise ValueError(f"model must be a model name or a config dict, got {type(model).__name__}")
+    cfg = model.get("model_cfg", model)
+    quick = cfg.get("quick_gelu", False) if isinstance(cfg, Mapping) else None
+    if not isinstance(quick, bool):
+        raise ValueError(f"OpenCLIP config field quick_gelu must be a bool, got {quick!r}")
+    return "quick_gelu" if quick else "gelu"
+
+
+def _openclip_file_activation(directory: str) -> str:
+    """``open_clip_config.json`` in ``directory`` decides the activation; OpenAI's without it."""
+    path = os.path.join(directory, "open_clip_config.json")
+    if not os.path.isfile(path):
+        return "quick_gelu"
+    try:
+        return openclip_activation(_read_json(path))
+    except ValueError as e:
+        raise ValueError(f"{path!r}: {e}") from None
+
+
+def _config_file(path: str, act: str | None = None) -> CLIPConfig:
     """``config_from_hf`` of a ``config.json``; errors name the file."""
     config = _read_json(path)
     try:
-        return config_from_hf(config)
+        cfg = config_from_hf(config)
     except (AttributeError, TypeError, ValueError) as e:
         raise ValueError(f"{path!r}: {e}") from None
+    if act is not None and act != cfg.hidden_act:
+        raise ValueError(f"act={act!r} but {path!r} says hidden_act={cfg.hidden_act!r}")
+    return cfg
 
 
 def _read_json(path: str) -> dict:
@@ -504,8 +583,16 @@ def _read_json(path: str) -> dict:
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-def config_from_openai_state_dict(sd: Mapping[str, ArrayLike]) -> CLIPConfig:
-    """Infer a ViT :class:`CLIPConfig` from an OpenAI state dict's shapes (as ``build_model``)."""
+def config_from_openai_state_dict(
+    sd: Mapping[str, ArrayLike], *, act: str = "quick_gelu"
+) -> CLIPConfig:
+    """Infer a ViT :class:`CLIPConfig` from an OpenAI state dict's shapes (as ``build_model``).
+
+    The shapes do not tell the activation: ``act`` is ``"quick_gelu"`` for OpenAI's weights and
+    ``"gelu"`` for OpenCLIP's LAION ones (same keys; see :func:`openclip_activation`).
+    """
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
     if "visual.proj" not in sd:
         raise ValueError(
             "only ViT OpenAI checkpoints are supported: key 'visual.proj' is missing "
@@ -534,6 +621,7 @@ def config_from_openai_state_dict(sd: Mapping[str, ArrayLike]) -> CLIPConfig:
         text_heads=text_width // 64 if text_width >= 64 else 1,
         text_mlp_dim=shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
         projection_dim=shape("text_projection")[1],
+        hidden_act=act,
     )
 
 
