@@ -817,3 +817,53 @@ def test_bad_layout_raises():
         mfac(0.1, layout="tree")
     with pytest.raises(ValueError, match="layout='leaves' supports compressor=None or topk"):
         ggt(0.1, compressor=lowrank(2), layout="leaves")
+
+
+@pytest.mark.parametrize("case", ["dense", "topk_blocks"])
+def test_leaves_layout_through_shard_train_state_and_make_train_step(case):
+    """`shard_train_state` keeps the per-leaf windows sharded like their parameters (dense: by
+    shape; block-wise top-k: with `tx=`), the jitted step keeps them so and equals the step on
+    one device, and its compiled HLO gathers nothing of a parameter's size."""
+    from jaxcomp.train import make_mesh, make_train_step, shard_train_state
+
+    comp = None if case == "dense" else topk(0.1, num_blocks=8)
+    make_tx = lambda: mfac(0.05, num_grads=4, damping=1e-2, compressor=comp, layout="leaves")
+    rng = np.random.default_rng(3)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(64, 48)) * 0.1, jnp.float32),
+        "b": jnp.zeros((48,), jnp.float32),
+    }
+    xs = jnp.asarray(rng.normal(size=(6, 16, 64)), jnp.float32)
+    ys = jnp.asarray(rng.normal(size=(6, 16, 48)), jnp.float32)
+
+    def loss_fn(p, state, batch):
+        x, y = batch
+        loss = jnp.mean((jnp.tanh(x @ p["w"] + p["b"]) - y) ** 2)
+        return loss, (state, {})
+
+    def run(mesh):
+        tx = make_tx()
+        p, s, o = params, {}, tx.init(params)
+        shardings = None
+        if mesh is not None:
+            p, s, o, shardings = shard_train_state(
+                mesh, p, s, o, fsdp_min_size=256, tx=None if case == "dense" else tx
+            )
+        step = make_train_step(loss_fn, tx, shardings, donate=False)
+        for i in range(6):  # wraps the ring buffer (m = 4)
+            p, s, o, _ = step(p, s, o, (xs[i], ys[i]))
+        return p, o, step, s
+
+    want, _, _, _ = run(None)
+    mesh = make_mesh(data=1, fsdp=8)
+    got, opt_state, step, s = run(mesh)
+    window = opt_state.window["w"]
+    window = window if case == "dense" else window.values
+    assert window.sharding.spec[1] == "fsdp", window.sharding
+    for k in params:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-4, atol=1e-6)
+    hlo = step.lower(got, s, opt_state, (xs[0], ys[0])).compile().as_text()
+    gathered = [n for op, n in _collectives(hlo) if op in ("all-gather", "all-to-all")]
+    # FSDP gathers `w` once for the forward pass; the optimizer gathers nothing more (with the
+    # window replicated, the step gathers the gradient and window too)
+    assert gathered == [64 * 48], _collectives(hlo)

@@ -121,7 +121,11 @@ def param_shardings(
 
 def like_params_shardings(tree: Any, params: Any, param_sh: Any, mesh: Mesh) -> Any:
     """Shardings for an optimizer state: a leaf whose path ends with a parameter's path and has
-    its shape gets that parameter's sharding (momenta, masks, ...); all else is replicated."""
+    its shape gets that parameter's sharding (momenta, masks, ...); one with an extra leading axis,
+    shape ``(n, *param.shape)`` (a per-leaf window of past gradients, e.g. ``mfac(...,
+    layout="leaves")``), gets it on the trailing axes and keeps the leading axis whole; all else
+    is replicated. For states whose sharded leaves have other shapes (block-wise top-k windows),
+    see ``shard_train_state(..., tx=)``."""
     by_path = {
         path_str(p): (tuple(x.shape), s)
         for (p, x), s in zip(
@@ -135,8 +139,18 @@ def like_params_shardings(tree: Any, params: Any, param_sh: Any, mesh: Mesh) -> 
         p = path_str(path)
         shape = tuple(getattr(leaf, "shape", ()))
         for k in keys:
-            if (p == k or p.endswith("/" + k)) and by_path[k][0] == shape:
-                return by_path[k][1]
+            if not (p == k or p.endswith("/" + k)):
+                continue
+            param_shape, sharding = by_path[k]
+            if param_shape == shape:
+                return sharding
+            if (
+                len(shape) == len(param_shape) + 1
+                and shape[1:] == param_shape
+                and isinstance(sharding, NamedSharding)
+            ):
+                spec = tuple(sharding.spec) + (None,) * (len(param_shape) - len(sharding.spec))
+                return NamedSharding(sharding.mesh, PartitionSpec(None, *spec))
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(one, tree)

@@ -53,17 +53,52 @@ def shard_train_state(
     rules: Sequence[mesh_lib.Rule] = (),
     *,
     fsdp_min_size: int = 2**14,
+    tx: optax.GradientTransformation | None = None,
 ) -> tuple[Any, Any, Any, TrainShardings]:
     """Place params, model state and optimizer state on ``mesh`` by the same rules; returns the
-    placed trees and their ``TrainShardings`` (for ``make_train_step``)."""
+    placed trees and their ``TrainShardings`` (for ``make_train_step``).
+
+    Optimizer-state leaves are matched to parameters by path and shape
+    (``mesh.like_params_shardings``). With ``tx``, the optimizer state takes instead the
+    shardings that ``tx.init`` gives it on the placed params (one extra, eager ``tx.init``; its
+    values are discarded, ``opt_state``'s are kept): use it for transforms that place their own
+    state, such as ``mfac``/``ggt`` with ``layout="leaves"`` and a block-wise top-k window.
+    """
     p_sh = mesh_lib.param_shardings(params, mesh, rules, fsdp_min_size=fsdp_min_size)
     s_sh = mesh_lib.like_params_shardings(model_state, params, p_sh, mesh)
-    o_sh = mesh_lib.like_params_shardings(opt_state, params, p_sh, mesh)
+    if tx is None:
+        o_sh = mesh_lib.like_params_shardings(opt_state, params, p_sh, mesh)
+    else:
+        o_sh = _state_shardings(tx, jax.device_put(params, p_sh), opt_state, mesh)
     shardings = TrainShardings(
         p_sh, s_sh, o_sh, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     )
     put = jax.device_put
     return put(params, p_sh), put(model_state, s_sh), put(opt_state, o_sh), shardings
+
+
+def _state_shardings(tx: optax.GradientTransformation, placed: Any, opt_state: Any, mesh: Mesh):
+    """The shardings of ``tx.init(placed)``, checked to describe ``opt_state`` (same tree and
+    shapes); leaves ``tx.init`` leaves off ``mesh`` are replicated on it."""
+    template = tx.init(placed)
+    if jax.tree.structure(template) != jax.tree.structure(opt_state):
+        raise ValueError(
+            "shard_train_state: opt_state does not have the tree of tx.init(params): "
+            f"{jax.tree.structure(opt_state)} vs {jax.tree.structure(template)}"
+        )
+    out = []
+    for (path, t), o in zip(
+        jax.tree_util.tree_flatten_with_path(template)[0], jax.tree.leaves(opt_state)
+    ):
+        if jnp.shape(t) != jnp.shape(o):
+            raise ValueError(
+                f"shard_train_state: opt_state{jax.tree_util.keystr(path)} has shape "
+                f"{jnp.shape(o)}, tx.init(params) gives {jnp.shape(t)}"
+            )
+        sharding = getattr(t, "sharding", None)
+        on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+        out.append(sharding if on_mesh else mesh_lib.replicated(mesh))
+    return jax.tree.structure(template).unflatten(out)
 
 
 #: Folded into every PRNG key of the model state for the extra passes of ``grad_fn``.
