@@ -75,7 +75,8 @@ def _openai_resnet_sd(rng, layers=LAYERS, width=WIDTH, image=IMAGE, embed=EMBED,
     pre = "transformer.resblocks.0."
     for ln in ("ln_1", "ln_2"):
         sd[pre + ln + ".weight"], sd[pre + ln + ".bias"] = normal((d,), 1.0), normal((d,), 0.1)
-    sd[pre + "attn.in_proj_weight"], sd[pre + "attn.in_proj_bias"] = normal((3 * d, d), 0.2), normal((3 * d,), 0.1)  # fmt: skip
+    sd[pre + "attn.in_proj_weight"] = normal((3 * d, d), 0.2)
+    sd[pre + "attn.in_proj_bias"] = normal((3 * d,), 0.1)
     linear(pre + "attn.out_proj", d, d)
     linear(pre + "mlp.c_fc", 4 * d, d)
     linear(pre + "mlp.c_proj", d, 4 * d)

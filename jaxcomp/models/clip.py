@@ -21,8 +21,8 @@ bottlenecks, attention pooling; RN50 ... RN50x64), selected by a 4-tuple ``visio
   (``transformer.resblocks.N.attn.in_proj_weight`` ...) to Hugging Face names, splitting the fused
   ``in_proj`` into ``q/k/v`` and transposing the projections; ``config_from_openai_state_dict``
   infers the architecture from the shapes, as OpenAI's ``build_model`` does (ViT or ResNet; the
-  ResNet tower keeps OpenAI's own names under ``vision_model.``, as Hugging Face has no ResNet CLIP). OpenCLIP's LAION
-  checkpoints share these keys but use plain GELU: pass ``act="gelu"`` or let
+  ResNet tower keeps OpenAI's names under ``vision_model.``: Hugging Face has no ResNet CLIP).
+  OpenCLIP's LAION checkpoints share these keys but use plain GELU: pass ``act="gelu"`` or let
   :func:`openclip_activation` read it from an OpenCLIP model name or config.
 * ``load_tokenizer(path)`` wraps a ``tokenizer.json`` (the ``tokenizers`` package) with OpenAI's
   ``tokenize`` semantics: start/end tokens, zero padding to the context length.
@@ -151,7 +151,8 @@ class CLIPConfig:
     def _check_resnet(self) -> None:
         if self.image_size % 32:
             raise ValueError(
-                f"image_size must be a multiple of 32 for a ResNet image tower, got {self.image_size}"
+                f"image_size must be a multiple of 32 for a ResNet image tower, "
+                f"got {self.image_size}"
             )
         if self.vision_width % 2:
             raise ValueError(
@@ -214,8 +215,9 @@ def _multi_head_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, heads: int, mask: jax.Array | None = None
 ) -> jax.Array:
     """``softmax(q_h k_h^T / sqrt(d_h)) v_h`` for each of ``heads`` heads (Vaswani et al. 2017,
-    Eq. 1), heads concatenated: ``q`` ``(N, Lq, D)``, ``k`` / ``v`` ``(N, Lk, D)`` -> ``(N, Lq, D)``;
-    ``mask`` (broadcast to ``(N, heads, Lq, Lk)``) is ``True`` where a query may attend."""
+    Eq. 1), heads concatenated: ``q`` ``(N, Lq, D)``, ``k`` / ``v`` ``(N, Lk, D)`` ->
+    ``(N, Lq, D)``; ``mask`` (broadcast to ``(N, heads, Lq, Lk)``) is ``True`` where a query may
+    attend."""
     n, length, width = q.shape
     head_dim = width // heads
     split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, head_dim)
@@ -335,9 +337,7 @@ class FrozenBatchNorm(nnx.Module):
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, *, rngs: nnx.Rngs) -> nnx.Conv:
     """``k x k`` convolution without bias and with ``k // 2`` zero padding (NHWC, HWIO kernel)."""
-    return nnx.Conv(
-        cin, cout, (k, k), strides=stride, padding=k // 2, use_bias=False, rngs=rngs
-    )  # fmt: skip
+    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=k // 2, use_bias=False, rngs=rngs)
 
 
 def _avg_pool(x: jax.Array, k: int) -> jax.Array:
@@ -739,8 +739,9 @@ def load_pretrained(
     """Load a Hugging Face CLIP checkpoint directory (``config.json`` + ``model.safetensors``).
 
     ``path`` may also be a ``.safetensors`` file holding an OpenAI-format state dict
-    (``visual.conv1.weight`` ..., a ViT or a ResNet image tower): it is converted with :func:`convert_openai_state_dict` and the
-    architecture is inferred with :func:`config_from_openai_state_dict`. OpenAI's weights and
+    (``visual.conv1.weight`` ..., a ViT or a ResNet image tower): it is converted with
+    :func:`convert_openai_state_dict` and the architecture is inferred with
+    :func:`config_from_openai_state_dict`. OpenAI's weights and
     OpenCLIP's use the same keys but not the same MLP activation (``quick_gelu`` vs ``gelu``), which
     the shapes cannot tell, so for such a file the activation is ``act`` when given, else read
     from an ``open_clip_config.json`` next to the file (:func:`openclip_activation`), else
