@@ -247,10 +247,11 @@ def test_bad_resnet_checkpoints(checkpoint, tmp_path):
 
 def test_bad_resnet_configs_and_inputs(model):
     Config = clip_lib.CLIPConfig
-    with pytest.raises(ValueError, match=r"vision_layers .* got \(1, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"'vision_layers' .* got \(1, 1, 1\)"):
         Config(vision_layers=(1, 1, 1), vision_width=8, vision_heads=4)
-    with pytest.raises(ValueError, match="vision_layers"):
-        Config(vision_layers=(1, 0, 1, 1), vision_width=8, vision_heads=4)
+    for bad in ((1, 0, 1, 1), "8", None, 2.5, True):  # named as a field, like the others
+        with pytest.raises(ValueError, match="field 'vision_layers'"):
+            Config(vision_layers=bad, vision_width=8, vision_heads=4)
     with pytest.raises(ValueError, match="multiple of 32.*48"):
         Config(vision_layers=(1, 1, 1, 1), image_size=48, vision_width=8, vision_heads=4)
     with pytest.raises(ValueError, match="divisible by vision_heads"):

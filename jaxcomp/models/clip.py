@@ -84,6 +84,7 @@ class CLIPConfig:
     times it channels), ``vision_heads`` the heads of the attention pool over
     ``32 * vision_width`` channels (OpenAI: ``32 * vision_width // 64``), ``image_size`` a multiple
     of 32, and ``patch_size`` / ``vision_mlp_dim`` are unused.
+
     ``hidden_act`` is the MLP activation: ``"quick_gelu"`` for OpenAI's weights, ``"gelu"`` for
     OpenCLIP's LAION models (see :func:`openclip_activation`). ``eos_token_id``: ``None`` pools the
     text tower at ``argmax(token_ids)`` (OpenAI: the EOT token has the largest id); an id pools at
@@ -119,8 +120,8 @@ class CLIPConfig:
             object.__setattr__(self, "vision_layers", tuple(int(n) for n in layers))
         elif not _is_count(layers):
             raise ValueError(
-                "vision_layers must be an integer >= 1 (ViT) or 4 integers >= 1 (ResNet), "
-                f"got {layers!r}"
+                "CLIPConfig field 'vision_layers' must be an integer >= 1 (ViT) or 4 integers "
+                f">= 1 (ResNet), got {layers!r} ({type(layers).__name__})"
             )
         if self.is_resnet:
             self._check_resnet()
