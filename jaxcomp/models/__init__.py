@@ -1,9 +1,10 @@
 """Full architectures and pretrained-weight import.
 
 ``resnet`` (ResNet-20/18/50, SmallCNN), ``bert`` (BERT encoder + Hugging Face safetensors loader),
-``clip`` (CLIP towers + Hugging Face / OpenAI loaders), ``weights`` (safetensors helpers). Each
-loader module has its own ``load_pretrained`` / ``load_tokenizer``; call them through the module
-(``bert.load_pretrained(path)``, ``clip.load_pretrained(path)``).
+``clip`` (CLIP with a ViT or OpenAI's modified-ResNet image tower + Hugging Face / OpenAI loaders),
+``weights`` (safetensors helpers). Each loader module has its own ``load_pretrained`` /
+``load_tokenizer``; call them through the module (``bert.load_pretrained(path)``,
+``clip.load_pretrained(path)``).
 """
 
 from jaxcomp.models import bert, clip, resnet, weights

@@ -5,7 +5,9 @@ The architecture is OpenAI's (Sec. 2.4 of the paper and its released code): pre-
 transformer blocks with ``quick_gelu`` MLPs, a ViT image tower pooled at the class token
 (``ln_post``), a causal text transformer pooled at the end-of-text (EOT) token, linear projections
 into a joint space of ``projection_dim``, and a learned temperature ``logit_scale`` (Eq. in Fig. 3:
-``logits = exp(t) * <I_e, T_e>`` on L2-normalised features).
+``logits = exp(t) * <I_e, T_e>`` on L2-normalised features). The image tower may instead be the
+paper's *modified ResNet* (Sec. 2.4: a 3-conv stem with average pooling, anti-aliased strided
+bottlenecks, attention pooling; RN50 ... RN50x64), selected by a 4-tuple ``vision_layers``.
 
 * ``CLIP.encode_image(pixels)`` takes normalised pixels in **NHWC** (float) and
   ``CLIP.encode_text(token_ids)`` takes ``int`` ids ``(N, L)``; both return the *projected,
@@ -18,8 +20,9 @@ into a joint space of ``projection_dim``, and a learned temperature ``logit_scal
   ``model.safetensors``); ``convert_openai_state_dict(sd)`` maps an OpenAI-format state dict
   (``transformer.resblocks.N.attn.in_proj_weight`` ...) to Hugging Face names, splitting the fused
   ``in_proj`` into ``q/k/v`` and transposing the projections; ``config_from_openai_state_dict``
-  infers the architecture from the shapes, as OpenAI's ``build_model`` does. OpenCLIP's LAION
-  checkpoints share these keys but use plain GELU: pass ``act="gelu"`` or let
+  infers the architecture from the shapes, as OpenAI's ``build_model`` does (ViT or ResNet; the
+  ResNet tower keeps OpenAI's names under ``vision_model.``: Hugging Face has no ResNet CLIP).
+  OpenCLIP's LAION checkpoints share these keys but use plain GELU: pass ``act="gelu"`` or let
   :func:`openclip_activation` read it from an OpenCLIP model name or config.
 * ``load_tokenizer(path)`` wraps a ``tokenizer.json`` (the ``tokenizers`` package) with OpenAI's
   ``tokenize`` semantics: start/end tokens, zero padding to the context length.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -71,8 +75,16 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class CLIPConfig:
     """Architecture of a CLIP model (defaults: OpenAI ViT-B/16).
 
-    ``vision_*`` describe the ViT image tower, ``text_*`` the causal text transformer;
+    ``vision_*`` describe the image tower, ``text_*`` the causal text transformer;
     ``context_length`` is the number of text positions (77 for OpenAI models).
+
+    An ``int`` ``vision_layers`` selects the ViT tower. A 4-tuple selects OpenAI's modified
+    ResNet (``build_model``'s rule) with that many bottleneck blocks per stage ((3, 4, 6, 3) for
+    RN50): ``vision_width`` is then its stem width (64 for RN50; the stages have 4, 8, 16 and 32
+    times it channels), ``vision_heads`` the heads of the attention pool over
+    ``32 * vision_width`` channels (OpenAI: ``32 * vision_width // 64``), ``image_size`` a multiple
+    of 32, and ``patch_size`` / ``vision_mlp_dim`` are unused.
+
     ``hidden_act`` is the MLP activation: ``"quick_gelu"`` for OpenAI's weights, ``"gelu"`` for
     OpenCLIP's LAION models (see :func:`openclip_activation`). ``eos_token_id``: ``None`` pools the
     text tower at ``argmax(token_ids)`` (OpenAI: the EOT token has the largest id); an id pools at
@@ -83,7 +95,7 @@ class CLIPConfig:
     patch_size: int = 16
     num_channels: int = 3
     vision_width: int = 768
-    vision_layers: int = 12
+    vision_layers: int | tuple[int, int, int, int] = 12
     vision_heads: int = 12
     vision_mlp_dim: int = 3072
     vocab_size: int = 49408
@@ -102,12 +114,23 @@ class CLIPConfig:
         check_config_fields(self)
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if self.image_size % self.patch_size:
+        layers = self.vision_layers
+        if isinstance(layers, (tuple, list)) and len(layers) == 4 and all(map(_is_count, layers)):
+            # A hashable tuple of Python ints: the config is static data of the NNX graph.
+            object.__setattr__(self, "vision_layers", tuple(int(n) for n in layers))
+        elif not _is_count(layers):
+            raise ValueError(
+                "CLIPConfig field 'vision_layers' must be an integer >= 1 (ViT) or 4 integers "
+                f">= 1 (ResNet), got {layers!r} ({type(layers).__name__})"
+            )
+        if self.is_resnet:
+            self._check_resnet()
+        elif self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size ({self.image_size}) must be a multiple of patch_size "
                 f"({self.patch_size})"
             )
-        for name in ("vision", "text"):
+        for name in ("text",) if self.is_resnet else ("vision", "text"):
             width, heads = getattr(self, f"{name}_width"), getattr(self, f"{name}_heads")
             if width % heads:
                 raise ValueError(
@@ -126,9 +149,35 @@ class CLIPConfig:
                 f"eos_token_id must be None or an id in [0, {self.vocab_size}), got {eos!r}"
             )
 
+    def _check_resnet(self) -> None:
+        if self.image_size % 32:
+            raise ValueError(
+                f"image_size must be a multiple of 32 for a ResNet image tower, "
+                f"got {self.image_size}"
+            )
+        if self.vision_width % 2:
+            raise ValueError(
+                f"vision_width (the ResNet stem width) must be even, got {self.vision_width}"
+            )
+        if (32 * self.vision_width) % self.vision_heads:
+            raise ValueError(
+                f"the ResNet attention pool width 32 * vision_width ({32 * self.vision_width}) "
+                f"must be divisible by vision_heads ({self.vision_heads})"
+            )
+
+    @property
+    def is_resnet(self) -> bool:
+        """Whether the image tower is OpenAI's modified ResNet (a 4-tuple ``vision_layers``)."""
+        return isinstance(self.vision_layers, tuple)
+
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def _is_count(n: Any) -> bool:
+    """An integer >= 1 that is not a bool."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -159,20 +208,25 @@ class Attention(nnx.Module):
         self.out_proj = nnx.Linear(width, width, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        n, length, width = x.shape
-        head_dim = width // self.heads
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.out_proj(_multi_head_attention(q, k, v, self.heads, mask))
 
-        def split(t):
-            return t.reshape(n, length, self.heads, head_dim)
 
-        q = split(self.q_proj(x)) * head_dim**-0.5
-        k, v = split(self.k_proj(x)), split(self.v_proj(x))
-        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, width)
-        return self.out_proj(out)
+def _multi_head_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, heads: int, mask: jax.Array | None = None
+) -> jax.Array:
+    """``softmax(q_h k_h^T / sqrt(d_h)) v_h`` for each of ``heads`` heads (Vaswani et al. 2017,
+    Eq. 1), heads concatenated: ``q`` ``(N, Lq, D)``, ``k`` / ``v`` ``(N, Lk, D)`` ->
+    ``(N, Lq, D)``; ``mask`` (broadcast to ``(N, heads, Lq, Lk)``) is ``True`` where a query may
+    attend."""
+    n, length, width = q.shape
+    head_dim = width // heads
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, head_dim)
+    scores = jnp.einsum("nqhd,nkhd->nhqk", split(q) * head_dim**-0.5, split(k))
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("nhqk,nkhd->nqhd", weights, split(v)).reshape(n, length, width)
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -254,6 +308,157 @@ class VisionTransformer(nnx.Module):
         return self.projection(self.post_layernorm(x[:, 0]))
 
 
+# --------------------------------------------------------------------------------------------
+# OpenAI's modified ResNet image tower (RN50, RN101, RN50x4 ...)
+# --------------------------------------------------------------------------------------------
+
+_BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which OpenAI's ResNets use
+
+
+class FrozenBatchNorm(nnx.Module):
+    """BatchNorm in inference mode: ``(x - mean) / sqrt(var + eps) * scale + bias`` (Ioffe &
+    Szegedy 2015, Alg. 2 step 11) over the last axis, with the checkpoint's running statistics.
+
+    The statistics are ``nnx.BatchStat`` (not trained with ``nnx.Param``) and never updated, and
+    ``model.train()`` does not switch this layer to batch statistics: CLIP's image tower is used
+    frozen (OpenAI's ``clip.load`` returns the model in ``eval()`` mode, and CoOp keeps it so).
+    """
+
+    def __init__(self, features: int, eps: float = _BN_EPS):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((features,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        inv = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
+        return (x - self.mean[...]) * inv + self.bias[...]
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, *, rngs: nnx.Rngs) -> nnx.Conv:
+    """``k x k`` convolution without bias and with ``k // 2`` zero padding (NHWC, HWIO kernel)."""
+    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=k // 2, use_bias=False, rngs=rngs)
+
+
+def _avg_pool(x: jax.Array, k: int) -> jax.Array:
+    """``torch.nn.AvgPool2d(k)``: ``k x k`` windows at stride ``k``, a remainder is dropped."""
+    return x if k == 1 else nnx.avg_pool(x, (k, k), strides=(k, k))
+
+
+def _bottleneck_layout(
+    width: int, layers: tuple[int, int, int, int]
+) -> list[list[tuple[int, int, int]]]:
+    """``(in_channels, planes, stride)`` of every bottleneck, per stage: stage ``s`` has
+    ``width * 2**s`` planes (``4x`` that out), and its first block has stride ``1, 2, 2, 2``."""
+    cin, stages = width, []
+    for s, blocks in enumerate(layers):
+        planes, stage = width * 2**s, []
+        for b in range(blocks):
+            stage.append((cin, planes, 2 if s and b == 0 else 1))
+            cin = planes * Bottleneck.expansion
+        stages.append(stage)
+    return stages
+
+
+def _has_downsample(cin: int, planes: int, stride: int) -> bool:
+    return stride > 1 or cin != planes * Bottleneck.expansion
+
+
+class Bottleneck(nnx.Module):
+    """OpenAI's anti-aliased bottleneck (He et al. 2016, Fig. 5 right, with Zhang 2019's blur):
+    ``1x1 -> 3x3 -> avgpool(stride) -> 1x1`` (convs at stride 1, BatchNorm after each, ReLU after
+    the first two), plus the shortcut ``avgpool(stride) -> 1x1 conv -> BatchNorm`` when the block
+    changes resolution or width (else the identity), then ReLU."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, *, rngs: nnx.Rngs):
+        cout = planes * self.expansion
+        self.stride = stride
+        self.conv1, self.bn1 = _conv(cin, planes, 1, rngs=rngs), FrozenBatchNorm(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, rngs=rngs), FrozenBatchNorm(planes)
+        self.conv3, self.bn3 = _conv(planes, cout, 1, rngs=rngs), FrozenBatchNorm(cout)
+        if _has_downsample(cin, planes, stride):
+            self.downsample_conv = _conv(cin, cout, 1, rngs=rngs)
+            self.downsample_bn = FrozenBatchNorm(cout)
+        else:
+            self.downsample_conv = self.downsample_bn = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = jax.nn.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(_avg_pool(out, self.stride)))
+        if self.downsample_conv is not None:
+            x = self.downsample_bn(self.downsample_conv(_avg_pool(x, self.stride)))
+        return jax.nn.relu(out + x)
+
+
+class AttentionPool2d(nnx.Module):
+    """CLIP's attention pooling (Radford et al. 2021, Sec. 2.4): the ``H x W`` feature grid as
+    tokens, their mean prepended, a learned position embedding added, then one multi-head
+    attention whose only query is the mean token; ``c_proj`` of its output is the feature."""
+
+    def __init__(self, grid: int, width: int, heads: int, out_dim: int, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.positional_embedding = nnx.Param(
+            width**-0.5 * jax.random.normal(rngs.params(), (grid * grid + 1, width))
+        )
+        self.q_proj = nnx.Linear(width, width, rngs=rngs)
+        self.k_proj = nnx.Linear(width, width, rngs=rngs)
+        self.v_proj = nnx.Linear(width, width, rngs=rngs)
+        self.c_proj = nnx.Linear(width, out_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        x = x.reshape(n, h * w, c)
+        x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+        pos = self.positional_embedding[...]
+        if x.shape[1] != pos.shape[0]:
+            raise ValueError(
+                f"a {h}x{w} feature grid gives {h * w + 1} attention-pool positions, the model "
+                f"has {pos.shape[0]}"
+            )
+        x = x + pos
+        q, k, v = self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x)  # query: the mean token
+        return self.c_proj(_multi_head_attention(q, k, v, self.heads)[:, 0])
+
+
+class ModifiedResNet(nnx.Module):
+    """OpenAI's ResNet image tower (``ModifiedResNet`` in ``clip/model.py``): a stem of three
+    3x3 convs (stride 2, then 1, 1; ``width/2, width/2, width`` channels, each BatchNorm + ReLU)
+    and a 2x2 average pool, four stages of :class:`Bottleneck` blocks (total stride 32), and
+    :class:`AttentionPool2d` into ``projection_dim``. Pixels are NHWC; BatchNorm is frozen."""
+
+    def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
+        width, half = cfg.vision_width, cfg.vision_width // 2
+        self.conv1 = _conv(cfg.num_channels, half, 3, stride=2, rngs=rngs)
+        self.bn1 = FrozenBatchNorm(half)
+        self.conv2, self.bn2 = _conv(half, half, 3, rngs=rngs), FrozenBatchNorm(half)
+        self.conv3, self.bn3 = _conv(half, width, 3, rngs=rngs), FrozenBatchNorm(width)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            nnx.List([Bottleneck(*block, rngs=rngs) for block in stage])
+            for stage in _bottleneck_layout(width, cfg.vision_layers)
+        )
+        self.attnpool = AttentionPool2d(
+            cfg.image_size // 32, 32 * width, cfg.vision_heads, cfg.projection_dim, rngs=rngs
+        )
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        if pixels.ndim != 4 or pixels.shape[-1] != self.conv1.in_features:
+            raise ValueError(
+                f"pixels must be NHWC with C={self.conv1.in_features}, got shape {pixels.shape}"
+            )
+        x = pixels
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            x = jax.nn.relu(bn(conv(x)))
+        x = _avg_pool(x, 2)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x)
+        return self.attnpool(x)
+
+
 class TextTransformer(nnx.Module):
     """CLIP's causal text transformer pooled at the EOT token, then projected."""
 
@@ -311,7 +516,8 @@ class CLIP(nnx.Module):
 
     def __init__(self, config: CLIPConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.vision_model = VisionTransformer(config, rngs=rngs)
+        tower = ModifiedResNet if config.is_resnet else VisionTransformer
+        self.vision_model = tower(config, rngs=rngs)
         self.text_model = TextTransformer(config, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init, jnp.float32))
 
@@ -400,6 +606,46 @@ def _layer_norm_keys(prefix: str) -> list[tuple[str, tuple[str, ...], Callable]]
     return [(f"{prefix}.weight", ("scale",), ident), (f"{prefix}.bias", ("bias",), ident)]
 
 
+def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight ``(out, in, kh, kw)`` -> Flax kernel ``(kh, kw, in, out)``."""
+    return w.transpose(2, 3, 1, 0)
+
+
+def _batch_norm_keys(prefix: str) -> list[tuple[str, tuple[str, ...], Callable]]:
+    ident = lambda a: a
+    names = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    return [(f"{prefix}.{key}", (attr,), ident) for key, attr in names.items()]
+
+
+def _resnet_keys(cfg: CLIPConfig) -> list[tuple[str, tuple[Any, ...], Callable]]:
+    """``(key, path, transform)`` of the ResNet tower, keys in OpenAI's names without ``visual.``
+    (``layer1.0.downsample.0.weight`` is the shortcut conv, ``downsample.1`` its BatchNorm)."""
+    out: list[tuple[str, tuple[Any, ...], Callable]] = []
+
+    def conv(key, path):
+        out.append((f"{key}.weight", (*path, "kernel"), _oihw_to_hwio))
+
+    def bn(key, path):
+        out.extend((k, (*path, *p), f) for k, p, f in _batch_norm_keys(key))
+
+    def conv_bn_layers(pre, path):
+        for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
+            (conv if name.startswith("conv") else bn)(pre + name, (*path, name))
+
+    conv_bn_layers("", ())
+    for s, stage in enumerate(_bottleneck_layout(cfg.vision_width, cfg.vision_layers), 1):
+        for b, block in enumerate(stage):
+            pre, path = f"layer{s}.{b}.", (f"layer{s}", b)
+            conv_bn_layers(pre, path)
+            if _has_downsample(*block):
+                conv(f"{pre}downsample.0", (*path, "downsample_conv"))
+                bn(f"{pre}downsample.1", (*path, "downsample_bn"))
+    out.append(("attnpool.positional_embedding", ("attnpool", "positional_embedding"), lambda a: a))
+    for name in ("q_proj", "k_proj", "v_proj", "c_proj"):
+        out.extend((k, ("attnpool", name, *p), f) for k, p, f in _linear(f"attnpool.{name}"))
+    return out
+
+
 def _hf_mapping(cfg: CLIPConfig) -> list[tuple[str, tuple[Any, ...], Callable]]:
     """``(hf_key, path into our module, transform)`` for every tensor of a HF CLIPModel."""
     ident = lambda a: a
@@ -420,15 +666,19 @@ def _hf_mapping(cfg: CLIPConfig) -> list[tuple[str, tuple[Any, ...], Callable]]:
             sub(hk, path + ("fc2",), _linear("mlp.fc2"))
 
     vm, tm = "vision_model", "text_model"
-    # Conv2d weight (width, C, P, P) -> our patch kernel (P, P, C, width).
-    out.append((f"{vm}.embeddings.patch_embedding.weight", (vm, "patch_embedding"),
-                lambda w: w.transpose(2, 3, 1, 0)))  # fmt: skip
-    out.append((f"{vm}.embeddings.class_embedding", (vm, "class_embedding"), ident))
-    out.append((f"{vm}.embeddings.position_embedding.weight", (vm, "position_embedding"), ident))
-    sub(f"{vm}.", (vm, "pre_layrnorm"), _layer_norm_keys("pre_layrnorm"))
-    blocks(vm, vm, cfg.vision_layers)
-    sub(f"{vm}.", (vm, "post_layernorm"), _layer_norm_keys("post_layernorm"))
-    out.append(("visual_projection.weight", (vm, "projection", "kernel"), lambda w: w.T))
+    if cfg.is_resnet:
+        sub(f"{vm}.", (vm,), _resnet_keys(cfg))
+    else:
+        # Conv2d weight (width, C, P, P) -> our patch kernel (P, P, C, width).
+        out.append((f"{vm}.embeddings.patch_embedding.weight", (vm, "patch_embedding"),
+                    _oihw_to_hwio))  # fmt: skip
+        out.append((f"{vm}.embeddings.class_embedding", (vm, "class_embedding"), ident))
+        out.append((f"{vm}.embeddings.position_embedding.weight", (vm, "position_embedding"),
+                    ident))  # fmt: skip
+        sub(f"{vm}.", (vm, "pre_layrnorm"), _layer_norm_keys("pre_layrnorm"))
+        blocks(vm, vm, cfg.vision_layers)
+        sub(f"{vm}.", (vm, "post_layernorm"), _layer_norm_keys("post_layernorm"))
+        out.append(("visual_projection.weight", (vm, "projection", "kernel"), lambda w: w.T))
     out.append((f"{tm}.embeddings.token_embedding.weight", (tm, "token_embedding", "embedding"),
                 ident))  # fmt: skip
     out.append((f"{tm}.embeddings.position_embedding.weight", (tm, "position_embedding"), ident))
@@ -490,8 +740,9 @@ def load_pretrained(
     """Load a Hugging Face CLIP checkpoint directory (``config.json`` + ``model.safetensors``).
 
     ``path`` may also be a ``.safetensors`` file holding an OpenAI-format state dict
-    (``visual.conv1.weight`` ...): it is converted with :func:`convert_openai_state_dict` and the
-    architecture is inferred with :func:`config_from_openai_state_dict`. OpenAI's weights and
+    (``visual.conv1.weight`` ..., a ViT or a ResNet image tower): it is converted with
+    :func:`convert_openai_state_dict` and the architecture is inferred with
+    :func:`config_from_openai_state_dict`. OpenAI's weights and
     OpenCLIP's use the same keys but not the same MLP activation (``quick_gelu`` vs ``gelu``), which
     the shapes cannot tell, so for such a file the activation is ``act`` when given, else read
     from an ``open_clip_config.json`` next to the file (:func:`openclip_activation`), else
@@ -582,46 +833,112 @@ def _read_json(path: str) -> dict:
 # Keys OpenAI's JIT archives carry that are hyper-parameters, not weights.
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
+# Every tensor of OpenAI's ModifiedResNet (num_batches_tracked counters included).
+_BN_FIELDS = r"(?:weight|bias|running_mean|running_var|num_batches_tracked)"
+_OPENAI_RESNET_KEY = re.compile(
+    rf"visual\.(?:(?:layer[1-4]\.\d+\.)?(?:conv[123]\.weight|bn[123]\.{_BN_FIELDS})"
+    rf"|layer[1-4]\.\d+\.downsample\.(?:0\.weight|1\.{_BN_FIELDS})"
+    r"|attnpool\.(?:positional_embedding|[qkvc]_proj\.(?:weight|bias)))"
+)
+
 
 def config_from_openai_state_dict(
     sd: Mapping[str, ArrayLike], *, act: str = "quick_gelu"
 ) -> CLIPConfig:
-    """Infer a ViT :class:`CLIPConfig` from an OpenAI state dict's shapes (as ``build_model``).
+    """Infer a :class:`CLIPConfig` from an OpenAI state dict's shapes, as ``build_model`` does.
+
+    A ViT checkpoint has ``visual.proj``; a ResNet one (RN50 ...) has ``visual.layer{1-4}.*`` and
+    ``visual.attnpool.*``: its blocks per stage are counted from the ``visual.layerS.B.`` keys, its
+    stem width is the output width of ``visual.layer1.0.conv1.weight``, its image size
+    ``32 * grid`` for the ``grid**2 + 1`` rows of ``visual.attnpool.positional_embedding``, and
+    its attention pool has ``32 * width // 64`` heads (OpenAI's rule, at least 1).
+    A missing or malformed key raises ``ValueError`` naming it.
 
     The shapes do not tell the activation: ``act`` is ``"quick_gelu"`` for OpenAI's weights and
     ``"gelu"`` for OpenCLIP's LAION ones (same keys; see :func:`openclip_activation`).
     """
     if act not in _ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
-    if "visual.proj" not in sd:
-        raise ValueError(
-            "only ViT OpenAI checkpoints are supported: key 'visual.proj' is missing "
-            "(ResNet CLIP has 'visual.attnpool.*')"
+
+    def shape(key: str, ndim: int) -> tuple[int, ...]:
+        if key not in sd:
+            raise ValueError(f"OpenAI CLIP state dict is missing key {key!r}")
+        got = tuple(np.shape(sd[key]))
+        if len(got) != ndim:
+            raise ValueError(f"OpenAI CLIP key {key!r} must have {ndim} dims, got shape {got}")
+        return got
+
+    def n_blocks(prefix: str) -> int:  # distinct block indices under prefix
+        return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+
+    def heads(width: int) -> int:
+        return max(width // 64, 1)
+
+    if _is_openai_resnet(sd):
+        vision = _openai_resnet_fields(sd, shape, n_blocks)
+    elif "visual.proj" in sd:
+        vision_width, num_channels, patch, _ = shape("visual.conv1.weight", 4)
+        grid = round((shape("visual.positional_embedding", 2)[0] - 1) ** 0.5)
+        vision = dict(
+            image_size=patch * grid,
+            patch_size=patch,
+            num_channels=num_channels,
+            vision_width=vision_width,
+            vision_layers=n_blocks("visual.transformer.resblocks."),
+            vision_heads=heads(vision_width),
+            vision_mlp_dim=shape("visual.transformer.resblocks.0.mlp.c_fc.weight", 2)[0],
         )
-    shape = lambda k: np.shape(sd[k])
-    vision_width, _, patch, _ = shape("visual.conv1.weight")
-    n_blocks = lambda prefix: len({k.split(".")[len(prefix.split(".")) - 1]
-                                   for k in sd if k.startswith(prefix)})  # fmt: skip
-    vision_layers = n_blocks("visual.transformer.resblocks.")
-    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
-    text_width = shape("ln_final.weight")[0]
-    text_layers = n_blocks("transformer.resblocks.")
+    else:
+        raise ValueError(
+            "not an OpenAI CLIP image tower: neither 'visual.proj' (ViT) nor "
+            "'visual.attnpool.*' / 'visual.layer1.*' (ResNet) keys"
+        )
+    text_width = shape("ln_final.weight", 1)[0]
     return CLIPConfig(
-        image_size=patch * grid,
-        patch_size=patch,
-        num_channels=shape("visual.conv1.weight")[1],
-        vision_width=vision_width,
-        vision_layers=vision_layers,
-        vision_heads=vision_width // 64 if vision_width >= 64 else 1,
-        vision_mlp_dim=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
-        vocab_size=shape("token_embedding.weight")[0],
-        context_length=shape("positional_embedding")[0],
+        **vision,
+        vocab_size=shape("token_embedding.weight", 2)[0],
+        context_length=shape("positional_embedding", 2)[0],
         text_width=text_width,
-        text_layers=text_layers,
-        text_heads=text_width // 64 if text_width >= 64 else 1,
-        text_mlp_dim=shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
-        projection_dim=shape("text_projection")[1],
+        text_layers=n_blocks("transformer.resblocks."),
+        text_heads=heads(text_width),
+        text_mlp_dim=shape("transformer.resblocks.0.mlp.c_fc.weight", 2)[0],
+        projection_dim=shape("text_projection", 2)[1],
         hidden_act=act,
+    )
+
+
+def _is_openai_resnet(sd: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("visual.layer", "visual.attnpool.")) for k in sd)
+
+
+def _openai_resnet_fields(
+    sd: Mapping[str, Any], shape: Callable[..., tuple[int, ...]], n_blocks: Callable[[str], int]
+) -> dict[str, Any]:
+    """The image-tower fields of :func:`config_from_openai_state_dict` for a ResNet."""
+    layers = tuple(n_blocks(f"visual.layer{s}.") for s in (1, 2, 3, 4))
+    for s, n in enumerate(layers, 1):
+        if not n:
+            raise ValueError(f"ResNet CLIP state dict has no 'visual.layer{s}.*' keys")
+    width = shape("visual.layer1.0.conv1.weight", 4)[0]
+    pos_key = "visual.attnpool.positional_embedding"
+    rows, embed = shape(pos_key, 2)
+    grid = round(max(rows - 1, 0) ** 0.5)
+    if grid < 1 or grid**2 + 1 != rows:
+        raise ValueError(
+            f"OpenAI CLIP key {pos_key!r} has {rows} rows, expected grid**2 + 1 (a square "
+            "feature grid plus the mean token)"
+        )
+    if embed != 32 * width:
+        raise ValueError(
+            f"OpenAI CLIP key {pos_key!r} has width {embed}, expected 32 * {width} (the output "
+            "width of 'visual.layer1.0.conv1.weight')"
+        )
+    return dict(
+        image_size=32 * grid,
+        num_channels=shape("visual.conv1.weight", 4)[1],
+        vision_width=width,
+        vision_layers=layers,
+        vision_heads=max(embed // 64, 1),
     )
 
 
@@ -632,6 +949,13 @@ def convert_openai_state_dict(sd: Mapping[str, ArrayLike]) -> dict[str, np.ndarr
     ``text_projection`` and ``visual.proj`` (``x @ P`` in OpenAI) become the transposed
     ``text_projection.weight`` / ``visual_projection.weight``; ``ln_1/ln_2/c_fc/c_proj`` become
     ``layer_norm1/layer_norm2/fc1/fc2``. An unknown key raises ``ValueError`` naming it.
+
+    A ResNet image tower (``visual.layer1.*``, ``visual.attnpool.*``) has no Hugging Face
+    counterpart: its keys keep OpenAI's names under ``vision_model.`` (``visual.layer1.0.conv1
+    .weight`` -> ``vision_model.layer1.0.conv1.weight``) and stay in torch's layout, like the ViT
+    tensors; :func:`load_state_dict` transposes conv weights OIHW -> HWIO and linear weights and
+    reads BatchNorm ``weight/bias/running_mean/running_var`` into ``scale/bias/mean/var``.
+    BatchNorm's ``num_batches_tracked`` counters are dropped.
     """
     out: dict[str, np.ndarray] = {}
     block_names = {
@@ -652,11 +976,16 @@ def convert_openai_state_dict(sd: Mapping[str, ArrayLike]) -> dict[str, np.ndarr
         "visual.ln_post.weight": "vision_model.post_layernorm.weight",
         "visual.ln_post.bias": "vision_model.post_layernorm.bias",
     }
+    resnet = _is_openai_resnet(sd)
     for key, value in sd.items():
         value = np.asarray(value)
-        if key in _OPENAI_META_KEYS:
+        if key in _OPENAI_META_KEYS or key.endswith(".num_batches_tracked"):
             continue
-        if key in direct:
+        if resnet and key.startswith("visual."):
+            if not _OPENAI_RESNET_KEY.fullmatch(key):
+                raise ValueError(f"unknown OpenAI CLIP key {key!r}")
+            out["vision_model." + key[len("visual.") :]] = value
+        elif key in direct:
             out[direct[key]] = value
         elif key == "text_projection":
             out["text_projection.weight"] = value.T
