@@ -349,3 +349,44 @@ def test_tfds_latest_version_is_numeric():
     assert latest_version(["incomplete.1.11.0", ".x", "2.0.0", "10.0.0", "README"]) == "10.0.0"
     with pytest.raises(FileNotFoundError, match="/data/cifar10"):
         latest_version(["incomplete.1.0.0"], "/data/cifar10")
+
+
+def test_cocoop_split_file_path_decodes_only_base_shots(split_fixture, monkeypatch):
+    """``experiments.cocoop.load_zhou_split`` on the fixture laid out as CoOp's DTD: per seed
+    ``shots`` of every base class, and only those images (and the test ones) are ever opened."""
+    import ml_collections
+
+    from experiments import cocoop
+
+    path, root, _ = split_fixture
+    data_root = root.parent / "coop_data"
+    (data_root / "dtd").mkdir(parents=True)
+    os.symlink(root, data_root / "dtd" / "images")
+    os.symlink(path, data_root / "dtd" / "split_zhou_DescribableTextures.json")
+    cfg = ml_collections.ConfigDict(
+        dict(source="hf", data_format="zhou_split", data_dir=str(data_root), dataset="DTD",
+             seeds=(1, 2), shots=2, max_test=4)
+    )  # fmt: skip
+    cocoop.check_data(cfg)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: (opened.append(str(p)),
+                                                           real_open(p, *a, **k))[1])  # fmt: skip
+    data = cocoop.load_zhou_split(cfg, 6)
+    assert opened == []  # nothing decoded while loading
+    base = [0, 1, 2]  # ceil(5 / 2) of the labels 0..4
+    for seed in cfg.seeds:
+        labels = data["train_labels"][data["shots"][seed]]
+        np.testing.assert_array_equal(np.bincount(labels, minlength=5), [2, 2, 2, 0, 0])
+    assert data["template"] == "{} texture."
+    assert data["classnames"] == [f"class {c}" for c in range(N_CLASSES)]
+    assert len(data["test"]) == 4 and len(set(data["test_labels"].tolist())) == 4  # spread out
+    np.testing.assert_array_equal(np.unique(data["labels"]), range(N_CLASSES))
+    feats = [data["train"][i : i + 3] for i in range(0, len(data["train"]), 3)]
+    assert np.concatenate(feats).shape == (len(data["train"]), 6, 6, 3)
+    assert sorted(opened) == sorted(data["train"].source.items[i].path
+                                    for i in range(len(data["train"])))  # fmt: skip
+    assert all(f"/c{c}/train_" in p for p in opened for c in [int(p.split("/c")[-1][0])])
+    assert {int(p.split("/c")[-1][0]) for p in opened} <= set(base)
+    with pytest.raises(ValueError, match="config.dataset"):
+        cocoop.check_data(ml_collections.ConfigDict({**cfg.to_dict(), "dataset": "flowers"}))
