@@ -16,8 +16,14 @@ mean and std over seeds.
   downstream few-shot task then uses the training/held-out test digits under a domain shift
   (``config.downstream_shift``, default mirrored), since on the pretraining distribution
   itself zero-shot accuracy already equals a linear probe and there is nothing to learn.
-* ``"hf"``: a Hugging Face CLIP checkpoint directory (``config.clip_path``, e.g. ViT-B/16) and a
-  prepared TFDS dataset (``config.dataset`` under ``config.data_dir``).
+* ``"hf"``: a Hugging Face CLIP checkpoint directory (``config.clip_path``, e.g. ViT-B/16) and
+  either a prepared TFDS dataset (``config.data_format="tfds"``: ``config.dataset`` under
+  ``config.data_dir``) or, as the papers, one of CoOp's 11 data sets in CoOp's layout with its
+  ``split_zhou_<Dataset>.json`` (``config.data_format="zhou_split"``: ``config.data_dir`` the data
+  root, ``config.dataset`` a CoOp name such as ``"OxfordFlowers"``; ``jaxcomp.data.coop``). The
+  split-file path samples ``shots`` per class with Dassl's sampler for every seed, keeps the base
+  half, and decodes only those images (and the test images) from disk; the zero-shot baseline
+  uses the data set's hand-written template (CoOp's ``CUSTOM_TEMPLATES``).
 
 The CLIP is frozen and there is no data augmentation, so image features are computed once and
 prompt learners are trained with ``logits_from_features``.
@@ -64,6 +70,7 @@ DEFAULT_WORKDIR = "runs/cocoop"
 # Every value a run needs, checked before any work (``check_config``, named by its field).
 CONFIG_RULES = {
     "source": ("mnist_demo", "hf"),
+    "data_format": ("tfds", "zhou_split"),
     "model.width": "int>=1",
     "model.layers": "int>=1",
     "model.heads": "int>=1",
@@ -243,18 +250,24 @@ def _config_key(cfg) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _data_dir(cfg) -> epath.Path:
+    data_dir = epath.Path(cfg.data_dir)
+    return data_dir.expanduser() if cfg.data_dir.startswith("~") else data_dir
+
+
 def _load_tfds(cfg, image_size):  # pragma: no cover - needs the data set on disk
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    data_dir = epath.Path(cfg.data_dir)
-    root = (data_dir.expanduser() if cfg.data_dir.startswith("~") else data_dir) / cfg.dataset
+    from jaxcomp.data import coop as coop_data
+    from jaxcomp.data.tfds import latest_version
+
+    root = _data_dir(cfg) / cfg.dataset
     if not root.is_dir():
         raise FileNotFoundError(f"no prepared TFDS dataset {cfg.dataset!r} under {cfg.data_dir}")
-    versions = sorted(v.name for v in root.iterdir() if not v.name.startswith(("incomplete", ".")))
-    builder = tfds.builder_from_directory(root / versions[-1])
+    version = latest_version([v.name for v in root.iterdir()], str(root))  # 1.10.0 after 1.9.0
+    builder = tfds.builder_from_directory(root / version)
     classnames = list(builder.info.features["label"].names)
-    mean, std = np.array(clip_lib.OPENAI_MEAN), np.array(clip_lib.OPENAI_STD)
 
     def read(split, limit):
         source = builder.as_data_source(split=split)
@@ -263,18 +276,89 @@ def _load_tfds(cfg, image_size):  # pragma: no cover - needs the data set on dis
         for i in range(n):
             r = source[i]
             img = Image.fromarray(np.asarray(r["image"])).convert("RGB")
-            s = image_size / min(img.size)  # resize the short side, centre crop (CLIP's eval)
-            img = img.resize((max(image_size, round(img.width * s)),
-                              max(image_size, round(img.height * s))), Image.BICUBIC)  # fmt: skip
-            left, top = (img.width - image_size) // 2, (img.height - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-            xs.append((np.asarray(img, np.float32) / 255.0 - mean) / std)
+            img = coop_data.resize_center_crop(img, image_size)  # CLIP's eval transform
+            xs.append(coop_data.normalize(np.asarray(img)))
             ys.append(int(r["label"]))
         return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32)
 
     xtr, ytr = read(cfg.train_split, None)
     xte, yte = read(cfg.test_split, cfg.get("max_test"))
     return xtr, ytr, xte, yte, [c.replace("_", " ") for c in classnames]
+
+
+class _Decoded:
+    """Slices of an ``ImageFileSource`` as stacked arrays (what ``image_features`` reads), each
+    decoded from disk when sliced."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.source.images(index)
+
+
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """``limit`` indices spread evenly over ``range(n)`` (all of them without a limit): a capped
+    test set still covers every class of a split file listed class by class."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def load_zhou_split(cfg, image_size: int) -> dict:
+    """CoOp's protocol on a data set in CoOp's layout (``jaxcomp.data.coop``): the split file's
+    train / test lists, per seed ``generate_fewshot_dataset(train, shots, seed=seed)`` restricted
+    to the base half of the classes, decoded lazily. Returns the decoded-on-access ``train``
+    images (the union of every seed's shots, nothing else) and ``test`` images, their labels in
+    the full label space, ``shots`` (seed -> indices into ``train``), the split's ``labels`` (for
+    the base/new halves), the ``classnames`` as prompts spell them and the zero-shot
+    ``template``."""
+    from jaxcomp.data import coop as coop_data
+
+    splits = coop_data.load_coop_dataset(_data_dir(cfg), cfg.dataset)
+    train, test = splits["train"], splits["test"]
+    names = coop_data.classnames_of(train, splits["val"], test)
+    base = set(coop_data.base_new_labels(train)[0])
+    union: dict[coop_data.Datum, int] = {}
+    shots = {}
+    for seed in cfg.seeds:
+        picked = coop_data.generate_fewshot_dataset(train, cfg.shots, seed=seed)
+        picked = [d for d in picked if d.label in base]
+        shots[seed] = np.asarray([union.setdefault(d, len(union)) for d in picked], np.int64)
+    test = [test[i] for i in evenly_spaced(len(test), cfg.get("max_test"))]
+    train_src = coop_data.ImageFileSource(list(union), image_size=image_size)
+    test_src = coop_data.ImageFileSource(test, image_size=image_size)
+    return {
+        "train": _Decoded(train_src),
+        "train_labels": train_src.labels,
+        "test": _Decoded(test_src),
+        "test_labels": test_src.labels,
+        "shots": shots,
+        "labels": np.asarray([d.label for d in train], np.int32),
+        "classnames": [coop_data.prompt_classname(c) for c in names],
+        "template": coop_data.coop_dataset(cfg.dataset).template,
+    }
+
+
+def check_data(cfg) -> None:
+    """Checks across fields of the data options, before any work."""
+    if cfg.get("data_format", "tfds") != "zhou_split":
+        return
+    from jaxcomp.data import coop as coop_data
+
+    if cfg.source != "hf":
+        raise ValueError(f"config.data_format 'zhou_split' needs config.source 'hf', got "
+                         f"{cfg.source!r}")  # fmt: skip
+    known = sorted(coop_data.COOP_DATASETS) + sorted(coop_data.DATASET_ALIASES)
+    if cfg.get("dataset") not in known:
+        raise ValueError(f"config.dataset must be a CoOp data set {known} with data_format "
+                         f"'zhou_split', got {cfg.get('dataset')!r}")  # fmt: skip
+    if not cfg.get("data_dir"):
+        raise ValueError("config.data_dir must be the CoOp data root with data_format "
+                         f"'zhou_split', got {cfg.get('data_dir')!r}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,8 +416,11 @@ def run(cfg, workdir: str) -> dict:
     """Zero-shot, then every prompt learner of ``cfg.methods`` for every seed; results.json and
     cocoop.png in ``workdir``."""
     check_config(cfg, CONFIG_RULES)
+    check_data(cfg)
     workdir = workdir_path(workdir)
     t_start = time.time()
+    shot_index, label_pool = None, None  # the split-file path's own K shots and label set
+    zero_shot_templates = list(cfg.zero_shot_templates)
     if cfg.source == "mnist_demo":
         announce("loading MNIST-5k")
         xtr, ytr, xte, yte = _load_mnist(cfg)
@@ -347,7 +434,18 @@ def run(cfg, workdir: str) -> dict:
         announce(f"loading CLIP from {cfg.clip_path} and {cfg.dataset} from {cfg.data_dir}")
         clip = clip_lib.load_pretrained(cfg.clip_path)
         tokenize = clip_lib.load_tokenizer(cfg.clip_path).encode
-        xtr, ytr, xte, yte, classnames = _load_tfds(cfg, clip.config.image_size)
+        if cfg.get("data_format", "tfds") == "zhou_split":
+            data = load_zhou_split(cfg, clip.config.image_size)
+            xtr, ytr, xte, yte = (
+                data["train"],
+                data["train_labels"],
+                data["test"],
+                data["test_labels"],
+            )
+            classnames, shot_index, label_pool = data["classnames"], data["shots"], data["labels"]
+            zero_shot_templates = [data["template"]]
+        else:
+            xtr, ytr, xte, yte, classnames = _load_tfds(cfg, clip.config.image_size)
         pretrain_s = 0.0
     else:
         raise ValueError(f"config.source must be 'mnist_demo' or 'hf', got {cfg.source!r}")
@@ -355,7 +453,7 @@ def run(cfg, workdir: str) -> dict:
     announce("computing the frozen CLIP's image features")
     ftr = image_features(clip, xtr, desc="train image features")
     fte = image_features(clip, xte, desc="test image features")
-    base, new = P.base_new_split(np.concatenate([ytr, yte]))
+    base, new = P.base_new_split(np.concatenate([ytr, yte]) if label_pool is None else label_pool)
     names = {"base": [classnames[c] for c in base], "new": [classnames[c] for c in new]}
     test = {}
     for group, classes in (("base", base), ("new", new)):
@@ -366,7 +464,7 @@ def run(cfg, workdir: str) -> dict:
     results = {"zero_shot": {}}
     announce("zero-shot evaluation")
     for group in ("base", "new"):
-        w = P.zero_shot_classifier(clip, names[group], list(cfg.zero_shot_templates),
+        w = P.zero_shot_classifier(clip, names[group], zero_shot_templates,
                                    tokenize=tokenize)  # fmt: skip
         fn = lambda f, w=w: scale * (f / np.linalg.norm(f, axis=-1, keepdims=True)) @ w.T
         results["zero_shot"][group] = [accuracy(fn, *test[group])]
@@ -376,7 +474,10 @@ def run(cfg, workdir: str) -> dict:
         mcfg = cfg[method]
         per_seed = {"base": [], "new": [], "H": [], "final_loss": [], "train_s": []}
         for seed in cfg.seeds:
-            idx = P.k_shot_indices(ytr, base, cfg.shots, seed=seed)
+            if shot_index is not None:  # Dassl's sampler over the split file, base half
+                idx = shot_index[seed]
+            else:
+                idx = P.k_shot_indices(ytr, base, cfg.shots, seed=seed)
             f, y = ftr[idx], np.searchsorted(base, ytr[idx]).astype(np.int32)
             kwargs = dict(tokenize=tokenize, n_ctx=mcfg.n_ctx or None,
                           ctx_init=mcfg.ctx_init or None, rngs=nnx.Rngs(seed))  # fmt: skip

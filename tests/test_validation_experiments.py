@@ -65,6 +65,17 @@ CALLABLE_BAD = {
 
 # Checks across fields (they depend only on the config, so they too come before any work).
 CROSS_BAD = [
+    (
+        "cocoop",
+        {"source": "hf", "data_format": "zhou_split", "dataset": "oxford_flowers102"},
+        "config.dataset",
+    ),
+    ("cocoop", {"data_format": "zhou_split", "dataset": "OxfordFlowers"}, "config.data_format"),
+    (
+        "cocoop",
+        {"source": "hf", "data_format": "zhou_split", "dataset": "DTD", "data_dir": ""},
+        "config.data_dir",
+    ),
     ("efcp", {"bn_images": 10, "batch_size": 64}, "config.bn_images"),
     ("fewshot", {"datasets": ("fashion_mnist",), "image_size": 20}, "config.image_size"),
     ("fewshot", {"datasets": ("mstar",), "mstar_root": ""}, "config.mstar_root"),

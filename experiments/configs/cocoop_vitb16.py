@@ -7,6 +7,13 @@
 ``clip_path`` is a Hugging Face CLIP directory (config.json, model.safetensors, tokenizer.json),
 e.g. ``openai/clip-vit-base-patch16``; ``dataset`` a TFDS dataset already prepared under
 ``data_dir`` (``oxford_flowers102``: splits train/validation/test; ``caltech101``: train/test).
+
+The papers' protocol instead reads CoOp's layout and split files (``docs/cocoop.md``)::
+
+    --config.data_format=zhou_split --config.data_dir=/path/to/coop_data --config.dataset=OxfordFlowers
+
+(``dataset``: one of ``jaxcomp.data.COOP_DATASETS``; train/test splits from its
+``split_zhou_<Dataset>.json``; only the sampled shots and the test images are decoded).
 Hyper-parameters follow the CoCoOp paper's base-to-new setting (ViT-B/16, 16 shots, n_ctx 4
 initialised from "a photo of a", SGD lr 0.002, cosine): CoCoOp there trains 10 epochs at batch
 1; we train at batch 32 with chunked text passes, keeping the number of epochs.
@@ -21,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.source = "hf"
     c.title = "CLIP ViT-B/16, 16 shots"
     c.clip_path = ""
+    c.data_format = "tfds"  # or "zhou_split": CoOp's layout + split_zhou_<Dataset>.json
     c.data_dir = "~/tensorflow_datasets"
     c.dataset = "oxford_flowers102"  # or "caltech101"
     c.train_split = "train"

@@ -1,5 +1,22 @@
 """Data: real small data sets bundled in PyPI packages, TFDS builders, deterministic batching."""
 
+from jaxcomp.data.coop import (
+    COOP_DATASETS,
+    CoOpDataset,
+    Datum,
+    ImageFileSource,
+    RandomResizedCropFlip,
+    classnames_of,
+    coop_dataset,
+    generate_fewshot_dataset,
+    load_coop_dataset,
+    random_resized_crop_flip,
+    read_zhou_split,
+    save_zhou_split,
+    split_image_folder,
+    subsample_classes,
+    zero_shot_prompts,
+)
 from jaxcomp.data.folder import list_image_folder, load_image_folder, read_image
 from jaxcomp.data.folders import (
     MSTAR_CLASSES,
@@ -21,6 +38,21 @@ from jaxcomp.data.sources import (
 )
 
 __all__ = [
+    "COOP_DATASETS",
+    "CoOpDataset",
+    "Datum",
+    "ImageFileSource",
+    "RandomResizedCropFlip",
+    "classnames_of",
+    "coop_dataset",
+    "generate_fewshot_dataset",
+    "load_coop_dataset",
+    "random_resized_crop_flip",
+    "read_zhou_split",
+    "save_zhou_split",
+    "split_image_folder",
+    "subsample_classes",
+    "zero_shot_prompts",
     "MSTAR_CLASSES",
     "MSTAR_DEFAULT_SPLIT",
     "load_chip_folder",

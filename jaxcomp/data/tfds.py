@@ -123,13 +123,29 @@ def _builder(name: str, data_dir: str, split: str):
             prepare(name, data_dir)
         else:
             raise FileNotFoundError(f"no prepared TFDS dataset {name!r} under {data_dir}")
-    versions = sorted(v for v in os.listdir(root) if not v.startswith(("incomplete", ".")))
-    if not versions:
-        raise FileNotFoundError(f"{root} holds no complete dataset version")
-    builder = tfds.builder_from_directory(os.path.join(root, versions[-1]))
+    builder = tfds.builder_from_directory(
+        os.path.join(root, latest_version(os.listdir(root), root))
+    )
     if split not in builder.info.splits:
         raise ValueError(f"{name} has no split {split!r}; splits: {list(builder.info.splits)}")
     return builder
+
+
+def _version_key(name: str) -> tuple[int, ...] | None:
+    parts = name.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def latest_version(names, root: str = "") -> str:
+    """The newest TFDS version directory among ``names`` (``"1.10.0"`` is newer than
+    ``"1.9.0"``: compared as numbers, not strings); ``incomplete.*``, hidden and non-version
+    entries are skipped. ``FileNotFoundError`` naming ``root`` when none is left."""
+    versions = [n for n in names if _version_key(n) is not None]
+    if not versions:
+        raise FileNotFoundError(f"{root or 'the dataset folder'} holds no complete dataset version")
+    return max(versions, key=_version_key)
 
 
 def split_nbytes(name: str, split: str, data_dir: str) -> int:
