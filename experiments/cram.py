@@ -9,6 +9,7 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
 
 from experiments._harness import (
@@ -21,6 +22,7 @@ from experiments._harness import (
     write_line_plot,
 )
 from jaxcomp.data import load_classification
+from jaxcomp.data.pipeline import _augment_crop_flip
 from jaxcomp.models import build_classifier
 from jaxcomp.train.recipes import (
     make_optimizer,
@@ -61,10 +63,18 @@ CONFIG_RULES = {
     "compression": ("global", "layer", "nm"),
     "eval_sparsities": each("[0,1)", allow_empty=True),
     "eval_nm": each(_nm_pattern, allow_empty=True),
+    "shortcut": ("A", "B"),
     "calibration_images": "int>=1",
+    "bn_mode": ("ema", "average"),
+    "bn_iterations": "int>=1",
     "ckpt_every": "int>=0",
     "seed": "int>=0",
 }
+
+
+def _calibration_augment(images, rng: np.random.Generator) -> np.ndarray:
+    """CrAM's calibration loader uses the training augmentation: random 4-pixel shift + flip."""
+    return _augment_crop_flip(np.asarray(images), rng)
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
@@ -105,6 +115,7 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             in_channels=x.shape[-1],
             input_hw=x.shape[1:3],
             batch_norm=cfg.batch_norm,
+            shortcut=cfg.shortcut,
             rngs=nnx.Rngs(cfg.seed),
         )
         announce(f"{name}: building {cfg.model}, compiling the train step, then {total} steps")
@@ -136,6 +147,9 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             sparsities=tuple(cfg.eval_sparsities),
             nm=tuple(tuple(p) for p in cfg.eval_nm),
             calibration_images=cfg.calibration_images,
+            bn_mode=cfg.bn_mode,
+            bn_iterations=cfg.bn_iterations,
+            bn_augment=_calibration_augment if cfg.bn_augment else None,
             seed=cfg.seed,
         )
         results["runs"][name] = {"one_shot": rows, "history": history}

@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.1
     c.warmup_epochs = 5
     c.augment = "crop_flip"
+    c.shortcut = "B"  # the CrAM code's ResNet-20
+    c.bn_augment = True
     c.rho = 0.15
     c.sparsities = (0.5, 0.7, 0.8, 0.9, 0.95)
     c.eval_sparsities = (0.5, 0.7, 0.8, 0.9, 0.95)

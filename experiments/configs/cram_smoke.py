@@ -10,5 +10,7 @@ def get_config():
     c.batch_size = 64
     c.eval_sparsities = (0.5, 0.9)
     c.calibration_images = 256
+    c.bn_iterations = 10
+    c.bn_augment = True  # exercises the augmented calibration path
     c.ckpt_every = 10
     return c
