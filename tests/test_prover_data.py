@@ -158,3 +158,63 @@ def test_auc_pr_by_hand_and_vs_sklearn():
     assert auc_pr(s, y) == pytest.approx(average_precision_score(y, s))
     with pytest.raises(ValueError, match="positive"):
         auc_pr([0.1], [0])
+
+
+def _brute_reference_rank(scores, true_index, filtered, names):
+    """The reference evaluation loop: drop filtered candidates, list the rest in name order,
+    rank = 1 + argsort(argsort(-scores)) (a stable sort: ties keep name order)."""
+    drop = set(filtered) - {true_index}
+    kept = sorted((c for c in range(len(scores)) if c not in drop), key=lambda c: names[c])
+    s = np.array([scores[c] for c in kept])
+    return 1 + int(np.argsort(np.argsort(-s, kind="stable"), kind="stable")[kept.index(true_index)])
+
+
+def _brute_rank(scores, true_index, filtered, tie):
+    """Every tie-break order of the tied candidates, enumerated: min / max / mean rank."""
+    import itertools
+
+    drop = set(filtered) - {true_index}
+    kept = [c for c in range(len(scores)) if c not in drop]
+    tied = [c for c in kept if scores[c] == scores[true_index]]
+    greater = sum(scores[c] > scores[true_index] for c in kept)
+    ranks = [1 + greater + perm.index(true_index) for perm in itertools.permutations(tied)]
+    return {"optimistic": min(ranks), "pessimistic": max(ranks), "average": np.mean(ranks)}[tie]
+
+
+def test_filtered_rank_every_tie_rule_vs_brute_force():
+    from jaxcomp.prover.metrics import TIES, name_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 7))
+        scores = rng.integers(0, 3, n) / 2.0  # many ties
+        names = [str(x) for x in rng.permutation(["b", "a", "e", "c", "f", "d"])[:n]]
+        true = int(rng.integers(n))
+        filtered = [int(c) for c in rng.choice(n, int(rng.integers(0, n)), replace=False)]
+        order = name_order(names)
+        got = {t: filtered_rank(scores, true, filtered, t, order=order) for t in TIES}
+        assert got["reference"] == _brute_reference_rank(scores, true, filtered, names)
+        for t in ("optimistic", "pessimistic", "average"):
+            assert got[t] == pytest.approx(_brute_rank(scores, true, filtered, t))
+        assert got["optimistic"] <= got["reference"] <= got["pessimistic"]
+    # without an order the reference rule breaks ties by index
+    assert filtered_rank(np.array([0.5, 0.5, 0.5]), 1, [], "reference") == 2
+    with pytest.raises(ValueError, match="reference"):
+        filtered_rank(np.array([0.5]), 0, [], "best")
+    with pytest.raises(ValueError, match="'a' twice"):
+        name_order(["a", "b", "a"])
+
+
+def test_evaluate_ranking_reference_ties_follow_names():
+    flat = np.full((3, 3), 0.5)  # every candidate tied
+    test = np.array([[0, 0, 2]])
+    # names: constant 2 sorts first, constant 0 last -> object rank 1, subject rank 3
+    m = evaluate_ranking(
+        lambda g: flat[g[:, 1], g[:, 2]], test, [(0, 0, 2)], 3, tie="reference",
+        other_ties=("pessimistic", "average", "optimistic"), names=["zz", "mm", "aa"],
+    )  # fmt: skip
+    assert m["mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["mrr[pessimistic]"] == pytest.approx(1 / 3) and m["mrr[optimistic]"] == 1.0
+    assert m["mrr[average]"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="names has 2"):
+        evaluate_ranking(lambda g: flat[g[:, 1], g[:, 2]], test, [], 3, names=["a", "b"])

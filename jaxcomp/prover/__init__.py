@@ -16,7 +16,14 @@ from jaxcomp.prover.gntp import (
     score_triples,
 )
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
-from jaxcomp.prover.metrics import auc_pr, evaluate_ranking, filtered_rank, ranking_metrics
+from jaxcomp.prover.metrics import (
+    TIES,
+    auc_pr,
+    evaluate_ranking,
+    filtered_rank,
+    name_order,
+    ranking_metrics,
+)
 from jaxcomp.prover.templates import (
     Atom,
     Template,
@@ -27,6 +34,7 @@ from jaxcomp.prover.templates import (
 from jaxcomp.prover.unify import nearest_neighbours, rbf_kernel
 
 __all__ = [
+    "TIES",
     "GNTP",
     "RuleEmbedding",
     "Atom",
@@ -43,6 +51,7 @@ __all__ = [
     "explain",
     "fact_embeddings",
     "filtered_rank",
+    "name_order",
     "format_template",
     "gntp_loss",
     "init_params",
