@@ -9,7 +9,8 @@ for the test countries against all regions.
 
   python -m experiments.gntp --config=experiments/configs/gntp_nations.py --workdir=OUT
   python -m experiments.gntp --config=experiments/configs/gntp_countries.py \
-      --config.data_dir=DIR --config.variant=S1 --workdir=OUT
+      --config.data_dir=DIR --config.variant=S1 --workdir=OUT \
+      [--config.mentions_path=countries_S1_mentions.tsv]   # joint KB + text (GNTP Sec. 4)
 
 Writes ``OUT/results.json`` (metrics, induced rules, example explanations) and ``OUT/loss.png``;
 training is one stage, ``OUT/train``, run by ``jaxcomp.train.fit`` (checkpoints, ``metrics.jsonl``).
@@ -75,7 +76,16 @@ CONFIG_RULES = {
     "eval_k_facts": "int>=0",  # 0 = same k as training
     "max_test": "int>=0",  # 0 = all
     "show_rules": "int>=0",
+    "mentions_min": "int>=0",  # keep mentions seen at least this often (reference --mentions-min)
 }
+
+
+def load_mentions(cfg) -> list[tuple[str, str, str]]:
+    """The text mentions of ``cfg.mentions_path`` (GNTP code layout or 3 columns), seen at least
+    ``cfg.mentions_min`` times; none without a path."""
+    if not cfg.mentions_path:
+        return []
+    return kg.load_mentions(cfg.mentions_path, min_count=cfg.mentions_min)
 
 
 def load_data(cfg):
@@ -87,7 +97,10 @@ def load_data(cfg):
         tpl_text = cfg.templates or epath.Path(d["templates_path"]).read_text()
         templates = parse_templates(tpl_text)
         kb = KnowledgeBase.from_triples(
-            train, extra_triples=[], extra_constants=d["regions"] + d["dev"] + d["test"]
+            train,
+            mentions=load_mentions(cfg),
+            extra_triples=[],
+            extra_constants=d["regions"] + d["dev"] + d["test"],
         )
         extra = {k: d[k] for k in ("regions", "dev", "test", "dev_labels", "test_labels")}
         return kb, train, [], [], templates, extra
@@ -101,9 +114,8 @@ def load_data(cfg):
         templates = load_templates(cfg.templates_path)
     else:
         templates = parse_templates(cfg.templates)
-    mentions = kg.load_mentions(cfg.mentions_path) if cfg.mentions_path else []
     kb = KnowledgeBase.from_triples(
-        splits["train"], mentions=mentions, extra_triples=splits["valid"] + splits["test"]
+        splits["train"], mentions=load_mentions(cfg), extra_triples=splits["valid"] + splits["test"]
     )
     return kb, splits["train"], splits["valid"], splits["test"], templates, extra
 

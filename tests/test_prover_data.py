@@ -243,3 +243,38 @@ def test_evaluate_ranking_reference_ties_follow_names():
     assert m["mrr[average]"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="names has 2"):
         evaluate_ranking(lambda g: flat[g[:, 1], g[:, 2]], test, [], 3, names=["a", "b"])
+
+
+def test_load_mentions_reference_layout(tmp_path):
+    path = FIXTURES / "countries_tiny" / "countries_S1_mentions.tsv"
+    m = kg.load_mentions(path)
+    assert m[0] == ("asia0_c0", "[XXX] is a neighbor of [YYY]", "asia0_c1") and len(m) == 3
+    assert kg.load_mentions(path, min_count=2) == m[:1]  # the reference's --mentions-min
+    p = tmp_path / "m.tsv"
+    p.write_text("a\tlives in\tb\n")  # 3 columns: whitespace tokens, count 1
+    assert kg.load_mentions(p) == [("a", "lives in", "b")]
+    for bad, msg in [
+        ("a\t[XXX]:x:[YYY]\tb\t1\na\t[XXX]:x:[YYY]\tb\tmany\n", "line 2: count"),
+        ("a\t[XXX]::[YYY]\tb\t1\n", "line 1: empty token"),
+        ("a\t[XXX]:x:[YYY]\tb\t1\tz\n", "line 1: expected"),
+    ]:
+        p.write_text(bad)
+        with pytest.raises(ValueError, match=msg):
+            kg.load_mentions(p)
+
+
+def test_countries_experiment_reads_mentions():
+    from experiments.configs.gntp_countries import get_config
+    from experiments.gntp import load_data
+
+    cfg = get_config()
+    kb, *_ = load_data(cfg)
+    assert len(kb.mentions) == 0
+    cfg.mentions_path = str(FIXTURES / "countries_tiny" / "countries_S1_mentions.tsv")
+    kb, train, *_ = load_data(cfg)
+    assert len(kb.mentions) == 3 and kb.num_facts == len(train) + 3
+    assert {"[XXX]", "neighbor", "[YYY]"} <= set(kb.tokens)
+    s, o = kb.mentions[0]
+    assert (kb.constants[s], kb.constants[o]) == ("asia0_c0", "asia0_c1")
+    cfg.mentions_min = 2
+    assert len(load_data(cfg)[0].mentions) == 1

@@ -71,9 +71,52 @@ def load_triples(path: str | Path) -> list[tuple[str, str, str]]:
     return out  # type: ignore[return-value]
 
 
-def load_mentions(path: str | Path) -> list[tuple[str, str, str]]:
-    """Text mentions ``s<TAB>surface pattern<TAB>o`` (GNTP Sec. 4) -> ``(s, pattern, o)``."""
-    return load_triples(path)
+def load_mentions(path: str | Path, *, min_count: int = 1) -> list[tuple[str, str, str]]:
+    """Text mentions (GNTP Sec. 4) -> ``(s, pattern, o)`` with a whitespace-separated pattern.
+
+    Two line layouts (blank lines skipped):
+
+    * the GNTP code's mention files, 4 tab-separated columns ``s<TAB>pattern<TAB>o<TAB>count``
+      with ``:``-separated pattern tokens, e.g.
+      ``vietnam<TAB>[XXX]:is:a:neighbor:of:[YYY]<TAB>cambodia<TAB>1``; the tokens are
+      returned joined by spaces (``"[XXX] is a neighbor of [YYY]"``, ``[XXX]``/``[YYY]`` marking
+      the subject/object slots stay tokens, as in the reference), and mentions seen fewer than
+      ``min_count`` times are dropped (the reference's ``--mentions-min``, default 1);
+    * 3 columns ``s<TAB>surface pattern<TAB>o`` (whitespace-separated tokens, count 1).
+
+    Malformed lines raise ``ValueError`` naming the file and the 1-based line.
+    """
+    if min_count < 0:
+        raise ValueError(f"min_count must be >= 0, got {min_count}")
+    out = []
+    for i, ln in enumerate(_read_lines(path), 1):
+        if not ln.strip():
+            continue
+        parts = [p.strip() for p in ln.rstrip("\n\r").split("\t")]
+        if len(parts) not in (3, 4) or not all(parts):
+            raise ValueError(
+                f"{path}: line {i}: expected 's<TAB>pattern<TAB>o<TAB>count' (or 3 columns "
+                f"without the count), got {ln!r}"
+            )
+        s, pattern, o = parts[:3]
+        count = 1
+        if len(parts) == 4:
+            if not re.fullmatch(r"\d+", parts[3]):
+                raise ValueError(
+                    f"{path}: line {i}: count must be an integer >= 0, got {parts[3]!r}"
+                )
+            count = int(parts[3])
+            tokens = pattern.split(":")
+            if not all(t.strip() for t in tokens):
+                raise ValueError(
+                    f"{path}: line {i}: empty token in ':'-separated pattern {pattern!r}"
+                )
+            pattern = " ".join(t.strip() for t in tokens)
+        if count >= min_count:
+            out.append((s, pattern, o))
+    if not out:
+        raise ValueError(f"{path}: no mentions with count >= {min_count}")
+    return out
 
 
 def load_nl_facts(path: str | Path) -> list[tuple[str, str, str]]:
