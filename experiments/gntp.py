@@ -44,6 +44,7 @@ from jaxcomp.prover.gntp import (
     decode_rules,
     explain,
     gntp_loss,
+    rules_split,
     score_triples,
 )
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, init_params
@@ -144,26 +145,6 @@ def training_batches(cfg, kb) -> TableStream:
     return TableStream({}, None, seed=cfg.seed, batch_size=bs, per_step=per_step)
 
 
-def only_rules_until(num_steps: int) -> optax.GradientTransformation:
-    """Zero the updates of every parameter but the rule-template embeddings for the first
-    ``num_steps`` steps (the reference's ``--only-rules-epochs`` warm-up)."""
-
-    def init(params):
-        del params
-        return {"count": jnp.zeros([], jnp.int32)}
-
-    def update(updates, state, params=None):
-        del params
-        frozen = state["count"] < num_steps
-        updates = {
-            k: v if k == "rules" else jax.tree.map(lambda u: jnp.where(frozen, 0.0, u), v)
-            for k, v in updates.items()
-        }
-        return updates, {"count": state["count"] + 1}
-
-    return optax.GradientTransformation(init, update)
-
-
 def train(cfg, kb, templates, workdir: epath.Path):
     """Adam on the GNTP loss (GNTP Sec. 3.2) through ``fit`` in ``workdir/train``."""
     prover = ProverConfig(
@@ -182,7 +163,8 @@ def train(cfg, kb, templates, workdir: epath.Path):
     steps_per_epoch = stream.num_steps // max(cfg.epochs, 1)
     tx = optax.adam(cfg.learning_rate)
     if cfg.only_rules_epochs:
-        tx = optax.chain(tx, only_rules_until(cfg.only_rules_epochs * steps_per_epoch))
+        # the optimizer sees only the rule embeddings during the warm-up (frozen Adam moments)
+        tx = rules_split(tx, only_rules_steps=cfg.only_rules_epochs * steps_per_epoch)
     templates = tuple(templates)
 
     def loss_fn(params, kb_arrays, batch):

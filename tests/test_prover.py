@@ -340,3 +340,52 @@ def test_text_mention_proves_a_kb_goal_when_pattern_matches_predicate():
     assert after == pytest.approx(np.exp(-1.3 * 1e-3), rel=1e-4) and before < 0.9
     (proof,) = explain(params, kb.arrays(), goal, TEMPLATES, cfg)
     assert proof.facts == (len(kb.facts),)  # the mention
+
+
+def _batch(kb):
+    rng = np.random.default_rng(0)
+    known = set(map(tuple, kb.facts.tolist()))
+    neg = corrupt_triples(rng, kb.facts, len(kb.constants), known, 1)
+    goals = np.concatenate([kb.facts, neg]).astype(np.int32)
+    y = np.r_[np.ones(len(kb.facts)), np.zeros(len(neg))].astype(np.float32)
+    mask = np.r_[np.arange(len(kb.facts)), -np.ones(len(neg))].astype(np.int32)
+    return goals, y, mask
+
+
+def test_rules_split_freezes_the_other_parameters_and_their_adam_moments():
+    from jaxcomp.prover.gntp import RulesSplitState, rules_split
+
+    kb = _tiny_kb()
+    params = _params(kb)
+    goals, y, mask = _batch(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    tx = rules_split(optax.adam(0.05), only_rules_steps=2)
+    step = make_train_step(TEMPLATES, cfg, tx)
+    p, s = params, tx.init(params)
+    assert isinstance(s, RulesSplitState)
+    rest0 = jax.tree.map(np.asarray, s.rest)
+    for _ in range(2):  # warm-up: only the rules move, the rest's Adam state stays put
+        p, s, _ = step(p, s, kb.arrays(), goals, y, mask)
+    for k in ("predicates", "constants", "tokens"):
+        np.testing.assert_array_equal(p[k], params[k])
+    jax.tree.map(np.testing.assert_array_equal, s.rest, rest0)
+    assert int(s.rules[0].count) == 2 and int(s.count) == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(p["rules"], params["rules"]))
+    p2, s2, _ = step(p, s, kb.arrays(), goals, y, mask)  # after the warm-up: everything moves
+    assert not np.array_equal(p2["constants"], p["constants"])
+    assert int(s2.rest[0].count) == 1 and int(s2.rules[0].count) == 3
+    # the static flag does the same on demand; a plain optimizer state is refused
+    p3, s3, _ = step(p2, s2, kb.arrays(), goals, y, mask, only_rules=True)
+    np.testing.assert_array_equal(p3["constants"], p2["constants"])
+    jax.tree.map(np.testing.assert_array_equal, s3.rest, s2.rest)
+    plain = make_train_step(TEMPLATES, cfg, optax.adam(0.05))
+    with pytest.raises(ValueError, match="rules_split"):
+        plain(params, optax.adam(0.05).init(params), kb.arrays(), goals, y, mask, only_rules=True)
+    # without a warm-up it is Adam on every parameter (Adam is element-wise); extra args ignored
+    a = make_train_step(TEMPLATES, cfg, rules_split(optax.adam(0.05)))
+    b = make_train_step(TEMPLATES, cfg, optax.adam(0.05))
+    pa, _, _ = a(params, rules_split(optax.adam(0.05)).init(params), kb.arrays(), goals, y, mask)
+    pb, _, _ = b(params, optax.adam(0.05).init(params), kb.arrays(), goals, y, mask)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), pa, pb)
+    g = jax.tree.map(jnp.ones_like, params)
+    rules_split(optax.adam(0.05)).update(g, tx.init(params), params, grad_fn=None)

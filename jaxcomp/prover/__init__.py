@@ -6,6 +6,7 @@ from jaxcomp.prover.gntp import (
     Proof,
     ProverConfig,
     RuleEmbedding,
+    RulesSplitState,
     corrupt_triples,
     decode_rules,
     explain,
@@ -13,6 +14,7 @@ from jaxcomp.prover.gntp import (
     logistic_loss,
     make_train_step,
     prove,
+    rules_split,
     score_triples,
 )
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
@@ -37,6 +39,7 @@ __all__ = [
     "TIES",
     "GNTP",
     "RuleEmbedding",
+    "RulesSplitState",
     "Atom",
     "KBArrays",
     "KnowledgeBase",
@@ -63,5 +66,6 @@ __all__ = [
     "prove",
     "ranking_metrics",
     "rbf_kernel",
+    "rules_split",
     "score_triples",
 ]
