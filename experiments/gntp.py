@@ -43,6 +43,7 @@ from jaxcomp.prover.gntp import (
     corrupt_triples,
     decode_rules,
     explain,
+    format_proof,
     gntp_loss,
     rules_split,
     score_triples,
@@ -268,9 +269,6 @@ def run(cfg, workdir: str) -> dict:
         {"confidence": c, "rule": r}
         for c, r in decode_rules(params, templates, kb.predicates, top=cfg.show_rules)
     ]
-    names_f = [
-        f"{kb.predicates[p]}({kb.constants[s]}, {kb.constants[o]})" for p, s, o in kb.facts
-    ] + [f"mention#{i}" for i in range(len(kb.mentions))]
     rule_text = {
         tr: f"{text} [{conf:.2f}]"
         for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
@@ -278,11 +276,17 @@ def run(cfg, workdir: str) -> dict:
     exps = []
     for g, pr in zip(ex_goals, explain(params, arr, ex_goals, templates, prover)):
         steps = [
-            names_f[i] if kind == "fact" else f"rule t{t}.{i}: {rule_text[(t, i)]}"
+            kb.fact_text(i) if kind == "fact" else f"rule t{t}.{i}: {rule_text[(t, i)]}"
             for kind, t, i in pr.steps
         ]
-        goal = f"{kb.predicates[g[0]]}({kb.constants[g[1]]}, {kb.constants[g[2]]})"
-        exps.append({"goal": goal, "score": pr.score, "proof": steps})
+        exps.append(
+            {
+                "goal": kb.goal_text(*(int(x) for x in g)),
+                "score": pr.score,
+                "proof": steps,
+                "text": format_proof(pr, kb, params, templates, goal=g),
+            }
+        )
     results["explanations"] = exps
     write_json_atomic(out / "results.json", results)
     print({k: v for k, v in results.items() if isinstance(v, float)}, flush=True)

@@ -389,3 +389,49 @@ def test_rules_split_freezes_the_other_parameters_and_their_adam_moments():
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), pa, pb)
     g = jax.tree.map(jnp.ones_like, params)
     rules_split(optax.adam(0.05)).update(g, tx.init(params), params, grad_fn=None)
+
+
+def test_explain_compiles_once_per_shape(monkeypatch):
+    from jaxcomp.prover import gntp as G
+
+    traces = []
+    run = G._Prover.run
+    monkeypatch.setattr(G._Prover, "run", lambda self, g: traces.append(1) or run(self, g))
+    G._explain_fn.cache_clear()
+    kb = _tiny_kb()
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    first = explain(params, kb.arrays(), kb.facts[:2], TEMPLATES, cfg)
+    again = explain(params, kb.arrays(), kb.facts[2:4], TEMPLATES, cfg)  # same shapes: no retrace
+    assert len(traces) == 1 and len(first) == len(again) == 2
+    assert explain(params, kb.arrays(), kb.facts[:2], TEMPLATES, cfg) == first
+
+
+def test_format_proof_reads_as_text():
+    from jaxcomp.prover.gntp import Proof, format_proof
+
+    kb = _tiny_kb()  # mention: a "lives near" d
+    params = _params(kb, seed=4)
+    goals = np.array(kb.facts[:3], np.int32)
+    cfg = ProverConfig(depth=1, k_facts=None)
+    for g, pr in zip(goals, explain(params, kb.arrays(), goals, TEMPLATES, cfg, mask=np.arange(3))):
+        lines = format_proof(pr, kb, params, TEMPLATES, goal=g).splitlines()
+        assert lines[0] == f"{kb.goal_text(*g)}   score {pr.score:.3f}"
+        assert len(lines) == 1 + len(pr.steps)
+        for line, (kind, t, i) in zip(lines[1:], pr.steps):
+            if kind == "rule":
+                assert line.startswith(f"  rule t{t}.{i} [") and "(X, Y) :- " in line
+            else:
+                assert kb.fact_text(i) in line and "mention#" not in line
+    # a proof through the text mention shows its text; [XXX]/[YYY] become the arguments
+    proof = Proof(0.5, (("fact", -1, len(kb.facts)),))
+    assert format_proof(proof, kb, params, TEMPLATES).splitlines() == [
+        "proof   score 0.500",
+        '  text "a "lives near" d"',
+    ]
+    kb2 = KnowledgeBase.from_triples(
+        [("a", "r", "b")], mentions=[("a", "[XXX] is near [YYY]", "b")]
+    )
+    assert kb2.fact_text(1) == "a is near b" and kb2.fact_text(0) == "r(a, b)"
+    with pytest.raises(ValueError, match="fact index 2"):
+        kb2.fact_text(2)

@@ -48,6 +48,7 @@ __all__ = [
     "prove",
     "score_triples",
     "explain",
+    "format_proof",
     "Proof",
     "logistic_loss",
     "gntp_loss",
@@ -333,6 +334,24 @@ class Proof:
         return tuple((t, i) for kind, t, i in self.steps if kind == "rule")
 
 
+@functools.lru_cache(maxsize=64)
+def _explain_fn(templates: tuple, cfg: ProverConfig):
+    """-> (jitted ``run(params, kb, goals, mask)``, the proof-tree axis kinds it records).
+
+    Cached per static ``(templates, cfg)``, so ``jax.jit``'s own cache keeps one executable per
+    argument shape. The axis kinds depend only on ``(templates, cfg)``; they are written at
+    trace time (the first call) and read by every call."""
+    kinds: list = []
+
+    def run(params, kb, goals, mask):
+        prover = _Prover(params, kb, templates, cfg, mask, reduce=False)
+        states = prover.run(embed_goals(params, goals))
+        kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
+        return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
+
+    return jax.jit(run), kinds
+
+
 def explain(
     params: dict,
     kb: KBArrays,
@@ -345,18 +364,13 @@ def explain(
     """For each int goal ``(p, s, o)``, the best proof (rules and facts used, score).
 
     Runs the same prover as :func:`prove` and reads back the argmax branch of the proof tree.
+    The prover is compiled once per ``(templates, cfg)`` and argument shapes (a later call with
+    the same shapes reuses it); :func:`format_proof` renders a proof as text.
     """
     check_goals(goals, params["predicates"].shape[0], params["constants"].shape[0])
     goals = jnp.asarray(goals)
-    kinds = []
-
-    def run(params, kb, goals, mask):
-        prover = _Prover(params, kb, tuple(templates), cfg, mask, reduce=False)
-        states = prover.run(embed_goals(params, goals))
-        kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
-        return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
-
-    all_scores, all_idx = jax.jit(run)(params, kb, goals, mask)
+    run, kinds = _explain_fn(tuple(templates), cfg)
+    all_scores, all_idx = run(params, kb, goals, mask)
     b = goals.shape[0]
     out = []
     for i in range(b):
@@ -380,6 +394,42 @@ def explain(
             steps.append((kind, int(t), j))
         out.append(Proof(best_score, tuple(steps)))
     return out
+
+
+def format_proof(
+    proof: Proof,
+    kb: KnowledgeBase,
+    params: dict,
+    templates: Sequence[Template],
+    goal: Sequence[int] | None = None,
+) -> str:
+    """A proof from :func:`explain` as readable text, one step per line::
+
+        locatedIn(asia0_c0, asia)   score 0.912
+          rule t1.0 [0.95]: locatedIn(X, Y) :- neighborOf(X, Z), locatedIn(Z, Y)
+          fact neighborOf(asia0_c0, asia0_c1)
+          text "asia0_c1 is located in asia"
+
+    Rules are shown with their variables and the nearest KB predicate of each slot (confidence
+    in brackets, :func:`decode_rules`); text mentions by their text
+    (:meth:`KnowledgeBase.mention_text`), KB facts as ``p(s, o)``. ``goal`` (int ``(p, s, o)``) titles the proof.
+    """
+    rule_text = {
+        tr: (conf, text)
+        for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
+    }
+    head = kb.goal_text(*(int(x) for x in goal)) if goal is not None else "proof"
+    lines = [f"{head}   score {proof.score:.3f}"]
+    n = int(kb.facts.shape[0])
+    for kind, t, i in proof.steps:
+        if kind == "rule":
+            conf, text = rule_text[(t, i)]
+            lines.append(f"  rule t{t}.{i} [{conf:.2f}]: {text}")
+        elif i < n:
+            lines.append(f"  fact {kb.fact_text(i)}")
+        else:
+            lines.append(f'  text "{kb.fact_text(i)}"')
+    return "\n".join(lines)
 
 
 def logistic_loss(scores: jax.Array, targets: jax.Array, eps: float = 1e-10) -> jax.Array:
