@@ -4,15 +4,16 @@ Ranking data (Nations / UMLS / Kinships from pykeen's bundled files, or TSV spli
 and Hits@1/3/10 over both sides of the full test set (``max_test`` caps it for smoke runs). The
 plain keys (``mrr``, ``hits@k``) use the reference code's tie rule (ties broken by entity-name
 order, the rule behind the paper's numbers); ``mrr[pessimistic]``, ``mrr[average]`` and
-``mrr[optimistic]`` (and their Hits@k) sit beside them, from the same scores. Countries (NTP layout): AUC-PR of ``locatedIn(country, region)``
-for the test countries against all regions.
+``mrr[optimistic]`` (and their Hits@k) sit beside them, from the same scores. Countries (NTP
+layout): AUC-PR of ``locatedIn(country, region)`` for the test countries against all regions.
 
   python -m experiments.gntp --config=experiments/configs/gntp_nations.py --workdir=OUT
   python -m experiments.gntp --config=experiments/configs/gntp_countries.py \
       --config.data_dir=DIR --config.variant=S1 --workdir=OUT \
       [--config.mentions_path=countries_S1_mentions.tsv]   # joint KB + text (GNTP Sec. 4)
 
-Writes ``OUT/results.json`` (metrics, induced rules, example explanations) and ``OUT/loss.png``;
+Writes ``OUT/results.json`` (metrics, induced rules, example explanations), ``OUT/loss.png`` and
+the trained prover ``OUT/prover`` (``jaxcomp.prover.load_prover``: safetensors + JSON);
 training is one stage, ``OUT/train``, run by ``jaxcomp.train.fit`` (checkpoints, ``metrics.jsonl``).
 """
 
@@ -48,6 +49,7 @@ from jaxcomp.prover.gntp import (
     rules_split,
     score_triples,
 )
+from jaxcomp.prover.io import save_prover
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, init_params
 from jaxcomp.prover.metrics import auc_pr, evaluate_ranking
 from jaxcomp.prover.templates import load_templates, parse_templates
@@ -214,6 +216,7 @@ def run(cfg, workdir: str) -> dict:
         f"{len(kb.constants)} constants, {len(templates)} templates"
     )
     params, prover, losses, train_s = train(cfg, kb, templates, out)
+    save_prover(out / "prover", params, kb, templates, prover)  # load_prover(OUT/prover)
     arr = kb.arrays()
     if cfg.eval_k_facts:
         prover = ProverConfig(**{**prover.__dict__, "k_facts": cfg.eval_k_facts})

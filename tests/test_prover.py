@@ -435,3 +435,29 @@ def test_format_proof_reads_as_text():
     assert kb2.fact_text(1) == "a is near b" and kb2.fact_text(0) == "r(a, b)"
     with pytest.raises(ValueError, match="fact index 2"):
         kb2.fact_text(2)
+
+
+def test_save_load_prover_round_trip_scores_identical(tmp_path):
+    from jaxcomp.prover import load_prover, save_prover
+
+    kb = _tiny_kb()  # with a text mention
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3, unification="joint")
+    save_prover(tmp_path / "m", params, kb, TEMPLATES, cfg)
+    p2, kb2, tpl2, cfg2 = load_prover(tmp_path / "m")
+    assert (kb2.predicates, kb2.constants, kb2.tokens) == (kb.predicates, kb.constants, kb.tokens)
+    assert tpl2 == tuple(TEMPLATES) and cfg2 == cfg
+    np.testing.assert_array_equal(kb2.facts, kb.facts)
+    goals = np.array([[p, s, o] for p in range(2) for s in range(4) for o in range(4)], np.int32)
+    a = score_triples(params, kb.arrays(), goals, TEMPLATES, cfg)
+    b = score_triples(p2, kb2.arrays(), goals, tpl2, cfg2)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    import json
+
+    meta = json.loads((tmp_path / "m" / "prover.json").read_text())
+    meta["constants"] = meta["constants"][:-1]  # vocabulary and tensor disagree
+    (tmp_path / "m" / "prover.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'constants' has shape"):
+        load_prover(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="prover.json"):
+        load_prover(tmp_path / "nothing")

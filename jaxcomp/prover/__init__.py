@@ -18,6 +18,7 @@ from jaxcomp.prover.gntp import (
     rules_split,
     score_triples,
 )
+from jaxcomp.prover.io import load_prover, save_prover
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
 from jaxcomp.prover.metrics import (
     TIES,
@@ -60,6 +61,7 @@ __all__ = [
     "format_template",
     "gntp_loss",
     "init_params",
+    "load_prover",
     "load_templates",
     "logistic_loss",
     "make_train_step",
@@ -69,5 +71,6 @@ __all__ = [
     "ranking_metrics",
     "rbf_kernel",
     "rules_split",
+    "save_prover",
     "score_triples",
 ]
