@@ -340,3 +340,124 @@ def test_text_mention_proves_a_kb_goal_when_pattern_matches_predicate():
     assert after == pytest.approx(np.exp(-1.3 * 1e-3), rel=1e-4) and before < 0.9
     (proof,) = explain(params, kb.arrays(), goal, TEMPLATES, cfg)
     assert proof.facts == (len(kb.facts),)  # the mention
+
+
+def _batch(kb):
+    rng = np.random.default_rng(0)
+    known = set(map(tuple, kb.facts.tolist()))
+    neg = corrupt_triples(rng, kb.facts, len(kb.constants), known, 1)
+    goals = np.concatenate([kb.facts, neg]).astype(np.int32)
+    y = np.r_[np.ones(len(kb.facts)), np.zeros(len(neg))].astype(np.float32)
+    mask = np.r_[np.arange(len(kb.facts)), -np.ones(len(neg))].astype(np.int32)
+    return goals, y, mask
+
+
+def test_rules_split_freezes_the_other_parameters_and_their_adam_moments():
+    from jaxcomp.prover.gntp import RulesSplitState, rules_split
+
+    kb = _tiny_kb()
+    params = _params(kb)
+    goals, y, mask = _batch(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    tx = rules_split(optax.adam(0.05), only_rules_steps=2)
+    step = make_train_step(TEMPLATES, cfg, tx)
+    p, s = params, tx.init(params)
+    assert isinstance(s, RulesSplitState)
+    rest0 = jax.tree.map(np.asarray, s.rest)
+    for _ in range(2):  # warm-up: only the rules move, the rest's Adam state stays put
+        p, s, _ = step(p, s, kb.arrays(), goals, y, mask)
+    for k in ("predicates", "constants", "tokens"):
+        np.testing.assert_array_equal(p[k], params[k])
+    jax.tree.map(np.testing.assert_array_equal, s.rest, rest0)
+    assert int(s.rules[0].count) == 2 and int(s.count) == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(p["rules"], params["rules"]))
+    p2, s2, _ = step(p, s, kb.arrays(), goals, y, mask)  # after the warm-up: everything moves
+    assert not np.array_equal(p2["constants"], p["constants"])
+    assert int(s2.rest[0].count) == 1 and int(s2.rules[0].count) == 3
+    # the static flag does the same on demand; a plain optimizer state is refused
+    p3, s3, _ = step(p2, s2, kb.arrays(), goals, y, mask, only_rules=True)
+    np.testing.assert_array_equal(p3["constants"], p2["constants"])
+    jax.tree.map(np.testing.assert_array_equal, s3.rest, s2.rest)
+    plain = make_train_step(TEMPLATES, cfg, optax.adam(0.05))
+    with pytest.raises(ValueError, match="rules_split"):
+        plain(params, optax.adam(0.05).init(params), kb.arrays(), goals, y, mask, only_rules=True)
+    # without a warm-up it is Adam on every parameter (Adam is element-wise); extra args ignored
+    a = make_train_step(TEMPLATES, cfg, rules_split(optax.adam(0.05)))
+    b = make_train_step(TEMPLATES, cfg, optax.adam(0.05))
+    pa, _, _ = a(params, rules_split(optax.adam(0.05)).init(params), kb.arrays(), goals, y, mask)
+    pb, _, _ = b(params, optax.adam(0.05).init(params), kb.arrays(), goals, y, mask)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), pa, pb)
+    g = jax.tree.map(jnp.ones_like, params)
+    rules_split(optax.adam(0.05)).update(g, tx.init(params), params, grad_fn=None)
+
+
+def test_explain_compiles_once_per_shape(monkeypatch):
+    from jaxcomp.prover import gntp as G
+
+    traces = []
+    run = G._Prover.run
+    monkeypatch.setattr(G._Prover, "run", lambda self, g: traces.append(1) or run(self, g))
+    G._explain_fn.cache_clear()
+    kb = _tiny_kb()
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    first = explain(params, kb.arrays(), kb.facts[:2], TEMPLATES, cfg)
+    again = explain(params, kb.arrays(), kb.facts[2:4], TEMPLATES, cfg)  # same shapes: no retrace
+    assert len(traces) == 1 and len(first) == len(again) == 2
+    assert explain(params, kb.arrays(), kb.facts[:2], TEMPLATES, cfg) == first
+
+
+def test_format_proof_reads_as_text():
+    from jaxcomp.prover.gntp import Proof, format_proof
+
+    kb = _tiny_kb()  # mention: a "lives near" d
+    params = _params(kb, seed=4)
+    goals = np.array(kb.facts[:3], np.int32)
+    cfg = ProverConfig(depth=1, k_facts=None)
+    for g, pr in zip(goals, explain(params, kb.arrays(), goals, TEMPLATES, cfg, mask=np.arange(3))):
+        lines = format_proof(pr, kb, params, TEMPLATES, goal=g).splitlines()
+        assert lines[0] == f"{kb.goal_text(*g)}   score {pr.score:.3f}"
+        assert len(lines) == 1 + len(pr.steps)
+        for line, (kind, t, i) in zip(lines[1:], pr.steps):
+            if kind == "rule":
+                assert line.startswith(f"  rule t{t}.{i} [") and "(X, Y) :- " in line
+            else:
+                assert kb.fact_text(i) in line and "mention#" not in line
+    # a proof through the text mention shows its text; [XXX]/[YYY] become the arguments
+    proof = Proof(0.5, (("fact", -1, len(kb.facts)),))
+    assert format_proof(proof, kb, params, TEMPLATES).splitlines() == [
+        "proof   score 0.500",
+        '  text "a "lives near" d"',
+    ]
+    kb2 = KnowledgeBase.from_triples(
+        [("a", "r", "b")], mentions=[("a", "[XXX] is near [YYY]", "b")]
+    )
+    assert kb2.fact_text(1) == "a is near b" and kb2.fact_text(0) == "r(a, b)"
+    with pytest.raises(ValueError, match="fact index 2"):
+        kb2.fact_text(2)
+
+
+def test_save_load_prover_round_trip_scores_identical(tmp_path):
+    from jaxcomp.prover import load_prover, save_prover
+
+    kb = _tiny_kb()  # with a text mention
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3, unification="joint")
+    save_prover(tmp_path / "m", params, kb, TEMPLATES, cfg)
+    p2, kb2, tpl2, cfg2 = load_prover(tmp_path / "m")
+    assert (kb2.predicates, kb2.constants, kb2.tokens) == (kb.predicates, kb.constants, kb.tokens)
+    assert tpl2 == tuple(TEMPLATES) and cfg2 == cfg
+    np.testing.assert_array_equal(kb2.facts, kb.facts)
+    goals = np.array([[p, s, o] for p in range(2) for s in range(4) for o in range(4)], np.int32)
+    a = score_triples(params, kb.arrays(), goals, TEMPLATES, cfg)
+    b = score_triples(p2, kb2.arrays(), goals, tpl2, cfg2)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    import json
+
+    meta = json.loads((tmp_path / "m" / "prover.json").read_text())
+    meta["constants"] = meta["constants"][:-1]  # vocabulary and tensor disagree
+    (tmp_path / "m" / "prover.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'constants' has shape"):
+        load_prover(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="prover.json"):
+        load_prover(tmp_path / "nothing")

@@ -1,5 +1,6 @@
 """Template parser, KG loaders (TSV, Countries layout, pykeen files) and ranking/AUC-PR metrics."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,26 @@ def test_tsv_loader_and_malformed_line(tmp_path):
         kg.load_triples(tmp_path / "missing.tsv")
 
 
+@pytest.mark.parametrize(
+    "variant,fact",
+    [
+        ("S1", "locatedIn(asia0_c0,asia)."),  # a test country's region
+        ("S2", "locatedIn(asia0_c0,asia_sub0)."),  # a test country's subregion
+        ("S3", "locatedIn(asia0_c1,asia)."),  # a test country's neighbour's region
+    ],
+)
+def test_countries_rejects_a_hidden_fact_naming_it(tmp_path, variant, fact):
+    import shutil
+
+    d = tmp_path / "countries"
+    shutil.copytree(FIXTURES / "countries_tiny", d)
+    path = d / f"countries_{variant}.nl"
+    path.write_text(path.read_text() + fact + "\n")
+    name = fact.rstrip(".").replace(",", ", ")
+    with pytest.raises(ValueError, match=rf"countries_{variant}\.nl.*{re.escape(name)}"):
+        kg.load_countries(d, variant)
+
+
 def test_nl_loader_malformed_line(tmp_path):
     p = tmp_path / "k.nl"
     p.write_text("locatedIn(a,b).\nlocatedIn(a b).\n")
@@ -85,7 +106,7 @@ def test_nl_loader_malformed_line(tmp_path):
 
 
 def test_countries_layout_fixture():
-    for v, n_train in (("S1", 96), ("S2", 90), ("S3", 78)):
+    for v, n_train in (("S1", 97), ("S2", 92), ("S3", 86)):
         d = kg.load_countries(FIXTURES / "countries_tiny", v)
         assert len(d["train"]) == n_train
         assert d["regions"] == ["europe", "asia", "africa"]
@@ -93,6 +114,10 @@ def test_countries_layout_fixture():
         train = set(d["train"])
         assert ("asia0_c0", "locatedIn", "asia") not in train
         assert (("asia0_c0", "locatedIn", "asia_sub0") in train) == (v == "S1")
+        # like the canonical files: a dev country keeps its region fact, and is accepted
+        assert "europe0_c0" in d["dev"] and ("europe0_c0", "locatedIn", "europe") in train
+        # S3 hides the regions of the test countries' neighbours
+        assert (("asia0_c1", "locatedIn", "asia") in train) == (v != "S3")
     assert kg.load_countries(FIXTURES / "countries_tiny")["templates_path"].endswith(".nlt")
     with pytest.raises(ValueError, match="variant"):
         kg.load_countries(FIXTURES / "countries_tiny", "S4")
@@ -158,3 +183,98 @@ def test_auc_pr_by_hand_and_vs_sklearn():
     assert auc_pr(s, y) == pytest.approx(average_precision_score(y, s))
     with pytest.raises(ValueError, match="positive"):
         auc_pr([0.1], [0])
+
+
+def _brute_reference_rank(scores, true_index, filtered, names):
+    """The reference evaluation loop: drop filtered candidates, list the rest in name order,
+    rank = 1 + argsort(argsort(-scores)) (a stable sort: ties keep name order)."""
+    drop = set(filtered) - {true_index}
+    kept = sorted((c for c in range(len(scores)) if c not in drop), key=lambda c: names[c])
+    s = np.array([scores[c] for c in kept])
+    return 1 + int(np.argsort(np.argsort(-s, kind="stable"), kind="stable")[kept.index(true_index)])
+
+
+def _brute_rank(scores, true_index, filtered, tie):
+    """Every tie-break order of the tied candidates, enumerated: min / max / mean rank."""
+    import itertools
+
+    drop = set(filtered) - {true_index}
+    kept = [c for c in range(len(scores)) if c not in drop]
+    tied = [c for c in kept if scores[c] == scores[true_index]]
+    greater = sum(scores[c] > scores[true_index] for c in kept)
+    ranks = [1 + greater + perm.index(true_index) for perm in itertools.permutations(tied)]
+    return {"optimistic": min(ranks), "pessimistic": max(ranks), "average": np.mean(ranks)}[tie]
+
+
+def test_filtered_rank_every_tie_rule_vs_brute_force():
+    from jaxcomp.prover.metrics import TIES, name_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 7))
+        scores = rng.integers(0, 3, n) / 2.0  # many ties
+        names = [str(x) for x in rng.permutation(["b", "a", "e", "c", "f", "d"])[:n]]
+        true = int(rng.integers(n))
+        filtered = [int(c) for c in rng.choice(n, int(rng.integers(0, n)), replace=False)]
+        order = name_order(names)
+        got = {t: filtered_rank(scores, true, filtered, t, order=order) for t in TIES}
+        assert got["reference"] == _brute_reference_rank(scores, true, filtered, names)
+        for t in ("optimistic", "pessimistic", "average"):
+            assert got[t] == pytest.approx(_brute_rank(scores, true, filtered, t))
+        assert got["optimistic"] <= got["reference"] <= got["pessimistic"]
+    # without an order the reference rule breaks ties by index
+    assert filtered_rank(np.array([0.5, 0.5, 0.5]), 1, [], "reference") == 2
+    with pytest.raises(ValueError, match="reference"):
+        filtered_rank(np.array([0.5]), 0, [], "best")
+    with pytest.raises(ValueError, match="'a' twice"):
+        name_order(["a", "b", "a"])
+
+
+def test_evaluate_ranking_reference_ties_follow_names():
+    flat = np.full((3, 3), 0.5)  # every candidate tied
+    test = np.array([[0, 0, 2]])
+    # names: constant 2 sorts first, constant 0 last -> object rank 1, subject rank 3
+    m = evaluate_ranking(
+        lambda g: flat[g[:, 1], g[:, 2]], test, [(0, 0, 2)], 3, tie="reference",
+        other_ties=("pessimistic", "average", "optimistic"), names=["zz", "mm", "aa"],
+    )  # fmt: skip
+    assert m["mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["mrr[pessimistic]"] == pytest.approx(1 / 3) and m["mrr[optimistic]"] == 1.0
+    assert m["mrr[average]"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="names has 2"):
+        evaluate_ranking(lambda g: flat[g[:, 1], g[:, 2]], test, [], 3, names=["a", "b"])
+
+
+def test_load_mentions_reference_layout(tmp_path):
+    path = FIXTURES / "countries_tiny" / "countries_S1_mentions.tsv"
+    m = kg.load_mentions(path)
+    assert m[0] == ("asia0_c0", "[XXX] is a neighbor of [YYY]", "asia0_c1") and len(m) == 3
+    assert kg.load_mentions(path, min_count=2) == m[:1]  # the reference's --mentions-min
+    p = tmp_path / "m.tsv"
+    p.write_text("a\tlives in\tb\n")  # 3 columns: whitespace tokens, count 1
+    assert kg.load_mentions(p) == [("a", "lives in", "b")]
+    for bad, msg in [
+        ("a\t[XXX]:x:[YYY]\tb\t1\na\t[XXX]:x:[YYY]\tb\tmany\n", "line 2: count"),
+        ("a\t[XXX]::[YYY]\tb\t1\n", "line 1: empty token"),
+        ("a\t[XXX]:x:[YYY]\tb\t1\tz\n", "line 1: expected"),
+    ]:
+        p.write_text(bad)
+        with pytest.raises(ValueError, match=msg):
+            kg.load_mentions(p)
+
+
+def test_countries_experiment_reads_mentions():
+    from experiments.configs.gntp_countries import get_config
+    from experiments.gntp import load_data
+
+    cfg = get_config()
+    kb, *_ = load_data(cfg)
+    assert len(kb.mentions) == 0
+    cfg.mentions_path = str(FIXTURES / "countries_tiny" / "countries_S1_mentions.tsv")
+    kb, train, *_ = load_data(cfg)
+    assert len(kb.mentions) == 3 and kb.num_facts == len(train) + 3
+    assert {"[XXX]", "neighbor", "[YYY]"} <= set(kb.tokens)
+    s, o = kb.mentions[0]
+    assert (kb.constants[s], kb.constants[o]) == ("asia0_c0", "asia0_c1")
+    cfg.mentions_min = 2
+    assert len(load_data(cfg)[0].mentions) == 1

@@ -20,7 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # countries: directory in the NTP layout
     c.variant = "S1"  # countries: S1 | S2 | S3
     c.train_path = c.valid_path = c.test_path = ""  # dataset == "tsv"
-    c.mentions_path = ""  # optional "s<TAB>text pattern<TAB>o" file (joint KB + text)
+    c.mentions_path = ""  # optional text mentions (joint KB + text): the GNTP code's
+    # "s<TAB>[XXX]:pattern:[YYY]<TAB>o<TAB>count" files, or "s<TAB>text pattern<TAB>o"
+    c.mentions_min = 1  # drop mentions seen fewer times (the reference's --mentions-min)
     c.templates = NATIONS_TEMPLATES  # GNTP clause text (or .nlt text)
     c.templates_path = ""  # overrides `templates` when set
     c.dim = 50

@@ -17,6 +17,7 @@ __all__ = [
     "load_mentions",
     "load_nl_facts",
     "load_countries",
+    "countries_leaks",
     "pykeen_dataset_dir",
     "load_pykeen_dataset",
     "PYKEEN_DATASETS",
@@ -70,9 +71,52 @@ def load_triples(path: str | Path) -> list[tuple[str, str, str]]:
     return out  # type: ignore[return-value]
 
 
-def load_mentions(path: str | Path) -> list[tuple[str, str, str]]:
-    """Text mentions ``s<TAB>surface pattern<TAB>o`` (GNTP Sec. 4) -> ``(s, pattern, o)``."""
-    return load_triples(path)
+def load_mentions(path: str | Path, *, min_count: int = 1) -> list[tuple[str, str, str]]:
+    """Text mentions (GNTP Sec. 4) -> ``(s, pattern, o)`` with a whitespace-separated pattern.
+
+    Two line layouts (blank lines skipped):
+
+    * the GNTP code's mention files, 4 tab-separated columns ``s<TAB>pattern<TAB>o<TAB>count``
+      with ``:``-separated pattern tokens, e.g.
+      ``vietnam<TAB>[XXX]:is:a:neighbor:of:[YYY]<TAB>cambodia<TAB>1``; the tokens are
+      returned joined by spaces (``"[XXX] is a neighbor of [YYY]"``, ``[XXX]``/``[YYY]`` marking
+      the subject/object slots stay tokens, as in the reference), and mentions seen fewer than
+      ``min_count`` times are dropped (the reference's ``--mentions-min``, default 1);
+    * 3 columns ``s<TAB>surface pattern<TAB>o`` (whitespace-separated tokens, count 1).
+
+    Malformed lines raise ``ValueError`` naming the file and the 1-based line.
+    """
+    if min_count < 0:
+        raise ValueError(f"min_count must be >= 0, got {min_count}")
+    out = []
+    for i, ln in enumerate(_read_lines(path), 1):
+        if not ln.strip():
+            continue
+        parts = [p.strip() for p in ln.rstrip("\n\r").split("\t")]
+        if len(parts) not in (3, 4) or not all(parts):
+            raise ValueError(
+                f"{path}: line {i}: expected 's<TAB>pattern<TAB>o<TAB>count' (or 3 columns "
+                f"without the count), got {ln!r}"
+            )
+        s, pattern, o = parts[:3]
+        count = 1
+        if len(parts) == 4:
+            if not re.fullmatch(r"\d+", parts[3]):
+                raise ValueError(
+                    f"{path}: line {i}: count must be an integer >= 0, got {parts[3]!r}"
+                )
+            count = int(parts[3])
+            tokens = pattern.split(":")
+            if not all(t.strip() for t in tokens):
+                raise ValueError(
+                    f"{path}: line {i}: empty token in ':'-separated pattern {pattern!r}"
+                )
+            pattern = " ".join(t.strip() for t in tokens)
+        if count >= min_count:
+            out.append((s, pattern, o))
+    if not out:
+        raise ValueError(f"{path}: no mentions with count >= {min_count}")
+    return out
 
 
 def load_nl_facts(path: str | Path) -> list[tuple[str, str, str]]:
@@ -97,6 +141,41 @@ def _read_names(path: Path) -> list[str]:
     return names
 
 
+_HIDDEN = {
+    "S1": "locatedIn(c, region) must be absent for every test country c",
+    "S2": "locatedIn(c, _) (region and subregion) must be absent for every test country c",
+    "S3": "locatedIn(c, _) must be absent for every test country c, and locatedIn(n, region) "
+    "for every n with neighborOf(c, n)",
+}
+
+
+def countries_leaks(
+    train: list[tuple[str, str, str]],
+    full: list[tuple[str, str, str]],
+    test: list[str],
+    regions: list[str],
+    variant: str,
+) -> list[tuple[str, str, str]]:
+    """Training facts that the Countries split ``variant`` must hide (Nickel et al. 2016, as in
+    NTP Sec. 5.1): ``locatedIn(c, region)`` of a test country ``c`` (S1); also its subregion,
+    i.e. any ``locatedIn(c, _)`` (S2); also ``locatedIn(n, region)`` of each neighbour ``n`` of a
+    test country (S3), where the neighbours are ``{n : neighborOf(c, n)}`` in ``full`` as written
+    (the canonical ``countries.nl`` is not symmetric: ``neighborOf(palestine, jordan)`` without
+    ``neighborOf(jordan, palestine)``, and ``countries_S3.nl`` keeps ``locatedIn(palestine, asia)``).
+
+    Dev countries are not held out by the definition: the canonical files keep the region fact of
+    some of them, so they are not checked.
+    """
+    test_set, region_set = set(test), set(regions)
+    hide = {(s, o) for s, p, o in full if p == "locatedIn" and s in test_set and o in region_set}
+    if variant in ("S2", "S3"):
+        hide |= {(s, o) for s, p, o in full if p == "locatedIn" and s in test_set}
+    if variant == "S3":
+        near = {o for s, p, o in full if p == "neighborOf" and s in test_set}
+        hide |= {(s, o) for s, p, o in full if p == "locatedIn" and s in near and o in region_set}
+    return [(s, p, o) for s, p, o in train if p == "locatedIn" and (s, o) in hide]
+
+
 def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
     """The NTP Countries layout (Bouchard et al. 2015; NTP Sec. 5.1).
 
@@ -106,7 +185,8 @@ def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
 
     Returns a dict with ``train`` (triples), ``templates_path`` (or ``None``), ``regions``,
     ``dev``/``test`` (country lists) and ``dev_labels``/``test_labels`` (country -> set of true
-    regions among ``regions``).
+    regions among ``regions``). A training fact that the split must hide
+    (:func:`countries_leaks`) raises ``ValueError`` naming it; the canonical S1-S3 files pass.
     """
     d = Path(data_dir)
     if variant not in ("S1", "S2", "S3"):
@@ -126,10 +206,13 @@ def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
     for c in dev + test:
         if c not in gold:
             raise ValueError(f"country {c!r} has no locatedIn(_, region) fact in countries.nl")
-    held = set(dev + test)
-    leaked = [(s, o) for s, p, o in train if p == "locatedIn" and s in held and o in region_set]
+    leaked = countries_leaks(train, full, test, regions, variant)
     if leaked:
-        raise ValueError(f"training facts reveal held-out regions, e.g. {leaked[0]!r}")
+        s, p, o = leaked[0]
+        raise ValueError(
+            f"{d / f'countries_{variant}.nl'}: training fact {p}({s}, {o}) breaks the {variant} "
+            f"split ({len(leaked)} such fact(s)): {_HIDDEN[variant]}"
+        )
     tpl = d / f"countries_{variant}.nlt"
     return {
         "train": train,

@@ -6,17 +6,28 @@ from jaxcomp.prover.gntp import (
     Proof,
     ProverConfig,
     RuleEmbedding,
+    RulesSplitState,
     corrupt_triples,
     decode_rules,
     explain,
+    format_proof,
     gntp_loss,
     logistic_loss,
     make_train_step,
     prove,
+    rules_split,
     score_triples,
 )
+from jaxcomp.prover.io import load_prover, save_prover
 from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
-from jaxcomp.prover.metrics import auc_pr, evaluate_ranking, filtered_rank, ranking_metrics
+from jaxcomp.prover.metrics import (
+    TIES,
+    auc_pr,
+    evaluate_ranking,
+    filtered_rank,
+    name_order,
+    ranking_metrics,
+)
 from jaxcomp.prover.templates import (
     Atom,
     Template,
@@ -27,8 +38,10 @@ from jaxcomp.prover.templates import (
 from jaxcomp.prover.unify import nearest_neighbours, rbf_kernel
 
 __all__ = [
+    "TIES",
     "GNTP",
     "RuleEmbedding",
+    "RulesSplitState",
     "Atom",
     "KBArrays",
     "KnowledgeBase",
@@ -42,10 +55,13 @@ __all__ = [
     "evaluate_ranking",
     "explain",
     "fact_embeddings",
+    "format_proof",
     "filtered_rank",
+    "name_order",
     "format_template",
     "gntp_loss",
     "init_params",
+    "load_prover",
     "load_templates",
     "logistic_loss",
     "make_train_step",
@@ -54,5 +70,7 @@ __all__ = [
     "prove",
     "ranking_metrics",
     "rbf_kernel",
+    "rules_split",
+    "save_prover",
     "score_triples",
 ]

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +48,13 @@ __all__ = [
     "prove",
     "score_triples",
     "explain",
+    "format_proof",
     "Proof",
     "logistic_loss",
     "gntp_loss",
     "make_train_step",
+    "rules_split",
+    "RulesSplitState",
     "corrupt_triples",
     "decode_rules",
 ]
@@ -330,6 +334,24 @@ class Proof:
         return tuple((t, i) for kind, t, i in self.steps if kind == "rule")
 
 
+@functools.lru_cache(maxsize=64)
+def _explain_fn(templates: tuple, cfg: ProverConfig):
+    """-> (jitted ``run(params, kb, goals, mask)``, the proof-tree axis kinds it records).
+
+    Cached per static ``(templates, cfg)``, so ``jax.jit``'s own cache keeps one executable per
+    argument shape. The axis kinds depend only on ``(templates, cfg)``; they are written at
+    trace time (the first call) and read by every call."""
+    kinds: list = []
+
+    def run(params, kb, goals, mask):
+        prover = _Prover(params, kb, templates, cfg, mask, reduce=False)
+        states = prover.run(embed_goals(params, goals))
+        kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
+        return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
+
+    return jax.jit(run), kinds
+
+
 def explain(
     params: dict,
     kb: KBArrays,
@@ -342,18 +364,13 @@ def explain(
     """For each int goal ``(p, s, o)``, the best proof (rules and facts used, score).
 
     Runs the same prover as :func:`prove` and reads back the argmax branch of the proof tree.
+    The prover is compiled once per ``(templates, cfg)`` and argument shapes (a later call with
+    the same shapes reuses it); :func:`format_proof` renders a proof as text.
     """
     check_goals(goals, params["predicates"].shape[0], params["constants"].shape[0])
     goals = jnp.asarray(goals)
-    kinds = []
-
-    def run(params, kb, goals, mask):
-        prover = _Prover(params, kb, tuple(templates), cfg, mask, reduce=False)
-        states = prover.run(embed_goals(params, goals))
-        kinds[:] = [[(kind, t) for kind, t, _ in s.trace] for s in states]
-        return [s.scores for s in states], [[idx for _, _, idx in s.trace] for s in states]
-
-    all_scores, all_idx = jax.jit(run)(params, kb, goals, mask)
+    run, kinds = _explain_fn(tuple(templates), cfg)
+    all_scores, all_idx = run(params, kb, goals, mask)
     b = goals.shape[0]
     out = []
     for i in range(b):
@@ -377,6 +394,42 @@ def explain(
             steps.append((kind, int(t), j))
         out.append(Proof(best_score, tuple(steps)))
     return out
+
+
+def format_proof(
+    proof: Proof,
+    kb: KnowledgeBase,
+    params: dict,
+    templates: Sequence[Template],
+    goal: Sequence[int] | None = None,
+) -> str:
+    """A proof from :func:`explain` as readable text, one step per line::
+
+        locatedIn(asia0_c0, asia)   score 0.912
+          rule t1.0 [0.95]: locatedIn(X, Y) :- neighborOf(X, Z), locatedIn(Z, Y)
+          fact neighborOf(asia0_c0, asia0_c1)
+          text "asia0_c1 is located in asia"
+
+    Rules are shown with their variables and the nearest KB predicate of each slot (confidence
+    in brackets, :func:`decode_rules`); text mentions by their text
+    (:meth:`KnowledgeBase.mention_text`), KB facts as ``p(s, o)``. ``goal`` (int ``(p, s, o)``) titles the proof.
+    """
+    rule_text = {
+        tr: (conf, text)
+        for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
+    }
+    head = kb.goal_text(*(int(x) for x in goal)) if goal is not None else "proof"
+    lines = [f"{head}   score {proof.score:.3f}"]
+    n = int(kb.facts.shape[0])
+    for kind, t, i in proof.steps:
+        if kind == "rule":
+            conf, text = rule_text[(t, i)]
+            lines.append(f"  rule t{t}.{i} [{conf:.2f}]: {text}")
+        elif i < n:
+            lines.append(f"  fact {kb.fact_text(i)}")
+        else:
+            lines.append(f'  text "{kb.fact_text(i)}"')
+    return "\n".join(lines)
 
 
 def logistic_loss(scores: jax.Array, targets: jax.Array, eps: float = 1e-10) -> jax.Array:
@@ -410,6 +463,59 @@ def gntp_loss(
     return loss
 
 
+class RulesSplitState(NamedTuple):
+    """State of :func:`rules_split`: step ``count`` and the inner optimizer's state of the rule
+    embeddings (``rules``) and of every other parameter (``rest``)."""
+
+    count: jax.Array
+    rules: optax.OptState
+    rest: optax.OptState
+
+
+def _split_rules(tree):
+    return tree["rules"], {k: v for k, v in tree.items() if k != "rules"}
+
+
+def rules_split(
+    tx: optax.GradientTransformation, only_rules_steps: int = 0
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` applied separately to the rule embeddings (``params["rules"]``) and to the other
+    parameters, so the reference's only-rules warm-up (``--only-rules-epochs``: the optimizer is
+    handed the rule variables only) can freeze the rest *including its optimizer state*.
+
+    During the first ``only_rules_steps`` steps, or a step called with the extra argument
+    ``only_rules=True``, the other parameters get zero updates and their inner state (Adam's
+    moments and count) is left as it was; the rules' state always advances. Otherwise it equals
+    ``tx`` on the rules and ``tx`` on the rest (for element-wise ``tx`` such as Adam, the same as
+    ``tx`` on everything). Unknown extra args are accepted and ignored.
+    """
+    if only_rules_steps < 0:
+        raise ValueError(f"only_rules_steps must be >= 0, got {only_rules_steps}")
+
+    def init_fn(params):
+        rules, rest = _split_rules(params)
+        return RulesSplitState(jnp.zeros([], jnp.int32), tx.init(rules), tx.init(rest))
+
+    def update_fn(updates, state, params=None, *, only_rules=False, **extra_args):
+        del extra_args
+        u_rules, u_rest = _split_rules(updates)
+        p_rules, p_rest = _split_rules(params) if params is not None else (None, None)
+        u_rules, s_rules = tx.update(u_rules, state.rules, p_rules)
+        frozen = jnp.logical_or(state.count < only_rules_steps, only_rules)
+
+        def skip():
+            return jax.tree.map(jnp.zeros_like, u_rest), state.rest
+
+        def move():
+            return tx.update(u_rest, state.rest, p_rest)
+
+        u_rest, s_rest = jax.lax.cond(frozen, skip, move)
+        count = optax.safe_increment(state.count)
+        return {**u_rest, "rules": u_rules}, RulesSplitState(count, s_rules, s_rest)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def make_train_step(
     templates: Sequence[Template],
     cfg: ProverConfig,
@@ -419,8 +525,9 @@ def make_train_step(
 ):
     """Jitted ``step(params, opt_state, kb, goals, targets, mask, only_rules) -> (p, s, loss)``.
 
-    ``only_rules`` (static) zeroes the updates of every parameter but the rule-template
-    embeddings (the reference's ``--only-rules-epochs`` warm-up).
+    ``only_rules=True`` (static) trains only the rule-template embeddings (the reference's
+    ``--only-rules-epochs`` warm-up): ``tx`` must be a :func:`rules_split` transform, so the
+    frozen parameters' optimizer state does not move either (``ValueError`` otherwise).
     """
     templates = tuple(templates)
 
@@ -428,12 +535,15 @@ def make_train_step(
         loss, grads = jax.value_and_grad(gntp_loss)(
             params, kb, goals, targets, mask, templates, cfg, l2=l2
         )
-        updates, opt_state = tx.update(grads, opt_state, params)
         if only_rules:
-            updates = {
-                k: (v if k == "rules" else jax.tree.map(jnp.zeros_like, v))
-                for k, v in updates.items()
-            }
+            if not isinstance(opt_state, RulesSplitState):
+                raise ValueError(
+                    "only_rules=True needs tx = rules_split(...) (so the frozen parameters' "
+                    f"optimizer state stays put), got a {type(opt_state).__name__} state"
+                )
+            updates, opt_state = tx.update(grads, opt_state, params, only_rules=True)
+        else:
+            updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return jax.jit(step, static_argnames=("only_rules",))

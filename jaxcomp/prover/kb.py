@@ -134,6 +134,29 @@ class KnowledgeBase:
             out.append((p_ix[p], c_ix[s], c_ix[o]))
         return np.array(out, np.int32).reshape(-1, 3)
 
+    def goal_text(self, p: int, s: int, o: int) -> str:
+        """``"p(s, o)"`` with the symbols' names."""
+        return f"{self.predicates[p]}({self.constants[s]}, {self.constants[o]})"
+
+    def mention_text(self, i: int) -> str:
+        """Text of mention ``i``: its pattern with ``[XXX]``/``[YYY]`` (the GNTP code's slot
+        markers) replaced by the subject/object names, else ``'s "pattern" o'``."""
+        s, o = (self.constants[int(c)] for c in self.mentions[i])
+        words = [self.tokens[t] for t, m in zip(self.mention_tokens[i], self.mention_mask[i]) if m]
+        if "[XXX]" in words or "[YYY]" in words:
+            return " ".join({"[XXX]": s, "[YYY]": o}.get(w, w) for w in words)
+        return f'{s} "{" ".join(words)}" {o}'
+
+    def fact_text(self, i: int) -> str:
+        """Fact ``i`` as ``"p(s, o)"``; indices ``>= len(facts)`` are text mentions
+        (:meth:`mention_text`), in the order of :func:`fact_embeddings`."""
+        n = int(self.facts.shape[0])
+        if not 0 <= i < self.num_facts:
+            raise ValueError(f"fact index {i} outside [0, {self.num_facts})")
+        if i < n:
+            return self.goal_text(*(int(x) for x in self.facts[i]))
+        return self.mention_text(i - n)
+
     def arrays(self) -> KBArrays:
         return KBArrays(
             jnp.asarray(self.facts),
