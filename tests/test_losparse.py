@@ -1,5 +1,6 @@
 """LoSparse: decomposition, conversion, importance/EMA/schedule, pruning counts, export."""
 
+import dataclasses
 import math
 
 import jax
@@ -310,3 +311,42 @@ def _battery_factory(learning_rate):
 @pytest.mark.parametrize("check", optax_battery.CHECKS)
 def test_optax_battery(check):
     assert check(_battery_factory, {"learning_rate": 0.1})
+
+
+def test_save_load_compressed_roundtrip(tiny_bert, tmp_path):
+    model = tiny_bert()
+    ls.convert(model, 0.25)
+    rng = np.random.default_rng(0)
+    for _, m in nnx.iter_modules(model):  # prune about half of the neurons of every S
+        if isinstance(m, ls.LoSparseLinear):
+            cut = rng.random(m.out_features) < 0.5
+            m.S.set_value(m.S[...].at[:, cut].set(0.0))
+    m = model.layers[0].value
+    m.S.set_value(jnp.zeros_like(m.S[...]))  # a layer without S columns at all
+    want = _forward(model, IDS, MASK)
+    info = ls.save_compressed(model, tmp_path / "c.safetensors")
+    assert isinstance(model.layers[0].query, ls.LoSparseLinear)  # the model is not modified
+    exported = ls.export(model)
+    assert info["params"] == ls.parameter_report(exported, nnx.Not(nnx.RngState))["params"]
+    assert 0 < info["bytes"] == (tmp_path / "c.safetensors").stat().st_size
+    print(f"compressed tiny BERT: {info['bytes']} bytes, {info['params']} values")
+
+    # Rebuilt from the stored shapes into a dense model of the same config (other weights).
+    loaded = ls.load_compressed(bert.BertModel(TINY, rngs=nnx.Rngs(9)), tmp_path / "c.safetensors")
+    assert isinstance(loaded.layers[0].query, ls.LoSparseExported)
+    assert loaded.layers[0].value.S is None
+    for name in ("query", "intermediate", "output"):
+        a, b = getattr(loaded.layers[0], name), getattr(exported.layers[0], name)
+        assert a.S[...].shape == b.S[...].shape
+        np.testing.assert_array_equal(a.index[...], b.index[...])
+    np.testing.assert_allclose(_forward(loaded, IDS, MASK), want, atol=1e-5)
+
+    other = dataclasses.replace(TINY, intermediate_size=24)
+    with pytest.raises(
+        ValueError, match=r"intermediate.*maps 16 -> 32 features, the model.s maps 16 -> 24"
+    ):
+        ls.load_compressed(bert.BertModel(other, rngs=nnx.Rngs(0)), tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="no LoSparseLinear"):
+        ls.save_compressed(bert.BertModel(TINY, rngs=nnx.Rngs(0)), tmp_path / "d.safetensors")
+    with pytest.raises(ValueError, match="save_compressed"):
+        bert.hf_state_dict(model)

@@ -17,11 +17,16 @@ Pieces:
 * :func:`losparse_pruning` — the optax transform that trains and prunes ``S``.
 * :func:`export`, :func:`parameter_report` — the deployable form that stores only the kept columns
   of ``S``, and its real parameter count and bytes.
+* :func:`save_compressed`, :func:`load_compressed` — that form in one safetensors file (``A``,
+  ``B``, kept ``S`` columns, their indices, biases and every other weight), and the loader that
+  rebuilds the exported layers from the stored shapes.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -43,10 +48,12 @@ __all__ = [
     "decompose",
     "default_select",
     "export",
+    "load_compressed",
     "losparse_pruning",
     "neuron_scores",
     "parameter_report",
     "rank_for_ratio",
+    "save_compressed",
     "sparse_leaves",
 ]
 
@@ -515,3 +522,125 @@ def parameter_report(model: nnx.Module, filter: Any = nnx.Variable) -> dict[str,
         "params": int(sum(x.size for x in leaves)),
         "bytes": int(sum(x.size * x.dtype.itemsize for x in leaves)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Save / load of the exported form.
+
+_META_KEY = "jaxcomp.losparse.exported"
+
+
+def _key(path: Sequence) -> str:
+    return ".".join(map(str, path))
+
+
+def _stored_variables(model: nnx.Module) -> list[tuple[tuple, nnx.Variable]]:
+    """Every variable except RNG keys/counts, as ``(path, variable)`` in a fixed order."""
+    return list(nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState))))
+
+
+def save_compressed(model: nnx.Module, path: str | os.PathLike) -> dict[str, int]:
+    """Writes the deployable form of a LoSparse model to one safetensors file.
+
+    :class:`LoSparseLinear` layers are first exported (:func:`export`: only the non-zero columns
+    of ``S`` and their ``index``); then every variable of the model except RNG state is stored
+    under its ``.``-joined path (``layers.0.query.A``, ``layers.0.query.S``,
+    ``layers.0.query.index``, ``layers.0.query.bias``, ``embeddings.norm.scale``, ...). The
+    header metadata lists the exported layers with their paths and ``out_features``, so
+    :func:`load_compressed` can rebuild them from the stored shapes. ``model`` is not modified.
+
+    Returns:
+      ``{"bytes": file size, "tensors": number of arrays, "params": number of stored values}``.
+    """
+    from safetensors.numpy import save_file
+
+    if any(isinstance(m, LoSparseLinear) for _, m in nnx.iter_modules(model)):
+        model = export(model)
+    layers = [
+        {"path": list(p), "out_features": int(m.out_features)}
+        for p, m in nnx.iter_modules(model)
+        if p and isinstance(m, LoSparseExported)
+    ]
+    if not layers:
+        raise ValueError("save_compressed found no LoSparseLinear or LoSparseExported layer")
+    tensors = {
+        _key(p): np.ascontiguousarray(np.asarray(v.get_value()))
+        for p, v in _stored_variables(model)
+    }
+    save_file(tensors, os.fspath(path), metadata={_META_KEY: json.dumps(layers)})
+    return {
+        "bytes": os.path.getsize(path),
+        "tensors": len(tensors),
+        "params": int(sum(t.size for t in tensors.values())),
+    }
+
+
+def load_compressed(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
+    """Loads a file written by :func:`save_compressed` into ``model`` (modified and returned).
+
+    ``model`` gives the architecture (e.g. a dense ``BertModel(cfg, rngs=nnx.Rngs(0))``, or one
+    converted by :func:`convert`): the module at each stored LoSparse path is replaced by a
+    :class:`LoSparseExported` whose ``A``, ``B``, kept ``S`` and ``index`` take the stored shapes,
+    then every variable (except RNG state) is set from the file.
+
+    Raises:
+      ValueError: the file has no LoSparse metadata, a stored path is not in the model, or a key
+        is missing, unknown or has another shape than the model's, naming the key and the file.
+    """
+    from safetensors import safe_open
+
+    source = os.fspath(path)
+    try:
+        with safe_open(source, framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # OSError, or the Rust reader's SafetensorError
+        raise ValueError(f"{source!r}: cannot read safetensors: {e}") from e
+    if _META_KEY not in meta:
+        raise ValueError(f"{source!r} has no {_META_KEY!r} metadata (not from save_compressed)")
+    for entry in json.loads(meta[_META_KEY]):
+        lp = tuple(entry["path"])
+        parent, old = None, model
+        try:
+            for key in lp:
+                parent, old = old, (old[key] if isinstance(key, int) else getattr(old, key))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise ValueError(f"{source!r}: stored layer {_key(lp)!r} is not in the model") from None
+        get = lambda name, lp=lp: tensors.get(_key((*lp, name)))
+        if get("A") is None:
+            raise ValueError(f"{source!r}: missing key {_key((*lp, 'A'))!r}")
+        stored = (int(get("A").shape[0]), int(entry["out_features"]))
+        if isinstance(old, nnx.Linear):
+            have = tuple(old.kernel.get_value().shape)
+        elif isinstance(old, LoSparseLinear):
+            have = (old.in_features, old.out_features)
+        elif isinstance(old, LoSparseExported):
+            have = (int(old.A.get_value().shape[0]), old.out_features)
+        else:
+            have = stored
+        if have != stored:
+            raise ValueError(
+                f"{source!r}: stored layer {_key(lp)!r} maps {stored[0]} -> {stored[1]} features,"
+                f" the model's maps {have[0]} -> {have[1]}"
+            )
+        new = LoSparseExported(
+            get("A"),
+            get("B"),
+            get("S"),
+            get("index") if get("index") is not None else np.zeros((0,), np.int32),
+            get("bias"),
+            int(entry["out_features"]),
+        )
+        _set_child(parent, lp[-1], new)
+    variables = {_key(p): v for p, v in _stored_variables(model)}
+    missing = sorted(set(variables) - set(tensors))
+    unknown = sorted(set(tensors) - set(variables))
+    if missing or unknown:
+        raise ValueError(f"{source!r}: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
+    for k, var in variables.items():
+        want, got = tuple(var.get_value().shape), tuple(tensors[k].shape)
+        if want != got:
+            raise ValueError(f"{source!r}: {k!r} has shape {got}, the model expects {want}")
+    for k, var in variables.items():
+        var.set_value(jnp.asarray(tensors[k]))
+    return model
