@@ -55,6 +55,7 @@ __all__ = [
     "rank_for_ratio",
     "save_compressed",
     "sparse_leaves",
+    "sparsity_for_budget",
 ]
 
 
@@ -183,6 +184,38 @@ class LoSparseLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x @ self.kernel()
         return y if self.bias is None else y + self.bias[...]
+
+
+def sparsity_for_budget(
+    shapes: Sequence[Sequence[int]], keep_fraction: float, rank_ratio: float
+) -> float:
+    """Final sparsity of ``S`` that puts a LoSparse model at ``keep_fraction`` of the dense
+    parameters of the matrices ``shapes`` (paper §4: comparisons at equal parameter budget).
+
+    The low-rank factors of :func:`convert` hold ``sum_i r_i (in_i + out_i)`` parameters
+    (``r_i = rank_for_ratio(shape_i, rank_ratio)``, rounded up per matrix); ``S`` keeps the rest
+    of the budget: ``1 - (keep_fraction * N - lowrank) / N`` with ``N = sum_i in_i out_i``.
+    The baselines at the same budget: low-rank only is ``convert(..., keep_fraction,
+    sparse=False)``; structured sparse only is ``convert(..., 0.0)`` (rank 0, ``S = W``) pruned by
+    :func:`losparse_pruning` to ``1 - keep_fraction``; magnitude / movement pruning
+    (:func:`jaxcomp.optim.gmp`, :func:`jaxcomp.optim.movement_pruning`) use sparsity
+    ``1 - keep_fraction`` (values only: an unstructured format also stores indices).
+
+    Raises:
+      ValueError: ``keep_fraction`` not in ``(0, 1]``, or a budget the low-rank part alone
+        exceeds (naming both counts).
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    total = sum(int(a) * int(b) for a, b in shapes)
+    lowrank = sum(rank_for_ratio(sh, rank_ratio) * (int(sh[0]) + int(sh[1])) for sh in shapes)
+    keep_s = keep_fraction * total - lowrank
+    if keep_s < 0:
+        raise ValueError(
+            f"the low-rank factors at rank_ratio={rank_ratio} hold {lowrank} parameters, more than"
+            f" the budget {keep_fraction} * {total} = {keep_fraction * total:g}"
+        )
+    return 1.0 - keep_s / total
 
 
 # --------------------------------------------------------------------------------------------
