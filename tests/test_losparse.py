@@ -350,3 +350,52 @@ def test_save_load_compressed_roundtrip(tiny_bert, tmp_path):
         ls.save_compressed(bert.BertModel(TINY, rngs=nnx.Rngs(0)), tmp_path / "d.safetensors")
     with pytest.raises(ValueError, match="save_compressed"):
         bert.hf_state_dict(model)
+
+
+class _GeneralNet(nnx.Module):
+    """Attention-style projections as LinearGeneral / Einsum, plus layers convert must skip."""
+
+    def __init__(self, rngs):
+        self.qkv = nnx.LinearGeneral(8, (2, 4), rngs=rngs)  # (..., 8) -> (..., 2, 4)
+        self.out = nnx.LinearGeneral((2, 4), 8, axis=(-2, -1), rngs=rngs)
+        self.proj = nnx.Einsum("bsd,dnh->bsnh", (8, 2, 3), (2, 3), rngs=rngs)
+        self.diag = nnx.Einsum(  # no matrix form
+            "bsd,d->bsd", (8,), None, kernel_init=nnx.initializers.ones, rngs=rngs
+        )
+        self.head = nnx.Linear(8, 3, rngs=rngs)  # blocked by name
+
+    def __call__(self, x):
+        y = self.out(self.qkv(x))
+        return self.head(self.diag(y)), self.proj(y)
+
+
+def test_convert_linear_general_and_einsum_reports_skipped(tmp_path):
+    net = _GeneralNet(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    want = net(x)
+    with pytest.warns(UserWarning, match=r"left diag dense: einsum 'bsd,d->bsd'"):
+        net, report = ls.convert(net, 0.5, report=True)
+    assert sorted(report.converted) == ["out", "proj", "qkv"]
+    assert report.skipped["head"] == "not selected"
+    assert (
+        report.skipped["diag"]
+        == "einsum 'bsd,d->bsd' is not a product over the input's trailing axes"
+    )
+    assert isinstance(net.qkv, ls.LoSparseLinear) and net.qkv.S[...].shape == (8, 8)
+    assert net.proj.in_shape == (8,) and net.proj.out_shape == (2, 3)
+    assert isinstance(net.diag, nnx.Einsum) and isinstance(net.head, nnx.Linear)
+    got = net(x)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the kernels are reshaped, not permuted: pruning acts on output neurons (h, n) flattened
+    net.proj.S.set_value(net.proj.S[...].at[:, :3].set(0.0))
+    exported = ls.export(net)
+    np.testing.assert_allclose(exported(x)[1], net(x)[1], atol=1e-5)
+    ls.save_compressed(net, tmp_path / "g.safetensors")
+    loaded = ls.load_compressed(_GeneralNet(nnx.Rngs(7)), tmp_path / "g.safetensors")
+    for a, b in zip(loaded(x), net(x)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # without report= the return value is the model, as before
+    assert isinstance(
+        ls.convert(_GeneralNet(nnx.Rngs(0)), 0.5, select=lambda p, m: p == ("qkv",)), _GeneralNet
+    )

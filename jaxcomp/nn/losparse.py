@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 __all__ = [
+    "ConvertReport",
     "LoSparseA",
     "LoSparseB",
     "LoSparseExported",
@@ -122,6 +124,9 @@ class LoSparseLinear(nnx.Module):
       rank: low-rank ``r`` (``0`` gives a sparse-only layer).
       use_bias: keep a bias ``b``.
       sparse: keep the sparse residual ``S`` (``False`` gives a low-rank-only layer).
+      in_shape, out_shape: for a layer replacing an ``nnx.LinearGeneral`` / ``nnx.Einsum`` (see
+        :func:`convert`): the trailing input axes ``in_shape`` are flattened to ``in_features``
+        and the output is reshaped to ``out_shape``; ``None``: plain ``(..., in) -> (..., out)``.
       rngs: initialisation keys (``A`` LeCun-normal, ``B`` zero, ``S`` LeCun-normal); use
         :meth:`from_kernel` to initialise from a pretrained dense kernel instead.
     """
@@ -135,10 +140,15 @@ class LoSparseLinear(nnx.Module):
         use_bias: bool = True,
         sparse: bool = True,
         dtype: Any = jnp.float32,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
         rngs: nnx.Rngs,
     ):
         if not 0 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must be in [0, {min(in_features, out_features)}], got {rank}")
+        self.in_shape, self.out_shape = _check_shapes(
+            in_features, out_features, in_shape, out_shape
+        )
         init = jax.nn.initializers.lecun_normal()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         a_std = 1.0 / math.sqrt(in_features)  # LeCun normal; also valid for rank 0
@@ -151,11 +161,19 @@ class LoSparseLinear(nnx.Module):
 
     @classmethod
     def from_kernel(
-        cls, kernel: ArrayLike, bias: ArrayLike | None, rank: int, *, sparse: bool = True
+        cls,
+        kernel: ArrayLike,
+        bias: ArrayLike | None,
+        rank: int,
+        *,
+        sparse: bool = True,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
     ) -> LoSparseLinear:
         """A layer equal to ``x @ kernel + bias``: SVD-initialised factors (see :func:`decompose`).
 
         With ``sparse=False`` the residual is dropped (the best rank-``r`` approximation).
+        ``kernel`` is 2-D; ``in_shape`` / ``out_shape`` as in the constructor.
         """
         kernel = jnp.asarray(kernel)
         layer = cls(
@@ -165,6 +183,8 @@ class LoSparseLinear(nnx.Module):
             use_bias=bias is not None,
             sparse=sparse,
             dtype=kernel.dtype,
+            in_shape=in_shape,
+            out_shape=out_shape,
             rngs=nnx.Rngs(0),
         )
         a, b, s = decompose(kernel, rank)
@@ -182,8 +202,34 @@ class LoSparseLinear(nnx.Module):
         return w if self.S is None else w + self.S[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x, lead = _flatten_in(x, self.in_shape)
         y = x @ self.kernel()
-        return y if self.bias is None else y + self.bias[...]
+        y = y if self.bias is None else y + self.bias[...]
+        return _unflatten_out(y, lead, self.out_shape)
+
+
+def _check_shapes(n_in, n_out, in_shape, out_shape):
+    in_shape = None if in_shape is None else tuple(int(d) for d in in_shape)
+    out_shape = None if out_shape is None else tuple(int(d) for d in out_shape)
+    if in_shape is not None and math.prod(in_shape) != n_in:
+        raise ValueError(f"in_shape {in_shape} does not hold in_features={n_in}")
+    if out_shape is not None and math.prod(out_shape) != n_out:
+        raise ValueError(f"out_shape {out_shape} does not hold out_features={n_out}")
+    return in_shape, out_shape
+
+
+def _flatten_in(x: jax.Array, in_shape: tuple | None) -> tuple[jax.Array, tuple]:
+    """``(..., *in_shape) -> (..., prod(in_shape))``; returns the leading shape too."""
+    if in_shape is None:
+        return x, x.shape[:-1]
+    lead = x.shape[: x.ndim - len(in_shape)]
+    if tuple(x.shape[len(lead) :]) != in_shape:
+        raise ValueError(f"input's trailing axes must be {in_shape}, got shape {x.shape}")
+    return x.reshape(*lead, math.prod(in_shape)), lead
+
+
+def _unflatten_out(y: jax.Array, lead: tuple, out_shape: tuple | None) -> jax.Array:
+    return y if out_shape is None else y.reshape(*lead, *out_shape)
 
 
 def sparsity_for_budget(
@@ -224,13 +270,17 @@ def sparsity_for_budget(
 _BLOCKED = ("embeddings", "embedding", "pooler", "classifier", "cls", "head", "lm_head")
 
 
+_LINEAR_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
+
+
 def default_select(path: tuple, module: nnx.Module) -> bool:
-    """Every ``nnx.Linear`` except those under embeddings, pooler, classifier or heads.
+    """Every ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` except those under
+    embeddings, pooler, classifier or heads.
 
     This is the reference code's block list (``pooler``, ``classifier``, ``LayerNorm``,
     ``embeddings``): for BERT it selects attention Q/K/V/output and the two FFN dense layers.
     """
-    return isinstance(module, nnx.Linear) and not any(str(p) in _BLOCKED for p in path)
+    return isinstance(module, _LINEAR_TYPES) and not any(str(p) in _BLOCKED for p in path)
 
 
 def _set_child(parent: Any, key: Any, value: Any) -> None:
@@ -240,40 +290,131 @@ def _set_child(parent: Any, key: Any, value: Any) -> None:
         setattr(parent, key, value)
 
 
+def _einsum_layout(module: nnx.Einsum) -> tuple[tuple, tuple] | str:
+    """``(in_shape, out_shape)`` of an Einsum that is a matrix product over trailing axes
+    (``"...d,dnh->...nh"``, ``"bsd,dnh->bsnh"``), else the reason it is not."""
+    eq = module.einsum_str.replace(" ", "")
+    if "->" not in eq or eq.count(",") != 1:
+        return f"einsum {eq!r} is not 'x,kernel->y'"
+    lhs, out = eq.split("->")
+    xs, ks = lhs.split(",")
+    kshape = tuple(module.kernel.get_value().shape)
+    if "." in ks or len(ks) != len(kshape) or len(set(ks)) != len(ks):
+        return f"einsum {eq!r}: kernel subscripts {ks!r} do not match its shape {kshape}"
+    n_in = sum(c in xs for c in ks)  # must be the kernel's leading and the input's trailing axes
+    prefix, k_out = xs[: len(xs) - n_in], ks[n_in:]
+    if n_in == 0 or not xs.endswith(ks[:n_in]) or out != prefix + k_out:
+        return f"einsum {eq!r} is not a product over the input's trailing axes"
+    in_shape, out_shape = kshape[:n_in], kshape[n_in:]
+    if module.bias is not None and tuple(module.bias.get_value().shape) != out_shape:
+        return f"einsum {eq!r}: bias shape {module.bias.get_value().shape} is not {out_shape}"
+    return in_shape, out_shape
+
+
+def _as_matrix(module: nnx.Module) -> tuple[jax.Array, Any, tuple | None, tuple | None] | str:
+    """``(kernel (in, out), bias (out,) or None, in_shape, out_shape)`` of a linear layer, or the
+    reason it cannot be written as one matrix."""
+    if isinstance(module, nnx.Linear):
+        bias = None if module.bias is None else module.bias[...]
+        return module.kernel[...], bias, None, None
+    if isinstance(module, nnx.LinearGeneral):
+        if module.batch_axis:
+            return f"LinearGeneral with batch_axis {dict(module.batch_axis)} is not one matrix"
+        axis = tuple(module.axis)
+        if axis != tuple(range(-len(axis), 0)):
+            return f"LinearGeneral contracts axis {axis}, not the trailing axes"
+        in_shape, out_shape = tuple(module.in_features), tuple(module.out_features)
+    elif isinstance(module, nnx.Einsum):
+        layout = _einsum_layout(module)
+        if isinstance(layout, str):
+            return layout
+        in_shape, out_shape = layout
+    else:
+        return f"{type(module).__name__} is not a linear layer"
+    kernel = module.kernel[...].reshape(math.prod(in_shape), math.prod(out_shape))
+    bias = None if module.bias is None else module.bias[...].reshape(-1)
+    return kernel, bias, in_shape, out_shape
+
+
+class ConvertReport(NamedTuple):
+    """What :func:`convert` did: ``converted`` paths (``"layers/0/query"``), and ``skipped``:
+    ``{path: reason}`` for every linear-type layer (``nnx.Linear``, ``nnx.LinearGeneral``,
+    ``nnx.Einsum``, ``nnx.Conv``) left dense, because ``select`` did not pick it or it has no
+    2-D matrix form."""
+
+    converted: list[str]
+    skipped: dict[str, str]
+
+
 def convert(
     model: nnx.Module,
     rank_ratio: float,
     select: Callable[[tuple, nnx.Module], bool] = default_select,
     *,
     sparse: bool = True,
-) -> nnx.Module:
-    """Replaces selected ``nnx.Linear`` layers by SVD-initialised :class:`LoSparseLinear` (§3).
+    report: bool = False,
+) -> nnx.Module | tuple[nnx.Module, ConvertReport]:
+    """Replaces selected linear layers by SVD-initialised :class:`LoSparseLinear` (§3).
+
+    ``nnx.Linear`` kernels are used as they are; an ``nnx.LinearGeneral`` over the trailing
+    input axes (no ``batch_axis``) and an ``nnx.Einsum`` that contracts the input's trailing axes
+    with the kernel's leading ones (``"bsd,dnh->bsnh"``) are reshaped to one ``(prod(in),
+    prod(out))`` matrix, and the new layer flattens / reshapes its input and output the same way.
+    A selected layer of these types that has no such form (other axes, batch axes, a diagonal
+    einsum) is left dense, with a ``UserWarning`` naming it and the reason.
 
     Args:
       model: modified in place and returned.
       rank_ratio: low-rank parameter ratio per matrix; rank = :func:`rank_for_ratio`.
       select: ``select(path, module) -> bool`` picks the layers (default: encoder linears only).
       sparse: keep the sparse residual (``False``: low-rank-only baseline).
+      report: also return a :class:`ConvertReport` (converted and skipped layers with reasons).
 
     Returns:
-      ``model``; before any pruning its outputs equal the dense model's (up to float rounding).
+      ``model`` (or ``(model, report)``); before any pruning its outputs equal the dense model's
+      (up to float rounding).
+
+    Raises:
+      ValueError: ``select`` matched nothing, or picked a module that is not a linear layer.
     """
-    targets = [(path, m) for path, m in nnx.iter_modules(model) if path and select(path, m)]
+    name = lambda path: "/".join(map(str, path))
+    targets, skipped = [], {}
+    for path, m in nnx.iter_modules(model):
+        if not path:
+            continue
+        if select(path, m):
+            targets.append((path, m))
+        elif isinstance(m, (*_LINEAR_TYPES, nnx.Conv)):
+            skipped[name(path)] = "not selected"
     if not targets:
-        raise ValueError("convert found no layer to replace: select matched no nnx.Linear")
+        raise ValueError("convert found no layer to replace: select matched no linear layer")
+    converted = []
     for path, m in targets:
-        if not isinstance(m, nnx.Linear):
-            raise ValueError(f"select picked {'/'.join(map(str, path))}, which is not nnx.Linear")
-        kernel = m.kernel[...]
-        bias = None if m.bias is None else m.bias[...]
+        if not isinstance(m, _LINEAR_TYPES):
+            raise ValueError(
+                f"select picked {name(path)}, which is a {type(m).__name__}, not nnx.Linear,"
+                " nnx.LinearGeneral or nnx.Einsum"
+            )
+        matrix = _as_matrix(m)
+        if isinstance(matrix, str):
+            skipped[name(path)] = matrix
+            warnings.warn(f"losparse.convert left {name(path)} dense: {matrix}", stacklevel=2)
+            continue
+        kernel, bias, in_shape, out_shape = matrix
         new = LoSparseLinear.from_kernel(
-            kernel, bias, rank_for_ratio(kernel.shape, rank_ratio), sparse=sparse
+            kernel,
+            bias,
+            rank_for_ratio(kernel.shape, rank_ratio),
+            sparse=sparse,
+            in_shape=in_shape,
+            out_shape=out_shape,
         )
         parent = model
         for key in path[:-1]:
             parent = parent[key] if isinstance(key, int) else getattr(parent, key)
         _set_child(parent, path[-1], new)
-    return model
+        converted.append(name(path))
+    return (model, ConvertReport(converted, skipped)) if report else model
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,8 +639,13 @@ class LoSparseExported(nnx.Module):
         index: ArrayLike | None,
         bias: ArrayLike | None,
         out_features: int,
+        *,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
     ):
         self.out_features = out_features
+        n_in = int(np.shape(a)[0])
+        self.in_shape, self.out_shape = _check_shapes(n_in, out_features, in_shape, out_shape)
         self.A = LoSparseA(jnp.asarray(a))
         self.B = LoSparseB(jnp.asarray(b))
         has_s = s_kept is not None and np.asarray(index).size > 0
@@ -508,13 +654,15 @@ class LoSparseExported(nnx.Module):
         self.bias = nnx.Param(jnp.asarray(bias)) if bias is not None else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x, lead = _flatten_in(x, self.in_shape)
         if self.A[...].shape[1] > 0:
             y = (x @ self.A[...]) @ self.B[...]
         else:
             y = jnp.zeros((*x.shape[:-1], self.out_features), x.dtype)
         if self.S is not None:
             y = y.at[..., self.index[...]].add(x @ self.S[...])
-        return y if self.bias is None else y + self.bias[...]
+        y = y if self.bias is None else y + self.bias[...]
+        return _unflatten_out(y, lead, self.out_shape)
 
 
 def export(model: nnx.Module) -> nnx.Module:
@@ -539,6 +687,8 @@ def export(model: nnx.Module) -> nnx.Module:
             index,
             None if m.bias is None else m.bias[...],
             m.out_features,
+            in_shape=m.in_shape,
+            out_shape=m.out_shape,
         )
         parent = model
         for key in path[:-1]:
@@ -590,7 +740,12 @@ def save_compressed(model: nnx.Module, path: str | os.PathLike) -> dict[str, int
     if any(isinstance(m, LoSparseLinear) for _, m in nnx.iter_modules(model)):
         model = export(model)
     layers = [
-        {"path": list(p), "out_features": int(m.out_features)}
+        {
+            "path": list(p),
+            "out_features": int(m.out_features),
+            "in_shape": None if m.in_shape is None else list(m.in_shape),
+            "out_shape": None if m.out_shape is None else list(m.out_shape),
+        }
         for p, m in nnx.iter_modules(model)
         if p and isinstance(m, LoSparseExported)
     ]
@@ -645,6 +800,8 @@ def load_compressed(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
         stored = (int(get("A").shape[0]), int(entry["out_features"]))
         if isinstance(old, nnx.Linear):
             have = tuple(old.kernel.get_value().shape)
+        elif isinstance(old, nnx.LinearGeneral):
+            have = (math.prod(old.in_features), math.prod(old.out_features))
         elif isinstance(old, LoSparseLinear):
             have = (old.in_features, old.out_features)
         elif isinstance(old, LoSparseExported):
@@ -663,6 +820,8 @@ def load_compressed(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
             get("index") if get("index") is not None else np.zeros((0,), np.int32),
             get("bias"),
             int(entry["out_features"]),
+            in_shape=entry.get("in_shape"),
+            out_shape=entry.get("out_shape"),
         )
         _set_child(parent, lp[-1], new)
     variables = {_key(p): v for p, v in _stored_variables(model)}
