@@ -10,6 +10,7 @@ import optax
 import optax_battery
 import pytest
 from flax import nnx
+from test_losparse import TINY
 
 from jaxcomp.models import bert
 from jaxcomp.nn import losparse as ls
@@ -134,14 +135,7 @@ def test_sparsity_for_budget_brute_force():
 
 
 def test_lowrank_only_and_sparse_only_baselines_convert_a_bert():
-    cfg = bert.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=10,
-    )
+    cfg = TINY
     ids = jnp.array([[1, 4, 9, 3, 2, 0]])
     dense = bert.BertModel(cfg, rngs=nnx.Rngs(0))
     want = dense(ids)

@@ -106,6 +106,33 @@ def gmp_sparsity(
     return jnp.where(t < begin_step, 0.0, s).astype(jnp.float32)
 
 
+def _gmp_schedule(initial_sparsity, final_sparsity, begin_step, end_step, update_every) -> dict:
+    """Checked keyword arguments of :func:`gmp_sparsity` (``ValueError`` naming the bad one)."""
+    check_sparsity(initial_sparsity, "initial_sparsity")
+    check_sparsity(final_sparsity, "final_sparsity")
+    begin_step = check_int_at_least("begin_step", begin_step, 0)
+    update_every = check_int_at_least("update_every", update_every, 1)
+    end_step = check_int_at_least("end_step", end_step, begin_step + 1)
+    if (end_step - begin_step) % update_every:
+        raise ValueError(
+            f"end_step - begin_step must be a multiple of update_every, got end_step={end_step}, "
+            f"begin_step={begin_step}, update_every={update_every}"
+        )
+    return dict(
+        initial_sparsity=initial_sparsity,
+        final_sparsity=final_sparsity,
+        begin_step=begin_step,
+        end_step=end_step,
+        update_every=update_every,
+    )
+
+
+def _is_pruning_step(t: jax.Array, schedule: dict) -> jax.Array:
+    """``t = begin_step + j * update_every <= end_step``."""
+    begin, every = schedule["begin_step"], schedule["update_every"]
+    return (t >= begin) & (t <= schedule["end_step"]) & ((t - begin) % every == 0)
+
+
 def gmp(
     base: optax.GradientTransformation,
     *,
@@ -127,25 +154,9 @@ def gmp(
     ``optax.apply_updates`` (see the module docstring). ``end_step - begin_step`` must be a
     multiple of ``update_every`` so that the last pruning step reaches ``final_sparsity``.
     """
-    check_sparsity(initial_sparsity, "initial_sparsity")
-    check_sparsity(final_sparsity, "final_sparsity")
-    begin_step = check_int_at_least("begin_step", begin_step, 0)
-    update_every = check_int_at_least("update_every", update_every, 1)
-    end_step = check_int_at_least("end_step", end_step, begin_step + 1)
-    if (end_step - begin_step) % update_every:
-        raise ValueError(
-            f"end_step - begin_step must be a multiple of update_every, got end_step={end_step}, "
-            f"begin_step={begin_step}, update_every={update_every}"
-        )
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be 'uniform', 'global' or 'erk', got {distribution!r}")
-    schedule = dict(
-        initial_sparsity=initial_sparsity,
-        final_sparsity=final_sparsity,
-        begin_step=begin_step,
-        end_step=end_step,
-        update_every=update_every,
-    )
+    schedule = _gmp_schedule(initial_sparsity, final_sparsity, begin_step, end_step, update_every)
     base = optax.with_extra_args_support(base)
 
     def init_fn(params):
@@ -161,7 +172,7 @@ def gmp(
         if params is None:
             raise ValueError("gmp needs params: call update(grads, state, params)")
         t = state.count
-        prune = (t >= begin_step) & (t <= end_step) & ((t - begin_step) % update_every == 0)
+        prune = _is_pruning_step(t, schedule)
         s = gmp_sparsity(t, **schedule)
         mask = lax.cond(
             prune,
@@ -214,25 +225,9 @@ def movement_pruning(
     scores, so a pruned weight can return. It can return here only if kept scores fall below its
     frozen one at a later pruning step.
     """
-    check_sparsity(initial_sparsity, "initial_sparsity")
-    check_sparsity(final_sparsity, "final_sparsity")
-    begin_step = check_int_at_least("begin_step", begin_step, 0)
-    update_every = check_int_at_least("update_every", update_every, 1)
-    end_step = check_int_at_least("end_step", end_step, begin_step + 1)
-    if (end_step - begin_step) % update_every:
-        raise ValueError(
-            f"end_step - begin_step must be a multiple of update_every, got end_step={end_step}, "
-            f"begin_step={begin_step}, update_every={update_every}"
-        )
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    schedule = dict(
-        initial_sparsity=initial_sparsity,
-        final_sparsity=final_sparsity,
-        begin_step=begin_step,
-        end_step=end_step,
-        update_every=update_every,
-    )
+    schedule = _gmp_schedule(initial_sparsity, final_sparsity, begin_step, end_step, update_every)
     base = optax.with_extra_args_support(base)
 
     def init_fn(params):
@@ -259,7 +254,7 @@ def movement_pruning(
             flags,
         )
         t = state.count
-        prune = (t >= begin_step) & (t <= end_step) & ((t - begin_step) % update_every == 0)
+        prune = _is_pruning_step(t, schedule)
         s = gmp_sparsity(t, **schedule)
 
         def fresh_mask():
