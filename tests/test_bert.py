@@ -1,8 +1,10 @@
 """BERT loader: parity with transformers/PyTorch (golden file) and clear loader errors."""
 
+import dataclasses
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -153,3 +155,79 @@ def test_generic_weight_helpers(tmp_path):
         weights.load_safetensors(tmp_path / "junk.safetensors")
     with pytest.raises(ValueError, match="position_embedding_type"):
         bert.BertConfig.from_dict({"position_embedding_type": "relative_key"})
+
+
+def test_dropout_eval_mode_is_exact_and_train_mode_drops_at_the_config_rate():
+    ids = jnp.array([[1, 5, 7, 2, 9, 3, 0, 0]] * 4)
+    mask = (ids > 0).astype(jnp.int32)
+    no_dropout = dataclasses.replace(
+        TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    ref = bert.BertModel(no_dropout, rngs=nnx.Rngs(3))
+    cfg = dataclasses.replace(TINY, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.2)
+    model = bert.BertModel(cfg, rngs=nnx.Rngs(3))  # same seed: same weights as before dropout
+    for x, y in zip(*(jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (ref, model))):
+        np.testing.assert_array_equal(x, y)
+    # Built in eval mode: exactly the model without dropout.
+    np.testing.assert_array_equal(model(ids, mask), ref(ids, mask))
+    model.train()
+    a, hidden_a = model(ids, mask, output_hidden_states=True)
+    b = model(ids, mask)
+    assert np.abs(np.asarray(a - b)).max() > 1e-3  # fresh masks on every call
+    # The embedding output is LayerNorm(...) with HF's hidden dropout: a 0.3 fraction of exact
+    # zeros, the rest scaled by 1 / 0.7.
+    _, hidden_ref = ref(ids, mask, output_hidden_states=True)
+    emb, emb_ref = np.asarray(hidden_a[0]), np.asarray(hidden_ref[0])
+    dropped = emb == 0.0
+    assert abs(dropped.mean() - 0.3) < 0.05, dropped.mean()
+    np.testing.assert_allclose(emb[~dropped], emb_ref[~dropped] / 0.7, rtol=1e-5)
+    model.eval()
+    np.testing.assert_array_equal(model(ids, mask), ref(ids, mask))
+
+    # Under nnx.jit the dropout keys advance too (the rng counts are model state).
+    @nnx.jit
+    def fwd(m):
+        return m(ids, mask)
+
+    model.train()
+    assert np.abs(np.asarray(fwd(model) - fwd(model))).max() > 1e-3
+    with pytest.raises(ValueError, match=r"hidden_dropout_prob must be in \[0, 1\), got 1.0"):
+        dataclasses.replace(TINY, hidden_dropout_prob=1.0)
+
+
+def test_sequence_classification_head_and_checkpoint_roundtrip(tmp_path):
+    ids = jnp.array([[1, 5, 7, 2, 0], [1, 8, 2, 0, 0]])
+    mask = (ids > 0).astype(jnp.int32)
+    head = bert.BertForSequenceClassification(TINY, 3, rngs=nnx.Rngs(2))
+    logits = head(ids, mask)
+    assert logits.shape == (2, 3)
+    pooled = np.tanh(np.asarray(head.bert.pooler(head.bert(ids, mask)[:, 0])))
+    want = pooled @ np.asarray(head.classifier.kernel[...]) + np.asarray(head.classifier.bias[...])
+    np.testing.assert_allclose(logits, want, atol=1e-5)
+    head.train()
+    assert np.abs(np.asarray(head(ids, mask) - head(ids, mask))).max() > 0
+    head.eval()
+
+    # An HF BertForSequenceClassification checkpoint: bert.* + classifier.* keys.
+    config = {**TINY.__dict__, "model_type": "bert"}
+    config.pop("add_pooler")
+    tensors = bert.hf_state_dict(head)
+    assert "bert.pooler.dense.weight" in tensors and tensors["classifier.weight"].shape == (3, 16)
+    path = _write_checkpoint(tmp_path / "cls", tensors, config)
+    loaded = bert.load_sequence_classifier(path, 3)
+    assert loaded.newly_initialized == ()
+    np.testing.assert_allclose(loaded(ids, mask), logits, atol=1e-6)
+    # A bare encoder checkpoint with a pooler: only the classifier is new (HF init).
+    enc = {k[5:]: v for k, v in tensors.items() if k.startswith("bert.")}
+    fresh = bert.load_sequence_classifier(_write_checkpoint(tmp_path / "enc", enc, config), 2)
+    assert fresh.newly_initialized == ("classifier",)
+    np.testing.assert_array_equal(fresh.bert.pooler.kernel[...], head.bert.pooler.kernel[...])
+    assert np.asarray(fresh.classifier.kernel[...]).std() < 0.05  # normal(0.02)
+    assert fresh(ids, mask).shape == (2, 2)
+    nopool = {k: v for k, v in enc.items() if not k.startswith("pooler.")}
+    p = _write_checkpoint(tmp_path / "nopool", nopool, config)
+    assert bert.load_sequence_classifier(p, 2).newly_initialized == ("pooler", "classifier")
+    with pytest.raises(ValueError, match=r"'classifier.weight' has shape \(3, 16\), expected"):
+        bert.load_sequence_classifier(path, 2)
+    with pytest.raises(ValueError, match="num_labels"):
+        bert.BertForSequenceClassification(TINY, 0, rngs=nnx.Rngs(0))

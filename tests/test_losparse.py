@@ -1,5 +1,6 @@
 """LoSparse: decomposition, conversion, importance/EMA/schedule, pruning counts, export."""
 
+import dataclasses
 import math
 
 import jax
@@ -310,3 +311,91 @@ def _battery_factory(learning_rate):
 @pytest.mark.parametrize("check", optax_battery.CHECKS)
 def test_optax_battery(check):
     assert check(_battery_factory, {"learning_rate": 0.1})
+
+
+def test_save_load_compressed_roundtrip(tiny_bert, tmp_path):
+    model = tiny_bert()
+    ls.convert(model, 0.25)
+    rng = np.random.default_rng(0)
+    for _, m in nnx.iter_modules(model):  # prune about half of the neurons of every S
+        if isinstance(m, ls.LoSparseLinear):
+            cut = rng.random(m.out_features) < 0.5
+            m.S.set_value(m.S[...].at[:, cut].set(0.0))
+    m = model.layers[0].value
+    m.S.set_value(jnp.zeros_like(m.S[...]))  # a layer without S columns at all
+    want = _forward(model, IDS, MASK)
+    info = ls.save_compressed(model, tmp_path / "c.safetensors")
+    assert isinstance(model.layers[0].query, ls.LoSparseLinear)  # the model is not modified
+    exported = ls.export(model)
+    assert info["params"] == ls.parameter_report(exported, nnx.Not(nnx.RngState))["params"]
+    assert 0 < info["bytes"] == (tmp_path / "c.safetensors").stat().st_size
+    print(f"compressed tiny BERT: {info['bytes']} bytes, {info['params']} values")
+
+    # Rebuilt from the stored shapes into a dense model of the same config (other weights).
+    loaded = ls.load_compressed(bert.BertModel(TINY, rngs=nnx.Rngs(9)), tmp_path / "c.safetensors")
+    assert isinstance(loaded.layers[0].query, ls.LoSparseExported)
+    assert loaded.layers[0].value.S is None
+    for name in ("query", "intermediate", "output"):
+        a, b = getattr(loaded.layers[0], name), getattr(exported.layers[0], name)
+        assert a.S[...].shape == b.S[...].shape
+        np.testing.assert_array_equal(a.index[...], b.index[...])
+    np.testing.assert_allclose(_forward(loaded, IDS, MASK), want, atol=1e-5)
+
+    other = dataclasses.replace(TINY, intermediate_size=24)
+    with pytest.raises(
+        ValueError, match=r"intermediate.*maps 16 -> 32 features, the model.s maps 16 -> 24"
+    ):
+        ls.load_compressed(bert.BertModel(other, rngs=nnx.Rngs(0)), tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="no LoSparseLinear"):
+        ls.save_compressed(bert.BertModel(TINY, rngs=nnx.Rngs(0)), tmp_path / "d.safetensors")
+    with pytest.raises(ValueError, match="save_compressed"):
+        bert.hf_state_dict(model)
+
+
+class _GeneralNet(nnx.Module):
+    """Attention-style projections as LinearGeneral / Einsum, plus layers convert must skip."""
+
+    def __init__(self, rngs):
+        self.qkv = nnx.LinearGeneral(8, (2, 4), rngs=rngs)  # (..., 8) -> (..., 2, 4)
+        self.out = nnx.LinearGeneral((2, 4), 8, axis=(-2, -1), rngs=rngs)
+        self.proj = nnx.Einsum("bsd,dnh->bsnh", (8, 2, 3), (2, 3), rngs=rngs)
+        self.diag = nnx.Einsum(  # no matrix form
+            "bsd,d->bsd", (8,), None, kernel_init=nnx.initializers.ones, rngs=rngs
+        )
+        self.head = nnx.Linear(8, 3, rngs=rngs)  # blocked by name
+
+    def __call__(self, x):
+        y = self.out(self.qkv(x))
+        return self.head(self.diag(y)), self.proj(y)
+
+
+def test_convert_linear_general_and_einsum_reports_skipped(tmp_path):
+    net = _GeneralNet(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    want = net(x)
+    with pytest.warns(UserWarning, match=r"left diag dense: einsum 'bsd,d->bsd'"):
+        net, report = ls.convert(net, 0.5, report=True)
+    assert sorted(report.converted) == ["out", "proj", "qkv"]
+    assert report.skipped["head"] == "not selected"
+    assert (
+        report.skipped["diag"]
+        == "einsum 'bsd,d->bsd' is not a product over the input's trailing axes"
+    )
+    assert isinstance(net.qkv, ls.LoSparseLinear) and net.qkv.S[...].shape == (8, 8)
+    assert net.proj.in_shape == (8,) and net.proj.out_shape == (2, 3)
+    assert isinstance(net.diag, nnx.Einsum) and isinstance(net.head, nnx.Linear)
+    got = net(x)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the kernels are reshaped, not permuted: pruning acts on output neurons (h, n) flattened
+    net.proj.S.set_value(net.proj.S[...].at[:, :3].set(0.0))
+    exported = ls.export(net)
+    np.testing.assert_allclose(exported(x)[1], net(x)[1], atol=1e-5)
+    ls.save_compressed(net, tmp_path / "g.safetensors")
+    loaded = ls.load_compressed(_GeneralNet(nnx.Rngs(7)), tmp_path / "g.safetensors")
+    for a, b in zip(loaded(x), net(x)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # without report= the return value is the model, as before
+    assert isinstance(
+        ls.convert(_GeneralNet(nnx.Rngs(0)), 0.5, select=lambda p, m: p == ("qkv",)), _GeneralNet
+    )

@@ -10,7 +10,14 @@ normalisation (:func:`encode_sentences`).
 
 Linear layers are ``nnx.Linear`` with kernel layout ``(in, out)`` (HF ``weight`` transposed), so
 :func:`jaxcomp.nn.losparse.convert` can swap them for ``LoSparseLinear`` layers in place.
-Dropout is omitted: the module is used for inference and distillation.
+
+Dropout sits where HF BERT has it (``hidden_dropout_prob`` after the embeddings and on each residual
+branch, ``attention_probs_dropout_prob`` on the attention probabilities). Models are built in
+eval mode (``nnx.Dropout(deterministic=True)``), where the outputs do not depend on the dropout
+rates; ``model.train()`` switches dropout on and ``model.eval()`` off again. The dropout keys
+come from the ``dropout`` stream of ``rngs`` (or are derived from its ``params``/``default`` key
+without advancing it, so a seed gives the same weights as before dropout existed).
+:class:`BertForSequenceClassification` adds HF's classification head (pooler, dropout, linear).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from jaxcomp.models.weights import (
 
 __all__ = [
     "BertConfig",
+    "BertForSequenceClassification",
     "BertLayer",
     "BertModel",
     "check_inputs",
     "encode_sentences",
     "hf_state_dict",
     "load_pretrained",
+    "load_sequence_classifier",
     "load_tokenizer",
     "mean_pool",
     "tokenize",
@@ -74,11 +83,25 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     add_pooler: bool = True
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None  # HF: None means hidden_dropout_prob
+    initializer_range: float = 0.02  # std of the heads' normal initialisation
 
     def __post_init__(self):
         check_config_fields(self, non_negative=("pad_token_id",), optional=("pad_token_id",))
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is None and name == "classifier_dropout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not self.initializer_range > 0:
+            raise ValueError(f"initializer_range must be > 0, got {self.initializer_range!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -160,16 +183,35 @@ def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     )
 
 
-class BertEmbeddings(nnx.Module):
-    """Word + absolute position + token type embeddings, then LayerNorm."""
+def _dropout_rngs(rngs: nnx.Rngs, salt: int = 0) -> nnx.Rngs:
+    """``rngs`` if it has a ``dropout`` stream; else a ``dropout`` stream whose key is derived
+    from the ``params`` (or ``default``) key and ``salt`` *without advancing it*, so adding
+    dropout does not change the weights a seed initialises."""
+    if "dropout" in rngs:
+        return rngs
+    if "params" in rngs or "default" in rngs:
+        base = jax.random.fold_in(rngs["params"].key[...], 0x64726F70)  # "drop"
+        return nnx.Rngs(dropout=jax.random.fold_in(base, salt))
+    return nnx.Rngs(dropout=salt)
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
+    """An ``nnx.Dropout`` in eval mode (``model.train()`` switches it on)."""
+    return nnx.Dropout(float(rate), deterministic=True, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+    """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dropout_rngs: nnx.Rngs | None = None):
         self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
         self.position_embeddings = nnx.Embed(
             cfg.max_position_embeddings, cfg.hidden_size, rngs=rngs
         )
         self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, rngs=rngs)
         self.norm = _layer_norm(cfg, rngs)
+        drop = dropout_rngs if dropout_rngs is not None else _dropout_rngs(rngs)
+        self.dropout = _dropout(cfg.hidden_dropout_prob, drop)
 
     def __call__(
         self,
@@ -180,7 +222,7 @@ class BertEmbeddings(nnx.Module):
         positions = jnp.arange(input_ids.shape[-1])[None, :]
         words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         x = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
-        return self.norm(x)
+        return self.dropout(self.norm(x))
 
 
 class BertLayer(nnx.Module):
@@ -188,10 +230,16 @@ class BertLayer(nnx.Module):
 
     The six dense layers are plain attributes named ``query``, ``key``, ``value``,
     ``attention_output``, ``intermediate`` and ``output``; anything with the ``nnx.Linear`` call
-    signature (e.g. ``LoSparseLinear``) can replace them.
+    signature (e.g. ``LoSparseLinear``) can replace them. Dropout as in HF: on the attention
+    probabilities and on both residual branches before their LayerNorm.
+
+    Args:
+      cfg: architecture and dropout rates.
+      rngs: parameter keys.
+      dropout_rngs: dropout keys (default: derived from ``rngs``, see :class:`BertModel`).
     """
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, dropout_rngs: nnx.Rngs | None = None):
         h, f = cfg.hidden_size, cfg.intermediate_size
         self.num_heads = cfg.num_attention_heads
         self.activation = cfg.hidden_act
@@ -203,6 +251,10 @@ class BertLayer(nnx.Module):
         self.intermediate = nnx.Linear(h, f, rngs=rngs)
         self.output = nnx.Linear(f, h, rngs=rngs)
         self.output_norm = _layer_norm(cfg, rngs)
+        drop = dropout_rngs if dropout_rngs is not None else _dropout_rngs(rngs)
+        self.attention_dropout = _dropout(cfg.attention_probs_dropout_prob, drop)
+        self.attention_output_dropout = _dropout(cfg.hidden_dropout_prob, drop)
+        self.output_dropout = _dropout(cfg.hidden_dropout_prob, drop)
 
     def __call__(self, x: jax.Array, mask_bias: jax.Array) -> jax.Array:
         b, t, h = x.shape
@@ -210,27 +262,38 @@ class BertLayer(nnx.Module):
         split = lambda y: y.reshape(b, t, self.num_heads, hd)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd) + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1)
+        probs = self.attention_dropout(jax.nn.softmax(scores, axis=-1))
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h)
-        x = self.attention_norm(x + self.attention_output(context))
+        x = self.attention_norm(x + self.attention_output_dropout(self.attention_output(context)))
         y = self.output(_ACTIVATIONS[self.activation](self.intermediate(x)))
-        return self.output_norm(x + y)
+        return self.output_norm(x + self.output_dropout(y))
 
 
 class BertModel(nnx.Module):
     """BERT encoder: ``model(input_ids, attention_mask, token_type_ids=None)`` -> hidden states.
 
+    Built in eval mode: ``model.train()`` turns on HF's dropout (``cfg.hidden_dropout_prob``,
+    ``cfg.attention_probs_dropout_prob``), ``model.eval()`` turns it off; in eval mode the outputs
+    do not depend on the rates or keys.
+
     Args:
       cfg: architecture.
-      rngs: initialisation keys (weights are usually overwritten by :func:`load_pretrained`).
+      rngs: initialisation keys (weights are usually overwritten by :func:`load_pretrained`);
+        dropout keys come from its ``dropout`` stream, or else are derived from its
+        ``params``/``default`` key without advancing it.
     """
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.config = cfg
-        self.embeddings = BertEmbeddings(cfg, rngs=rngs)
-        self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        drop = _dropout_rngs(rngs)  # one stream, forked once per dropout layer
+        self.embeddings = BertEmbeddings(cfg, rngs=rngs, dropout_rngs=drop)
+        self.layers = nnx.List(
+            [BertLayer(cfg, rngs=rngs, dropout_rngs=drop) for _ in range(cfg.num_hidden_layers)]
+        )
         self.pooler = (
-            nnx.Linear(cfg.hidden_size, cfg.hidden_size, rngs=rngs) if cfg.add_pooler else None
+            nnx.Linear(cfg.hidden_size, cfg.hidden_size, rngs=rngs)
+            if cfg.add_pooler
+            else nnx.data(None)  # data, so a pooler can be attached later
         )
 
     def __call__(
@@ -275,6 +338,45 @@ class BertModel(nnx.Module):
         return jnp.tanh(self.pooler(hidden[:, 0]))
 
 
+class BertForSequenceClassification(nnx.Module):
+    """HF's ``BertForSequenceClassification`` head on a :class:`BertModel` (Devlin et al., 2019,
+    §4.1): ``logits = classifier(dropout(tanh(pooler(h[:, 0]))))``.
+
+    The pooler and classifier are ``nnx.Linear`` initialised as HF does (normal with std
+    ``cfg.initializer_range``, zero bias); :func:`load_sequence_classifier` loads the encoder,
+    the pooler when the checkpoint has one, and a ``classifier.*`` of matching shape. The head's
+    dropout rate is ``cfg.classifier_dropout``, or ``cfg.hidden_dropout_prob`` when that is
+    ``None``. Built in eval mode, like :class:`BertModel`.
+
+    Args:
+      cfg: encoder config (a pooler is always built: ``add_pooler`` is forced on).
+      num_labels: number of classes.
+      rngs: initialisation and dropout keys.
+    """
+
+    def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels must be an integer >= 1, got {num_labels!r}")
+        cfg = dataclasses.replace(cfg, add_pooler=True)
+        self.config, self.num_labels = cfg, num_labels
+        self.bert = BertModel(cfg, rngs=rngs)
+        init = jax.nn.initializers.normal(cfg.initializer_range)
+        self.bert.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, kernel_init=init, rngs=rngs)
+        self.classifier = nnx.Linear(cfg.hidden_size, num_labels, kernel_init=init, rngs=rngs)
+        rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+        self.dropout = _dropout(rate, _dropout_rngs(rngs, salt=1))
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits ``(batch, num_labels)``."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(self.bert.pool(hidden)))
+
+
 # --------------------------------------------------------------------------------------------
 # Hugging Face checkpoint import.
 
@@ -284,6 +386,11 @@ def _hf_parameter_table(model: BertModel) -> dict[str, tuple[nnx.Variable, bool]
     table: dict[str, tuple[nnx.Variable, bool]] = {}
 
     def linear(prefix: str, mod: nnx.Linear):
+        if not isinstance(mod, nnx.Linear):
+            raise ValueError(
+                f"{prefix} is a {type(mod).__name__}, not nnx.Linear: it has no Hugging Face layout"
+                " (save a LoSparse model with jaxcomp.nn.losparse.save_compressed)"
+            )
         table[f"{prefix}.weight"] = (mod.kernel, True)
         table[f"{prefix}.bias"] = (mod.bias, False)
 
@@ -324,17 +431,40 @@ def _normalise_keys(tensors: dict) -> dict:
     return out
 
 
-def hf_state_dict(model: BertModel) -> dict[str, np.ndarray]:
+def hf_state_dict(model: BertModel | BertForSequenceClassification) -> dict[str, np.ndarray]:
     """The model's weights as a flat dict with Hugging Face key names and layouts (the inverse of
-    :func:`load_pretrained`), e.g. for ``safetensors.numpy.save_file``."""
+    :func:`load_pretrained` / :func:`load_sequence_classifier`), e.g. for
+    ``safetensors.numpy.save_file``. A :class:`BertForSequenceClassification` gives HF's
+    ``bert.*`` + ``classifier.*`` keys. Only dense ``nnx.Linear`` layers have an HF layout: for a
+    model converted by :func:`jaxcomp.nn.losparse.convert` use
+    :func:`jaxcomp.nn.losparse.save_compressed`."""
+    if isinstance(model, BertForSequenceClassification):
+        out = {f"bert.{k}": v for k, v in hf_state_dict(model.bert).items()}
+        out["classifier.weight"] = np.ascontiguousarray(np.asarray(model.classifier.kernel[...]).T)
+        out["classifier.bias"] = np.asarray(model.classifier.bias[...])
+        return out
     return {
         k: np.ascontiguousarray(np.asarray(v[...]).T if t else np.asarray(v[...]))
         for k, (v, t) in _hf_parameter_table(model).items()
     }
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:
+def _concrete_dropout_streams(model: nnx.Module, rngs: nnx.Rngs, salt: int = 0) -> None:
+    """Gives every ``nnx.Dropout`` of a model built under ``nnx.eval_shape`` a concrete key."""
+    drop = _dropout_rngs(rngs, salt)
+    layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)]
+    for m in layers:
+        if m.rngs is not None:
+            m.rngs = drop["dropout"].fork()
+
+
+def load_pretrained(
+    path: str | os.PathLike, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None
+) -> BertModel:
     """Loads a Hugging Face BERT checkpoint directory (``config.json`` + ``model.safetensors``).
+
+    The model comes in eval mode; ``rngs`` (default ``nnx.Rngs(0)``) seeds its dropout keys and
+    ``hidden_dropout_prob`` / ``attention_probs_dropout_prob`` come from ``config.json``.
 
     Keys use HF names (``embeddings.word_embeddings.weight``, ``encoder.layer.{i}.attention.self
     .query.weight``, ...), optionally prefixed with ``bert.``; buffers (``position_ids``) and task
@@ -365,6 +495,60 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> BertModel:
     for key, (var, transpose) in table.items():
         a = np.asarray(arrays[key])
         var.set_value(jnp.asarray(a.T if transpose else a, dtype=dtype))
+    _concrete_dropout_streams(model, rngs if rngs is not None else nnx.Rngs(0))
+    return model
+
+
+def load_sequence_classifier(
+    path: str | os.PathLike,
+    num_labels: int,
+    *,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs | None = None,
+) -> BertForSequenceClassification:
+    """A :class:`BertForSequenceClassification` from a Hugging Face BERT checkpoint directory.
+
+    The encoder is read by :func:`load_pretrained`; the pooler (``pooler.dense.*``) and the
+    classifier (``classifier.*``, e.g. a ``BertForSequenceClassification`` checkpoint) are loaded
+    when the checkpoint has them, and are otherwise initialised as HF does (normal with std
+    ``initializer_range``, zero bias) from ``rngs`` (default ``nnx.Rngs(0)``). The names of the
+    freshly initialised parts are in ``model.newly_initialized`` (``()``, ``("classifier",)`` or
+    ``("pooler", "classifier")``).
+
+    Raises:
+      ValueError: as :func:`load_pretrained`; a ``classifier.weight``/``classifier.bias`` whose
+        shape does not match ``num_labels``, naming the key and both shapes.
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    encoder = load_pretrained(path, dtype=dtype, rngs=rngs)
+    cfg = dataclasses.replace(encoder.config, add_pooler=True)
+    model = nnx.eval_shape(lambda: BertForSequenceClassification(cfg, num_labels, rngs=nnx.Rngs(0)))
+    h = cfg.hidden_size
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    fresh = []
+    if encoder.pooler is None:
+        encoder.pooler = nnx.Linear(h, h, kernel_init=init, param_dtype=dtype, rngs=rngs)
+        fresh.append("pooler")
+    encoder.config = cfg
+    model.bert = encoder
+    model.classifier = nnx.Linear(h, num_labels, kernel_init=init, param_dtype=dtype, rngs=rngs)
+    weights_file = resolve_file(path, "model.safetensors")
+    tensors = _normalise_keys(load_safetensors(weights_file))
+    expected = {"classifier.weight": (num_labels, h), "classifier.bias": (num_labels,)}
+    if all(k in tensors for k in expected):
+        for key, shape in expected.items():
+            got = tuple(np.shape(tensors[key]))
+            if got != shape:
+                raise ValueError(
+                    f"{weights_file!r}: {key!r} has shape {got}, expected {shape} for "
+                    f"num_labels={num_labels}"
+                )
+        model.classifier.kernel.set_value(jnp.asarray(tensors["classifier.weight"].T, dtype))
+        model.classifier.bias.set_value(jnp.asarray(tensors["classifier.bias"], dtype))
+    else:
+        fresh.append("classifier")
+    _concrete_dropout_streams(model.dropout, rngs, salt=1)
+    model.newly_initialized = tuple(fresh)
     return model
 
 

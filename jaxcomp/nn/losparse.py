@@ -17,11 +17,17 @@ Pieces:
 * :func:`losparse_pruning` — the optax transform that trains and prunes ``S``.
 * :func:`export`, :func:`parameter_report` — the deployable form that stores only the kept columns
   of ``S``, and its real parameter count and bytes.
+* :func:`save_compressed`, :func:`load_compressed` — that form in one safetensors file (``A``,
+  ``B``, kept ``S`` columns, their indices, biases and every other weight), and the loader that
+  rebuilds the exported layers from the stored shapes.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +39,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 __all__ = [
+    "ConvertReport",
     "LoSparseA",
     "LoSparseB",
     "LoSparseExported",
@@ -43,11 +50,14 @@ __all__ = [
     "decompose",
     "default_select",
     "export",
+    "load_compressed",
     "losparse_pruning",
     "neuron_scores",
     "parameter_report",
     "rank_for_ratio",
+    "save_compressed",
     "sparse_leaves",
+    "sparsity_for_budget",
 ]
 
 
@@ -114,6 +124,9 @@ class LoSparseLinear(nnx.Module):
       rank: low-rank ``r`` (``0`` gives a sparse-only layer).
       use_bias: keep a bias ``b``.
       sparse: keep the sparse residual ``S`` (``False`` gives a low-rank-only layer).
+      in_shape, out_shape: for a layer replacing an ``nnx.LinearGeneral`` / ``nnx.Einsum`` (see
+        :func:`convert`): the trailing input axes ``in_shape`` are flattened to ``in_features``
+        and the output is reshaped to ``out_shape``; ``None``: plain ``(..., in) -> (..., out)``.
       rngs: initialisation keys (``A`` LeCun-normal, ``B`` zero, ``S`` LeCun-normal); use
         :meth:`from_kernel` to initialise from a pretrained dense kernel instead.
     """
@@ -127,10 +140,15 @@ class LoSparseLinear(nnx.Module):
         use_bias: bool = True,
         sparse: bool = True,
         dtype: Any = jnp.float32,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
         rngs: nnx.Rngs,
     ):
         if not 0 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must be in [0, {min(in_features, out_features)}], got {rank}")
+        self.in_shape, self.out_shape = _check_shapes(
+            in_features, out_features, in_shape, out_shape
+        )
         init = jax.nn.initializers.lecun_normal()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         a_std = 1.0 / math.sqrt(in_features)  # LeCun normal; also valid for rank 0
@@ -143,11 +161,19 @@ class LoSparseLinear(nnx.Module):
 
     @classmethod
     def from_kernel(
-        cls, kernel: ArrayLike, bias: ArrayLike | None, rank: int, *, sparse: bool = True
+        cls,
+        kernel: ArrayLike,
+        bias: ArrayLike | None,
+        rank: int,
+        *,
+        sparse: bool = True,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
     ) -> LoSparseLinear:
         """A layer equal to ``x @ kernel + bias``: SVD-initialised factors (see :func:`decompose`).
 
         With ``sparse=False`` the residual is dropped (the best rank-``r`` approximation).
+        ``kernel`` is 2-D; ``in_shape`` / ``out_shape`` as in the constructor.
         """
         kernel = jnp.asarray(kernel)
         layer = cls(
@@ -157,6 +183,8 @@ class LoSparseLinear(nnx.Module):
             use_bias=bias is not None,
             sparse=sparse,
             dtype=kernel.dtype,
+            in_shape=in_shape,
+            out_shape=out_shape,
             rngs=nnx.Rngs(0),
         )
         a, b, s = decompose(kernel, rank)
@@ -174,8 +202,66 @@ class LoSparseLinear(nnx.Module):
         return w if self.S is None else w + self.S[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x, lead = _flatten_in(x, self.in_shape)
         y = x @ self.kernel()
-        return y if self.bias is None else y + self.bias[...]
+        y = y if self.bias is None else y + self.bias[...]
+        return _unflatten_out(y, lead, self.out_shape)
+
+
+def _check_shapes(n_in, n_out, in_shape, out_shape):
+    in_shape = None if in_shape is None else tuple(int(d) for d in in_shape)
+    out_shape = None if out_shape is None else tuple(int(d) for d in out_shape)
+    if in_shape is not None and math.prod(in_shape) != n_in:
+        raise ValueError(f"in_shape {in_shape} does not hold in_features={n_in}")
+    if out_shape is not None and math.prod(out_shape) != n_out:
+        raise ValueError(f"out_shape {out_shape} does not hold out_features={n_out}")
+    return in_shape, out_shape
+
+
+def _flatten_in(x: jax.Array, in_shape: tuple | None) -> tuple[jax.Array, tuple]:
+    """``(..., *in_shape) -> (..., prod(in_shape))``; returns the leading shape too."""
+    if in_shape is None:
+        return x, x.shape[:-1]
+    lead = x.shape[: x.ndim - len(in_shape)]
+    if tuple(x.shape[len(lead) :]) != in_shape:
+        raise ValueError(f"input's trailing axes must be {in_shape}, got shape {x.shape}")
+    return x.reshape(*lead, math.prod(in_shape)), lead
+
+
+def _unflatten_out(y: jax.Array, lead: tuple, out_shape: tuple | None) -> jax.Array:
+    return y if out_shape is None else y.reshape(*lead, *out_shape)
+
+
+def sparsity_for_budget(
+    shapes: Sequence[Sequence[int]], keep_fraction: float, rank_ratio: float
+) -> float:
+    """Final sparsity of ``S`` that puts a LoSparse model at ``keep_fraction`` of the dense
+    parameters of the matrices ``shapes`` (paper §4: comparisons at equal parameter budget).
+
+    The low-rank factors of :func:`convert` hold ``sum_i r_i (in_i + out_i)`` parameters
+    (``r_i = rank_for_ratio(shape_i, rank_ratio)``, rounded up per matrix); ``S`` keeps the rest
+    of the budget: ``1 - (keep_fraction * N - lowrank) / N`` with ``N = sum_i in_i out_i``.
+    The baselines at the same budget: low-rank only is ``convert(..., keep_fraction,
+    sparse=False)``; structured sparse only is ``convert(..., 0.0)`` (rank 0, ``S = W``) pruned by
+    :func:`losparse_pruning` to ``1 - keep_fraction``; magnitude / movement pruning
+    (:func:`jaxcomp.optim.gmp`, :func:`jaxcomp.optim.movement_pruning`) use sparsity
+    ``1 - keep_fraction`` (values only: an unstructured format also stores indices).
+
+    Raises:
+      ValueError: ``keep_fraction`` not in ``(0, 1]``, or a budget the low-rank part alone
+        exceeds (naming both counts).
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    total = sum(int(a) * int(b) for a, b in shapes)
+    lowrank = sum(rank_for_ratio(sh, rank_ratio) * (int(sh[0]) + int(sh[1])) for sh in shapes)
+    keep_s = keep_fraction * total - lowrank
+    if keep_s < 0:
+        raise ValueError(
+            f"the low-rank factors at rank_ratio={rank_ratio} hold {lowrank} parameters, more than"
+            f" the budget {keep_fraction} * {total} = {keep_fraction * total:g}"
+        )
+    return 1.0 - keep_s / total
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,13 +270,17 @@ class LoSparseLinear(nnx.Module):
 _BLOCKED = ("embeddings", "embedding", "pooler", "classifier", "cls", "head", "lm_head")
 
 
+_LINEAR_TYPES = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
+
+
 def default_select(path: tuple, module: nnx.Module) -> bool:
-    """Every ``nnx.Linear`` except those under embeddings, pooler, classifier or heads.
+    """Every ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` except those under
+    embeddings, pooler, classifier or heads.
 
     This is the reference code's block list (``pooler``, ``classifier``, ``LayerNorm``,
     ``embeddings``): for BERT it selects attention Q/K/V/output and the two FFN dense layers.
     """
-    return isinstance(module, nnx.Linear) and not any(str(p) in _BLOCKED for p in path)
+    return isinstance(module, _LINEAR_TYPES) and not any(str(p) in _BLOCKED for p in path)
 
 
 def _set_child(parent: Any, key: Any, value: Any) -> None:
@@ -200,40 +290,131 @@ def _set_child(parent: Any, key: Any, value: Any) -> None:
         setattr(parent, key, value)
 
 
+def _einsum_layout(module: nnx.Einsum) -> tuple[tuple, tuple] | str:
+    """``(in_shape, out_shape)`` of an Einsum that is a matrix product over trailing axes
+    (``"...d,dnh->...nh"``, ``"bsd,dnh->bsnh"``), else the reason it is not."""
+    eq = module.einsum_str.replace(" ", "")
+    if "->" not in eq or eq.count(",") != 1:
+        return f"einsum {eq!r} is not 'x,kernel->y'"
+    lhs, out = eq.split("->")
+    xs, ks = lhs.split(",")
+    kshape = tuple(module.kernel.get_value().shape)
+    if "." in ks or len(ks) != len(kshape) or len(set(ks)) != len(ks):
+        return f"einsum {eq!r}: kernel subscripts {ks!r} do not match its shape {kshape}"
+    n_in = sum(c in xs for c in ks)  # must be the kernel's leading and the input's trailing axes
+    prefix, k_out = xs[: len(xs) - n_in], ks[n_in:]
+    if n_in == 0 or not xs.endswith(ks[:n_in]) or out != prefix + k_out:
+        return f"einsum {eq!r} is not a product over the input's trailing axes"
+    in_shape, out_shape = kshape[:n_in], kshape[n_in:]
+    if module.bias is not None and tuple(module.bias.get_value().shape) != out_shape:
+        return f"einsum {eq!r}: bias shape {module.bias.get_value().shape} is not {out_shape}"
+    return in_shape, out_shape
+
+
+def _as_matrix(module: nnx.Module) -> tuple[jax.Array, Any, tuple | None, tuple | None] | str:
+    """``(kernel (in, out), bias (out,) or None, in_shape, out_shape)`` of a linear layer, or the
+    reason it cannot be written as one matrix."""
+    if isinstance(module, nnx.Linear):
+        bias = None if module.bias is None else module.bias[...]
+        return module.kernel[...], bias, None, None
+    if isinstance(module, nnx.LinearGeneral):
+        if module.batch_axis:
+            return f"LinearGeneral with batch_axis {dict(module.batch_axis)} is not one matrix"
+        axis = tuple(module.axis)
+        if axis != tuple(range(-len(axis), 0)):
+            return f"LinearGeneral contracts axis {axis}, not the trailing axes"
+        in_shape, out_shape = tuple(module.in_features), tuple(module.out_features)
+    elif isinstance(module, nnx.Einsum):
+        layout = _einsum_layout(module)
+        if isinstance(layout, str):
+            return layout
+        in_shape, out_shape = layout
+    else:
+        return f"{type(module).__name__} is not a linear layer"
+    kernel = module.kernel[...].reshape(math.prod(in_shape), math.prod(out_shape))
+    bias = None if module.bias is None else module.bias[...].reshape(-1)
+    return kernel, bias, in_shape, out_shape
+
+
+class ConvertReport(NamedTuple):
+    """What :func:`convert` did: ``converted`` paths (``"layers/0/query"``), and ``skipped``:
+    ``{path: reason}`` for every linear-type layer (``nnx.Linear``, ``nnx.LinearGeneral``,
+    ``nnx.Einsum``, ``nnx.Conv``) left dense, because ``select`` did not pick it or it has no
+    2-D matrix form."""
+
+    converted: list[str]
+    skipped: dict[str, str]
+
+
 def convert(
     model: nnx.Module,
     rank_ratio: float,
     select: Callable[[tuple, nnx.Module], bool] = default_select,
     *,
     sparse: bool = True,
-) -> nnx.Module:
-    """Replaces selected ``nnx.Linear`` layers by SVD-initialised :class:`LoSparseLinear` (§3).
+    report: bool = False,
+) -> nnx.Module | tuple[nnx.Module, ConvertReport]:
+    """Replaces selected linear layers by SVD-initialised :class:`LoSparseLinear` (§3).
+
+    ``nnx.Linear`` kernels are used as they are; an ``nnx.LinearGeneral`` over the trailing
+    input axes (no ``batch_axis``) and an ``nnx.Einsum`` that contracts the input's trailing axes
+    with the kernel's leading ones (``"bsd,dnh->bsnh"``) are reshaped to one ``(prod(in),
+    prod(out))`` matrix, and the new layer flattens / reshapes its input and output the same way.
+    A selected layer of these types that has no such form (other axes, batch axes, a diagonal
+    einsum) is left dense, with a ``UserWarning`` naming it and the reason.
 
     Args:
       model: modified in place and returned.
       rank_ratio: low-rank parameter ratio per matrix; rank = :func:`rank_for_ratio`.
       select: ``select(path, module) -> bool`` picks the layers (default: encoder linears only).
       sparse: keep the sparse residual (``False``: low-rank-only baseline).
+      report: also return a :class:`ConvertReport` (converted and skipped layers with reasons).
 
     Returns:
-      ``model``; before any pruning its outputs equal the dense model's (up to float rounding).
+      ``model`` (or ``(model, report)``); before any pruning its outputs equal the dense model's
+      (up to float rounding).
+
+    Raises:
+      ValueError: ``select`` matched nothing, or picked a module that is not a linear layer.
     """
-    targets = [(path, m) for path, m in nnx.iter_modules(model) if path and select(path, m)]
+    name = lambda path: "/".join(map(str, path))
+    targets, skipped = [], {}
+    for path, m in nnx.iter_modules(model):
+        if not path:
+            continue
+        if select(path, m):
+            targets.append((path, m))
+        elif isinstance(m, (*_LINEAR_TYPES, nnx.Conv)):
+            skipped[name(path)] = "not selected"
     if not targets:
-        raise ValueError("convert found no layer to replace: select matched no nnx.Linear")
+        raise ValueError("convert found no layer to replace: select matched no linear layer")
+    converted = []
     for path, m in targets:
-        if not isinstance(m, nnx.Linear):
-            raise ValueError(f"select picked {'/'.join(map(str, path))}, which is not nnx.Linear")
-        kernel = m.kernel[...]
-        bias = None if m.bias is None else m.bias[...]
+        if not isinstance(m, _LINEAR_TYPES):
+            raise ValueError(
+                f"select picked {name(path)}, which is a {type(m).__name__}, not nnx.Linear,"
+                " nnx.LinearGeneral or nnx.Einsum"
+            )
+        matrix = _as_matrix(m)
+        if isinstance(matrix, str):
+            skipped[name(path)] = matrix
+            warnings.warn(f"losparse.convert left {name(path)} dense: {matrix}", stacklevel=2)
+            continue
+        kernel, bias, in_shape, out_shape = matrix
         new = LoSparseLinear.from_kernel(
-            kernel, bias, rank_for_ratio(kernel.shape, rank_ratio), sparse=sparse
+            kernel,
+            bias,
+            rank_for_ratio(kernel.shape, rank_ratio),
+            sparse=sparse,
+            in_shape=in_shape,
+            out_shape=out_shape,
         )
         parent = model
         for key in path[:-1]:
             parent = parent[key] if isinstance(key, int) else getattr(parent, key)
         _set_child(parent, path[-1], new)
-    return model
+        converted.append(name(path))
+    return (model, ConvertReport(converted, skipped)) if report else model
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +639,13 @@ class LoSparseExported(nnx.Module):
         index: ArrayLike | None,
         bias: ArrayLike | None,
         out_features: int,
+        *,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
     ):
         self.out_features = out_features
+        n_in = int(np.shape(a)[0])
+        self.in_shape, self.out_shape = _check_shapes(n_in, out_features, in_shape, out_shape)
         self.A = LoSparseA(jnp.asarray(a))
         self.B = LoSparseB(jnp.asarray(b))
         has_s = s_kept is not None and np.asarray(index).size > 0
@@ -468,13 +654,15 @@ class LoSparseExported(nnx.Module):
         self.bias = nnx.Param(jnp.asarray(bias)) if bias is not None else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x, lead = _flatten_in(x, self.in_shape)
         if self.A[...].shape[1] > 0:
             y = (x @ self.A[...]) @ self.B[...]
         else:
             y = jnp.zeros((*x.shape[:-1], self.out_features), x.dtype)
         if self.S is not None:
             y = y.at[..., self.index[...]].add(x @ self.S[...])
-        return y if self.bias is None else y + self.bias[...]
+        y = y if self.bias is None else y + self.bias[...]
+        return _unflatten_out(y, lead, self.out_shape)
 
 
 def export(model: nnx.Module) -> nnx.Module:
@@ -499,6 +687,8 @@ def export(model: nnx.Module) -> nnx.Module:
             index,
             None if m.bias is None else m.bias[...],
             m.out_features,
+            in_shape=m.in_shape,
+            out_shape=m.out_shape,
         )
         parent = model
         for key in path[:-1]:
@@ -515,3 +705,134 @@ def parameter_report(model: nnx.Module, filter: Any = nnx.Variable) -> dict[str,
         "params": int(sum(x.size for x in leaves)),
         "bytes": int(sum(x.size * x.dtype.itemsize for x in leaves)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Save / load of the exported form.
+
+_META_KEY = "jaxcomp.losparse.exported"
+
+
+def _key(path: Sequence) -> str:
+    return ".".join(map(str, path))
+
+
+def _stored_variables(model: nnx.Module) -> list[tuple[tuple, nnx.Variable]]:
+    """Every variable except RNG keys/counts, as ``(path, variable)`` in a fixed order."""
+    return list(nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState))))
+
+
+def save_compressed(model: nnx.Module, path: str | os.PathLike) -> dict[str, int]:
+    """Writes the deployable form of a LoSparse model to one safetensors file.
+
+    :class:`LoSparseLinear` layers are first exported (:func:`export`: only the non-zero columns
+    of ``S`` and their ``index``); then every variable of the model except RNG state is stored
+    under its ``.``-joined path (``layers.0.query.A``, ``layers.0.query.S``,
+    ``layers.0.query.index``, ``layers.0.query.bias``, ``embeddings.norm.scale``, ...). The
+    header metadata lists the exported layers with their paths and ``out_features``, so
+    :func:`load_compressed` can rebuild them from the stored shapes. ``model`` is not modified.
+
+    Returns:
+      ``{"bytes": file size, "tensors": number of arrays, "params": number of stored values}``.
+    """
+    from safetensors.numpy import save_file
+
+    if any(isinstance(m, LoSparseLinear) for _, m in nnx.iter_modules(model)):
+        model = export(model)
+    layers = [
+        {
+            "path": list(p),
+            "out_features": int(m.out_features),
+            "in_shape": None if m.in_shape is None else list(m.in_shape),
+            "out_shape": None if m.out_shape is None else list(m.out_shape),
+        }
+        for p, m in nnx.iter_modules(model)
+        if p and isinstance(m, LoSparseExported)
+    ]
+    if not layers:
+        raise ValueError("save_compressed found no LoSparseLinear or LoSparseExported layer")
+    tensors = {
+        _key(p): np.ascontiguousarray(np.asarray(v.get_value()))
+        for p, v in _stored_variables(model)
+    }
+    save_file(tensors, os.fspath(path), metadata={_META_KEY: json.dumps(layers)})
+    return {
+        "bytes": os.path.getsize(path),
+        "tensors": len(tensors),
+        "params": int(sum(t.size for t in tensors.values())),
+    }
+
+
+def load_compressed(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
+    """Loads a file written by :func:`save_compressed` into ``model`` (modified and returned).
+
+    ``model`` gives the architecture (e.g. a dense ``BertModel(cfg, rngs=nnx.Rngs(0))``, or one
+    converted by :func:`convert`): the module at each stored LoSparse path is replaced by a
+    :class:`LoSparseExported` whose ``A``, ``B``, kept ``S`` and ``index`` take the stored shapes,
+    then every variable (except RNG state) is set from the file.
+
+    Raises:
+      ValueError: the file has no LoSparse metadata, a stored path is not in the model, or a key
+        is missing, unknown or has another shape than the model's, naming the key and the file.
+    """
+    from safetensors import safe_open
+
+    source = os.fspath(path)
+    try:
+        with safe_open(source, framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # OSError, or the Rust reader's SafetensorError
+        raise ValueError(f"{source!r}: cannot read safetensors: {e}") from e
+    if _META_KEY not in meta:
+        raise ValueError(f"{source!r} has no {_META_KEY!r} metadata (not from save_compressed)")
+    for entry in json.loads(meta[_META_KEY]):
+        lp = tuple(entry["path"])
+        parent, old = None, model
+        try:
+            for key in lp:
+                parent, old = old, (old[key] if isinstance(key, int) else getattr(old, key))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise ValueError(f"{source!r}: stored layer {_key(lp)!r} is not in the model") from None
+        get = lambda name, lp=lp: tensors.get(_key((*lp, name)))
+        if get("A") is None:
+            raise ValueError(f"{source!r}: missing key {_key((*lp, 'A'))!r}")
+        stored = (int(get("A").shape[0]), int(entry["out_features"]))
+        if isinstance(old, nnx.Linear):
+            have = tuple(old.kernel.get_value().shape)
+        elif isinstance(old, nnx.LinearGeneral):
+            have = (math.prod(old.in_features), math.prod(old.out_features))
+        elif isinstance(old, LoSparseLinear):
+            have = (old.in_features, old.out_features)
+        elif isinstance(old, LoSparseExported):
+            have = (int(old.A.get_value().shape[0]), old.out_features)
+        else:
+            have = stored
+        if have != stored:
+            raise ValueError(
+                f"{source!r}: stored layer {_key(lp)!r} maps {stored[0]} -> {stored[1]} features,"
+                f" the model's maps {have[0]} -> {have[1]}"
+            )
+        new = LoSparseExported(
+            get("A"),
+            get("B"),
+            get("S"),
+            get("index") if get("index") is not None else np.zeros((0,), np.int32),
+            get("bias"),
+            int(entry["out_features"]),
+            in_shape=entry.get("in_shape"),
+            out_shape=entry.get("out_shape"),
+        )
+        _set_child(parent, lp[-1], new)
+    variables = {_key(p): v for p, v in _stored_variables(model)}
+    missing = sorted(set(variables) - set(tensors))
+    unknown = sorted(set(tensors) - set(variables))
+    if missing or unknown:
+        raise ValueError(f"{source!r}: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
+    for k, var in variables.items():
+        want, got = tuple(var.get_value().shape), tuple(tensors[k].shape)
+        if want != got:
+            raise ValueError(f"{source!r}: {k!r} has shape {got}, the model expects {want}")
+    for k, var in variables.items():
+        var.set_value(jnp.asarray(tensors[k]))
+    return model
