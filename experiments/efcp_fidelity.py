@@ -285,7 +285,9 @@ def to_markdown(summary: dict, trace: dict) -> str:
 def run(cfg, workdir: str) -> dict:
     check_config(cfg, CONFIG_RULES)
     if "mfac" not in cfg.optimizers:
-        raise ValueError(f"config.optimizers must include 'mfac' (the reference), got {cfg.optimizers}")
+        raise ValueError(
+            f"config.optimizers must include 'mfac' (the reference), got {cfg.optimizers}"
+        )
     if cfg.bn_images < cfg.batch_size:
         raise ValueError(
             f"config.bn_images must be >= config.batch_size ({cfg.batch_size}), got {cfg.bn_images}"
@@ -300,8 +302,17 @@ def run(cfg, workdir: str) -> dict:
             b = tuned[name]["best"]
             announce(f"seed {seed}: {name} (lr {b['lr']:g}, damping {b['damping']:g})")
             per_seed[name].append(
-                train(cfg, name, seed, b["lr"], b["damping"], cfg.epochs, train_data, test,
-                      workdir / "seeds" / f"seed{seed}")  # fmt: skip
+                train(
+                    cfg,
+                    name,
+                    seed,
+                    b["lr"],
+                    b["damping"],
+                    cfg.epochs,
+                    train_data,
+                    test,
+                    workdir / "seeds" / f"seed{seed}",
+                )  # fmt: skip
             )
     summary = {}
     dense = per_seed["mfac"]
@@ -325,20 +336,27 @@ def run(cfg, workdir: str) -> dict:
                 [r["final_test_accuracy"] - d["final_test_accuracy"] for r, d in zip(rows, dense)]
             )
             s["diff_to_dense_bn"] = paired(
-                [r["final_test_accuracy_bn"] - d["final_test_accuracy_bn"]
-                 for r, d in zip(rows, dense)]  # fmt: skip
+                [
+                    r["final_test_accuracy_bn"] - d["final_test_accuracy_bn"]
+                    for r, d in zip(rows, dense)
+                ]  # fmt: skip
             )
         summary[name] = s
     if "mfac_topk" in per_seed and "mfac_topk_noef" in per_seed:
         summary["mfac_topk_noef"]["diff_to_topk_ef_bn"] = paired(
-            [a["final_test_accuracy_bn"] - b["final_test_accuracy_bn"]
-             for a, b in zip(per_seed["mfac_topk_noef"], per_seed["mfac_topk"])]  # fmt: skip
+            [
+                a["final_test_accuracy_bn"] - b["final_test_accuracy_bn"]
+                for a, b in zip(per_seed["mfac_topk_noef"], per_seed["mfac_topk"])
+            ]  # fmt: skip
         )
     announce("directions: compressed vs dense M-FAC on the same gradient stream")
     trace = direction_trace(cfg, tuned, train_data, workdir)
     rc = run_config(cfg, "mfac", 0, 1.0, 1e-4, 1)
     num_params = int(
-        sum(x.size for x in jax.tree.leaves(nnx.state(efcp.build_model(rc, train_data[0]), nnx.Param)))
+        sum(
+            x.size
+            for x in jax.tree.leaves(nnx.state(efcp.build_model(rc, train_data[0]), nnx.Param))
+        )
     )
     table = to_markdown(summary, trace)
     load = os.getloadavg()
@@ -366,7 +384,9 @@ def run(cfg, workdir: str) -> dict:
         ylabel="cosine to the dense M-FAC direction",
         title=f"Same gradients, window m={cfg.num_grads}: compressed vs dense direction",
     )
-    ef = {efcp.LABELS[k]: (x, series[f"ef_norm_{k}"]) for k in COMPRESSED if f"ef_norm_{k}" in series}
+    ef = {
+        efcp.LABELS[k]: (x, series[f"ef_norm_{k}"]) for k in COMPRESSED if f"ef_norm_{k}" in series
+    }
     write_line_plot(
         workdir / "error_feedback.png",
         ef,

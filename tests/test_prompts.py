@@ -457,3 +457,48 @@ def test_linear_probe_bad_inputs():
         P.linear_probe(x, y, x, y, grid=(1.0, -1))
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         P.linear_probe(x, y, x, y, steps=0)
+
+
+def test_coop_recipe_schedule_and_weight_decay():
+    """CoOp's recipe in experiments/cocoop.py: constant warm-up lr, then cosine stepped per epoch;
+    weight decay enters the gradient before momentum (PyTorch SGD's L2)."""
+    import math
+
+    import ml_collections
+
+    from experiments.cocoop import prompt_optimizer, prompt_schedule
+
+    cfg = ml_collections.ConfigDict(
+        dict(
+            lr=0.002,
+            momentum=0.9,
+            steps=30,
+            warmup_steps=5,
+            warmup_lr=1e-5,
+            steps_per_epoch=5,
+            weight_decay=5e-4,
+        )  # fmt: skip
+    )
+    sched = prompt_schedule(cfg)
+    for t in range(30):
+        if t < 5:
+            want = 1e-5
+        else:
+            e = ((t - 5) // 5) * 5
+            want = 0.5 * 0.002 * (1 + math.cos(math.pi * e / 25))
+        np.testing.assert_allclose(float(sched(t)), want, rtol=1e-6)
+    plain = ml_collections.ConfigDict(dict(lr=0.02, momentum=0.9, steps=10))
+    ref = optax.cosine_decay_schedule(0.02, 10)
+    assert all(abs(float(prompt_schedule(plain)(t)) - float(ref(t))) < 1e-9 for t in range(10))
+    # two SGD steps by hand: v = 0.9 v + (g + wd w); w -= lr_t v
+    tx = prompt_optimizer(cfg)
+    w = jnp.asarray([1.0, -2.0])
+    g = jnp.asarray([0.5, 0.25])
+    state = tx.init(w)
+    w_np, v = np.array([1.0, -2.0]), np.zeros(2)
+    for _ in range(2):
+        u, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, u)
+        v = 0.9 * v + (np.asarray(g) + 5e-4 * w_np)
+        w_np = w_np - 1e-5 * v
+    np.testing.assert_allclose(np.asarray(w), w_np, rtol=1e-6)

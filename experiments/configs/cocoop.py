@@ -48,6 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             steps=300,
             batch_size=32,
+            # the CoOp recipe's extras, off here (cocoop_vitb16.py turns them on)
+            weight_decay=0.0,
+            warmup_steps=0,
+            warmup_lr=1e-5,
+            steps_per_epoch=1,
         )  # fmt: skip
     )
     c.cocoop = ml_collections.ConfigDict(
@@ -58,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             steps=300,
             batch_size=32,
+            weight_decay=0.0,
+            warmup_steps=0,
+            warmup_lr=1e-5,
+            steps_per_epoch=1,
             chunk_size=8,
         )
     )

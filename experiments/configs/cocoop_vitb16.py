@@ -49,6 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             steps=1275,
             batch_size=32,
+            # CoOp's recipe: SGD weight decay 5e-4, 1 warm-up epoch at constant 1e-5, cosine
+            # stepped per epoch (816 images at batch 32: 25 full batches per epoch)
+            weight_decay=5e-4,
+            warmup_steps=25,
+            warmup_lr=1e-5,
+            steps_per_epoch=25,
         )  # fmt: skip
     )
     # 10 epochs at batch 32 ~ 255 steps; lr scaled linearly from batch 1 would be 0.064, we
@@ -61,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             steps=255,
             batch_size=32,
+            weight_decay=5e-4,
+            warmup_steps=25,
+            warmup_lr=1e-5,
+            steps_per_epoch=25,
             chunk_size=4,
         )  # fmt: skip
     )

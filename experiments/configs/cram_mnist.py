@@ -28,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.compression = "global"
     c.eval_sparsities = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
     c.eval_nm = ((2, 4),)
-    c.shortcut = "A"  # ResNet-20 shortcuts: "A" (zero-pad identity) or "B" (1x1 conv + BN, CrAM's code)
+    c.shortcut = (
+        "A"  # ResNet-20 shortcuts: "A" (zero-pad identity) or "B" (1x1 conv + BN, CrAM's code)
+    )
     # BatchNorm re-estimation after each one-shot pruning (CrAM: reset, EMA with momentum 0.1,
     # 100 shuffled batches of 128 from a 1000-image subset, with the training augmentation;
     # bn_mode="average" is one cumulative-average pass)
