@@ -9,7 +9,6 @@ reports accuracy before/after as a table, JSON and a PNG plot.
 
 from __future__ import annotations
 
-import numpy as np
 from flax import nnx
 
 from experiments._harness import (
@@ -21,8 +20,7 @@ from experiments._harness import (
     write_json_atomic,
     write_line_plot,
 )
-from jaxcomp.data import load_classification
-from jaxcomp.data.pipeline import _augment_crop_flip
+from jaxcomp.data import augment_crop_flip, load_classification
 from jaxcomp.models import build_classifier
 from jaxcomp.train.recipes import (
     make_optimizer,
@@ -70,11 +68,6 @@ CONFIG_RULES = {
     "ckpt_every": "int>=0",
     "seed": "int>=0",
 }
-
-
-def _calibration_augment(images, rng: np.random.Generator) -> np.ndarray:
-    """CrAM's calibration loader uses the training augmentation: random 4-pixel shift + flip."""
-    return _augment_crop_flip(np.asarray(images), rng)
 
 
 def run(cfg, workdir: str, progress: bool = True) -> dict:
@@ -149,7 +142,8 @@ def run(cfg, workdir: str, progress: bool = True) -> dict:
             calibration_images=cfg.calibration_images,
             bn_mode=cfg.bn_mode,
             bn_iterations=cfg.bn_iterations,
-            bn_augment=_calibration_augment if cfg.bn_augment else None,
+            # CrAM's calibration loader uses the training augmentation (4-pixel shift + flip)
+            bn_augment=augment_crop_flip if cfg.bn_augment else None,
             seed=cfg.seed,
         )
         results["runs"][name] = {"one_shot": rows, "history": history}

@@ -29,7 +29,7 @@ from jaxcomp.data.glyphs import render_glyphs, split_by_script
 from jaxcomp.data.idx import load_fashion_mnist, read_idx, read_idx_classification, write_idx
 from jaxcomp.data.mixed import MixedStream, StackedStream
 from jaxcomp.data.mlm import ArrayStream, mask_tokens
-from jaxcomp.data.pipeline import DataStream, batches
+from jaxcomp.data.pipeline import DataStream, augment_crop_flip, batches
 from jaxcomp.data.sources import (
     load_classification,
     load_digits,
@@ -64,6 +64,7 @@ __all__ = [
     "DataStream",
     "MixedStream",
     "StackedStream",
+    "augment_crop_flip",
     "batches",
     "load_classification",
     "load_digits",

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxcomp.data.pipeline import _augment_crop_flip, _to_float
+from jaxcomp.data.pipeline import _to_float, augment_crop_flip
 
 
 def _indices(step: int, n: int, size: int, key: tuple[int, ...]) -> np.ndarray:
@@ -116,7 +116,7 @@ class MixedStream:
             labels.append(self.auxiliary_labels[ia])
         images = np.concatenate(images)
         if self.augment == "crop_flip":
-            images = _augment_crop_flip(images, np.random.default_rng((self.seed, 2, int(step))))
+            images = augment_crop_flip(images, np.random.default_rng((self.seed, 2, int(step))))
         return {"image": _to_float(images), "label": np.concatenate(labels).astype(np.int32)}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -19,8 +19,10 @@ def _to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) * (1.0 / 255.0) if images.dtype == np.uint8 else images
 
 
-def _augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Random ``pad``-pixel translation (zero padding) and horizontal flip (CIFAR augmentation)."""
+def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random ``pad``-pixel translation (zero padding) and horizontal flip (CIFAR augmentation)
+    of an ``(N, H, W, C)`` batch, drawn from the numpy ``rng``."""
+    images = np.asarray(images)
     b, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dy = rng.integers(0, 2 * pad + 1, b)
@@ -82,7 +84,7 @@ class DataStream:
         idx = perm[start : start + local]
         images = self.images[idx]
         if self.augment == "crop_flip":
-            images = _augment_crop_flip(images, np.random.default_rng((self.seed, epoch, i, 1)))
+            images = augment_crop_flip(images, np.random.default_rng((self.seed, epoch, i, 1)))
         return {"image": _to_float(images), "label": self.labels[idx].astype(np.int32)}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
