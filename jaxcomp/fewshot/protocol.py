@@ -227,6 +227,20 @@ def pretrain_loss(graphdef: nnx.GraphDef):
     return _model_loss(graphdef, "classify_loss", ("image", "label"))
 
 
+def phases_of(model: nnx.Module) -> tuple[str, ...]:
+    """The training phases of a method: ``model.training`` as a tuple (one phase when it is a
+    string). Each phase is ``"episodic"`` or ``"pretrain"``."""
+    kinds = (model.training,) if isinstance(model.training, str) else tuple(model.training)
+    if not kinds:
+        raise ValueError("model.training names no phase")
+    for k in kinds:
+        if k not in ("episodic", "pretrain"):
+            raise ValueError(
+                f"model.training phases must be 'episodic' or 'pretrain', got {model.training!r}"
+            )
+    return kinds
+
+
 def train(
     model: nnx.Module,
     train_images: np.ndarray,
@@ -249,16 +263,92 @@ def train(
     log=print,
     config: Any = None,
 ) -> dict[str, Any]:
-    """Train ``model`` (episodically or by base-class pretraining, by ``model.training``) for
+    """Train ``model`` (episodically, or by base-class pretraining, by ``model.training``) for
     ``epochs`` epochs of ``episodes_per_epoch`` steps, in ``workdir`` (checkpointed and resumable
     per epoch). After every epoch the model is tested on ``val_episodes`` fixed validation
     episodes (``way``-way ``shot``-shot); the best one is kept (the last one without ``val``).
 
+    Methods of several phases (``model.training`` a tuple, e.g. RFS's pretraining then
+    born-again distillation, MTL's pretraining then meta-training) run each phase as above in
+    ``workdir/phase<i>``; before phase ``i >= 1`` the model carrying phase ``i-1``'s selected
+    weights gets ``model.start_phase(i, nnx.Rngs(seed + i))`` (e.g. to freeze a teacher copy and
+    re-initialise the student). Phases resume independently; training time is their sum.
+
     The checkpoints carry the run's identity (every argument above plus the caller's ``config``):
     resuming under other settings is refused by ``fit``, naming the fields.
 
-    Returns ``{"graphdef", "eval_graphdef", "params", "state", "history", "train_time_s"}``.
+    Returns ``{"graphdef", "eval_graphdef", "params", "state", "history", "train_time_s"}``
+    (``history`` of the last phase, with every phase's under ``"phases"``).
     """
+    kinds = phases_of(model)
+    kw = dict(
+        way=way,
+        shot=shot,
+        query=query,
+        episodes_per_epoch=episodes_per_epoch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_step_epochs=lr_step_epochs,
+        lr_gamma=lr_gamma,
+        val=val,
+        val_episodes=val_episodes,
+        val_query=val_query,
+        seed=seed,
+        log=log,
+        config=config,
+    )
+    workdir = epath.Path(workdir)  # any epath (gs:// too)
+    if len(kinds) == 1:  # the single-phase layout (runs of earlier versions resume)
+        return _train_phase(model, kinds[0], train_images, train_labels, workdir=workdir, **kw)
+    result, records, total = None, [], 0.0
+    for i, kind in enumerate(kinds):
+        if i > 0:
+            model = nnx.merge(result["graphdef"], result["params"], result["state"])
+            model.start_phase(i, nnx.Rngs(seed + i))
+        if len(kinds) > 1:
+            log(f"  phase {i} ({kind})")
+        result = _train_phase(
+            model,
+            kind,
+            train_images,
+            train_labels,
+            workdir=workdir / f"phase{i}",
+            phase=i,
+            **kw,
+        )
+        records.append(result["history"])
+        total += result["train_time_s"]
+    result["history"] = {**result["history"], "phases": records}
+    result["train_time_s"] = total
+    return result
+
+
+def _train_phase(
+    model: nnx.Module,
+    kind: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    workdir: epath.Path,
+    way: int,
+    shot: int,
+    query: int,
+    episodes_per_epoch: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    lr_step_epochs: int,
+    lr_gamma: float,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    val_episodes: int,
+    val_query: int,
+    seed: int,
+    log,
+    config: Any,
+    phase: int | None = None,
+) -> dict[str, Any]:
+    """One training phase of ``kind`` (``"episodic"`` / ``"pretrain"``); see ``train``."""
     identity = {
         "run": config,
         "way": way,
@@ -274,23 +364,23 @@ def train(
         "val_query": val_query,
         "seed": seed,
         "training": model.training,
+        **({"phase": phase} if phase is not None else {}),
     }
-    workdir = epath.Path(workdir)  # any epath (gs:// too)
     workdir.mkdir(parents=True, exist_ok=True)
     graphdef, eval_graphdef, params, state = split_model(model)
     tx = optax.adam(step_lr(lr, episodes_per_epoch, lr_step_epochs, lr_gamma))
     opt_state = tx.init(params)
-    if model.training == "episodic":
+    if kind == "episodic":
         stream = EpisodeStream(
             train_images, EpisodeSampler(train_labels, way, shot, query, seed=seed)
         )
         loss_fn = episodic_loss(graphdef)
-    elif model.training == "pretrain":
+    elif kind == "pretrain":
         classes, dense = np.unique(train_labels, return_inverse=True)
         stream = DataStream(train_images, dense.astype(np.int32), batch_size, seed=seed)
         loss_fn = pretrain_loss(graphdef)
     else:
-        raise ValueError(f"model.training must be 'episodic' or 'pretrain', got {model.training!r}")
+        raise ValueError(f"a training phase must be 'episodic' or 'pretrain', got {kind!r}")
     step = make_train_step(loss_fn, tx)
     val_sampler = (
         EpisodeSampler(val[1], way, shot, val_query, seed=seed + 10_000)
@@ -303,7 +393,7 @@ def train(
     best_dir = workdir / "best"
     best_acc = max((e["val_accuracy"] for e in record["epochs"]), default=-1.0)
     best = None
-    if record["epochs"] and val is not None and best_dir.is_dir():
+    if record["epochs"] and best_dir.is_dir():  # without val: the last epoch's model
         ck = Checkpointer(best_dir, max_to_keep=1)
         if ck.latest_step() is not None:
             restored, _ = ck.restore({"params": params, "model_state": state})
@@ -334,14 +424,14 @@ def train(
                 eval_graphdef, params, state, val[0], val_sampler, val_episodes
             )
             entry["val_accuracy"] = float(accs.mean())
-            if entry["val_accuracy"] > best_acc:
-                best_acc = entry["val_accuracy"]
-                best = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state))
-                ck = Checkpointer(best_dir, max_to_keep=1)
-                ck.save(epoch, {"params": best[0], "model_state": best[1]})
-                ck.close()
         else:
             entry["val_accuracy"] = float("nan")
+        if val_sampler is None or entry["val_accuracy"] > best_acc:
+            best_acc = entry["val_accuracy"]
+            best = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state))
+            ck = Checkpointer(best_dir, max_to_keep=1)
+            ck.save(epoch, {"params": best[0], "model_state": best[1]})
+            ck.close()
         record["epochs"].append(entry)
         record["train_time_s"] = train_time
         write_json_atomic(hist_path, record)

@@ -16,6 +16,8 @@ from flax import nnx
 
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
+from jaxcomp.fewshot.finetune.distill import RFS, SKD
+from jaxcomp.fewshot.meta.mtl import MTL
 from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
@@ -149,6 +151,38 @@ register(
         "finetune",
         "Chen et al., A Closer Look at Few-shot Classification (Baseline++), ICLR 2019",
         lambda c, hw, nb, rngs, **kw: BaselinePlus(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "rfs",
+        "finetune",
+        "Tian et al., Rethinking Few-Shot Image Classification: a Good Embedding Is All You Need?, "
+        "ECCV 2020",
+        lambda c, hw, nb, rngs, **kw: RFS(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "skd",
+        "finetune",
+        "Rajasegaran et al., Self-supervised Knowledge Distillation for Few-shot Learning, "
+        "BMVC 2021",
+        lambda c, hw, nb, rngs, **kw: SKD(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "mtl",
+        "meta",
+        "Sun et al., Meta-Transfer Learning for Few-Shot Learning, CVPR 2019",
+        lambda c, hw, nb, rngs, **kw: MTL(
             c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
         ),
     )
