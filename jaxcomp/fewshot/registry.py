@@ -16,6 +16,7 @@ from flax import nnx
 
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
+from jaxcomp.fewshot.meta import ANIL, MAML
 from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
@@ -151,5 +152,30 @@ register(
         lambda c, hw, nb, rngs, **kw: BaselinePlus(
             c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
         ),
+    )
+)
+
+
+def _flat_head(cls):
+    """``build`` of a method whose linear head reads Conv64F's flattened features."""
+    return lambda c, hw, nb, rngs, **kw: cls(
+        c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **kw
+    )
+
+
+register(
+    MethodSpec(
+        "maml",
+        "meta",
+        "Finn et al., Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks, ICML 2017",
+        _flat_head(MAML),
+    )
+)
+register(
+    MethodSpec(
+        "anil",
+        "meta",
+        "Raghu et al., Rapid Learning or Feature Reuse? (ANIL), ICLR 2020",
+        _flat_head(ANIL),
     )
 )
