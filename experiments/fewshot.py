@@ -197,6 +197,7 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
             backbone=cfg.backbone,
             width=cfg.width,
             **({"loss": cfg.relation_loss} if method == "relationnet" else {}),
+            **({"way": cfg.way} if REGISTRY[method].family == "meta" else {}),
         )
         print(f"[{dataset}/{method}] training ({model.training}, {ts}-shot episodes)", flush=True)
         trained = fs_train(

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
 from jaxcomp.fewshot.finetune.distill import RFS, SKD
-from jaxcomp.fewshot.meta.mtl import MTL
+from jaxcomp.fewshot.meta import ANIL, MAML, MTL
 from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
@@ -76,6 +76,17 @@ def _num_local(pools, image_hw):
 def _flat_dim(image_hw, width=64):
     h, w = _feat_hw((True,) * 4, image_hw)
     return h * w * width
+
+
+def _flat_head(cls, base_classes: bool = False):
+    """``build`` of a method whose heads read Conv64F's flattened features (``num_classes`` =
+    the number of base classes with ``base_classes``: methods that pretrain a classifier)."""
+
+    def build(c, hw, nb, rngs, **kw):
+        extra = {"num_classes": nb} if base_classes else {}
+        return cls(c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **extra, **kw)
+
+    return build
 
 
 register(
@@ -140,9 +151,7 @@ register(
         "baseline",
         "finetune",
         "Chen et al., A Closer Look at Few-shot Classification, ICLR 2019",
-        lambda c, hw, nb, rngs, **kw: Baseline(
-            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
-        ),
+        _flat_head(Baseline, base_classes=True),
     )
 )
 register(
@@ -150,9 +159,7 @@ register(
         "baseline_pp",
         "finetune",
         "Chen et al., A Closer Look at Few-shot Classification (Baseline++), ICLR 2019",
-        lambda c, hw, nb, rngs, **kw: BaselinePlus(
-            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
-        ),
+        _flat_head(BaselinePlus, base_classes=True),
     )
 )
 register(
@@ -161,9 +168,7 @@ register(
         "finetune",
         "Tian et al., Rethinking Few-Shot Image Classification: a Good Embedding Is All You Need?, "
         "ECCV 2020",
-        lambda c, hw, nb, rngs, **kw: RFS(
-            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
-        ),
+        _flat_head(RFS, base_classes=True),
     )
 )
 register(
@@ -172,9 +177,23 @@ register(
         "finetune",
         "Rajasegaran et al., Self-supervised Knowledge Distillation for Few-shot Learning, "
         "BMVC 2021",
-        lambda c, hw, nb, rngs, **kw: SKD(
-            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
-        ),
+        _flat_head(SKD, base_classes=True),
+    )
+)
+register(
+    MethodSpec(
+        "maml",
+        "meta",
+        "Finn et al., Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks, ICML 2017",
+        _flat_head(MAML),
+    )
+)
+register(
+    MethodSpec(
+        "anil",
+        "meta",
+        "Raghu et al., Rapid Learning or Feature Reuse? (ANIL), ICLR 2020",
+        _flat_head(ANIL),
     )
 )
 register(
@@ -182,8 +201,6 @@ register(
         "mtl",
         "meta",
         "Sun et al., Meta-Transfer Learning for Few-Shot Learning, CVPR 2019",
-        lambda c, hw, nb, rngs, **kw: MTL(
-            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
-        ),
+        _flat_head(MTL, base_classes=True),
     )
 )
