@@ -122,6 +122,12 @@ def test_skd_losses_equal_numpy():
     ref1 = _np_kd(z1[:b], teacher, 4.0) + 0.1 * inv
     assert float(loss1) == pytest.approx(ref1, rel=1e-5)
     assert float(mean_l2_distance(jnp.ones((2, 3)), jnp.zeros((2, 3)))) == pytest.approx(3**0.5)
+    # a rotation-symmetric image gives equal rows: value 0, finite gradient (not sqrt'(0))
+    a = jnp.asarray([[1.0, 2.0], [0.0, 0.0]])
+    b = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
+    assert float(mean_l2_distance(a, b)) == pytest.approx(2.5)
+    g = jax.grad(lambda a: mean_l2_distance(a, b))(a)
+    np.testing.assert_allclose(g, [[0.0, 0.0], [-0.3, -0.4]], rtol=1e-6)
 
 
 def test_skd_student_starts_from_the_teacher_unless_fresh():

@@ -101,8 +101,12 @@ def rotations(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def mean_l2_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """The reference's ``L2DistLoss``: mean over rows of ``||a_i - b_i||_2``."""
-    return jnp.mean(jnp.sqrt(jnp.sum((a - b) ** 2, axis=-1)))
+    """The reference's ``L2DistLoss``: mean over rows of ``||a_i - b_i||_2``. Rows that are equal
+    (an image that its 180-degree rotation leaves unchanged) contribute 0 with gradient 0, not the
+    NaN of ``sqrt'(0)`` (the reference replaces a NaN loss by 0 for the same reason)."""
+    sq = jnp.sum((a - b) ** 2, axis=-1)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.mean(jnp.where(sq > 0, jnp.sqrt(safe), 0.0))
 
 
 class Classifier(nnx.Module):
