@@ -16,6 +16,9 @@ from flax import nnx
 
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
+from jaxcomp.fewshot.meta.leo import LEO
+from jaxcomp.fewshot.meta.r2d2 import R2D2
+from jaxcomp.fewshot.meta.versa import Versa
 from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
@@ -150,6 +153,34 @@ register(
         "Chen et al., A Closer Look at Few-shot Classification (Baseline++), ICLR 2019",
         lambda c, hw, nb, rngs, **kw: BaselinePlus(
             c, feat_dim=_flat_dim(hw, kw.get("width", 64)), num_classes=nb, rngs=rngs, **kw
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "r2d2",
+        "meta",
+        "Bertinetto et al., Meta-learning with differentiable closed-form solvers (R2-D2), ICLR 2019",
+        lambda c, hw, nb, rngs, **kw: R2D2(c, rngs=rngs, **kw),
+    )
+)
+register(
+    MethodSpec(
+        "versa",
+        "meta",
+        "Gordon et al., Meta-Learning Probabilistic Inference for Prediction (Versa), ICLR 2019",
+        lambda c, hw, nb, rngs, **kw: Versa(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **kw
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "leo",
+        "meta",
+        "Rusu et al., Meta-Learning with Latent Embedding Optimization (LEO), ICLR 2019",
+        lambda c, hw, nb, rngs, **kw: LEO(
+            c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **kw
         ),
     )
 )
