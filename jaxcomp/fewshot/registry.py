@@ -17,7 +17,7 @@ from flax import nnx
 from jaxcomp.fewshot.base import FewShotModel
 from jaxcomp.fewshot.finetune.baseline import Baseline, BaselinePlus
 from jaxcomp.fewshot.finetune.distill import RFS, SKD
-from jaxcomp.fewshot.meta import ANIL, MAML, MTL
+from jaxcomp.fewshot.meta import ANIL, LEO, MAML, MTL, R2D2, Versa
 from jaxcomp.fewshot.metric import DN4, FEAT, ATLNet, CovaMNet, ProtoNet, RelationNet
 
 
@@ -78,12 +78,15 @@ def _flat_dim(image_hw, width=64):
     return h * w * width
 
 
-def _flat_head(cls, base_classes: bool = False):
+def _flat_head(cls, base_classes: bool = False, way_free: bool = False):
     """``build`` of a method whose heads read Conv64F's flattened features (``num_classes`` =
-    the number of base classes with ``base_classes``: methods that pretrain a classifier)."""
+    the number of base classes with ``base_classes``: methods that pretrain a classifier;
+    ``way_free``: heads generated per episode, for any number of ways, take no ``way``)."""
 
     def build(c, hw, nb, rngs, **kw):
         extra = {"num_classes": nb} if base_classes else {}
+        if way_free:
+            kw.pop("way", None)
         return cls(c, feat_dim=_flat_dim(hw, kw.get("width", 64)), rngs=rngs, **extra, **kw)
 
     return build
@@ -202,5 +205,29 @@ register(
         "meta",
         "Sun et al., Meta-Transfer Learning for Few-Shot Learning, CVPR 2019",
         _flat_head(MTL, base_classes=True),
+    )
+)
+register(
+    MethodSpec(
+        "r2d2",
+        "meta",
+        "Bertinetto et al., Meta-learning with differentiable closed-form solvers (R2-D2), ICLR 2019",
+        lambda c, hw, nb, rngs, way=None, **kw: R2D2(c, rngs=rngs, **kw),  # any way
+    )
+)
+register(
+    MethodSpec(
+        "versa",
+        "meta",
+        "Gordon et al., Meta-Learning Probabilistic Inference for Prediction (Versa), ICLR 2019",
+        _flat_head(Versa, way_free=True),
+    )
+)
+register(
+    MethodSpec(
+        "leo",
+        "meta",
+        "Rusu et al., Meta-Learning with Latent Embedding Optimization (LEO), ICLR 2019",
+        _flat_head(LEO, way_free=True),
     )
 )
