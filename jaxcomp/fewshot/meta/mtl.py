@@ -29,6 +29,7 @@ from flax import nnx
 
 from jaxcomp.fewshot.backbones import build_backbone
 from jaxcomp.fewshot.base import FewShotModel, cross_entropy, frozen_copy
+from jaxcomp.fewshot.meta.maml import check_inner, inner_loop
 
 
 class ScaleShiftConv(nnx.Module):
@@ -98,25 +99,18 @@ def adapt_linear_head(
     first_order: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """``steps`` SGD steps of ``lr`` on the cross-entropy of ``feats @ w.T + b`` (``w`` is
-    ``(way, D)`` as ``torch.nn.functional.linear``), as one ``lax.scan``. ``first_order``:
-    the inner gradients are constants for an outer derivative (the reference's behaviour)."""
-    if steps < 1:
-        raise ValueError(f"inner steps must be >= 1, got {steps}")
-    if not lr > 0:
-        raise ValueError(f"inner lr must be > 0, got {lr}")
+    ``(way, D)`` as ``torch.nn.functional.linear``): MAML's ``inner_loop`` on the base learner.
+    ``first_order``: the inner gradients are constants for an outer derivative (the reference's
+    behaviour)."""
 
-    def loss(theta):
-        logits = feats @ theta[0].T + theta[1]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def loss(theta, batch):
+        x, y = batch
+        logits = x @ theta[0].T + theta[1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def step(theta, _):
-        g = jax.grad(loss)(theta)
-        if first_order:
-            g = jax.lax.stop_gradient(g)
-        return jax.tree.map(lambda p, gi: p - lr * gi, theta, g), None
-
-    (w, b), _ = jax.lax.scan(step, (w, b), None, length=steps)
-    return w, b
+    return inner_loop(
+        loss, (w, b), (feats, labels), inner_steps=steps, inner_lr=lr, first_order=first_order
+    )
 
 
 class MTL(FewShotModel):
@@ -140,10 +134,7 @@ class MTL(FewShotModel):
         width: int = 64,
         rngs: nnx.Rngs,
     ):
-        if inner_iters < 1:
-            raise ValueError(f"inner_iters must be >= 1, got {inner_iters}")
-        if not inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+        check_inner(inner_iters, inner_lr, "inner_iters")
         if way < 2:
             raise ValueError(f"way must be >= 2, got {way}")
         self.backbone = build_backbone(backbone, in_channels, width=width, rngs=rngs)
