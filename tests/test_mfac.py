@@ -277,6 +277,18 @@ def _ggt_leaves(learning_rate):
     return ggt(learning_rate, num_grads=4, eps=1e-3, compressor=topk(0.1), layout="leaves")
 
 
+def _mfac_lowrank_leaves(learning_rate):
+    return mfac(learning_rate, num_grads=4, damping=1e-2, compressor=lowrank(2), layout="leaves")
+
+
+def _leaf_window_array(window):
+    """The array of a per-leaf window that is sharded like the leaf's leading axis: the dense
+    window itself, the top-k values, or the low-rank `P` factors."""
+    if hasattr(window, "values"):
+        return window.values
+    return window.p if hasattr(window, "p") else window
+
+
 BATTERY = {
     "mfac": (_mfac, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
     "mfac_topk": (_mfac_topk, {"learning_rate": 0.05}),
@@ -289,12 +301,13 @@ BATTERY = {
     "mfac_leaves": (_mfac_leaves, {"learning_rate": 0.05, "damping": 1e-2, "momentum": 0.5}),
     "mfac_topk_leaves": (_mfac_topk_leaves, {"learning_rate": 0.05}),
     "ggt_leaves": (_ggt_leaves, {"learning_rate": 0.05}),
+    "mfac_lowrank_leaves": (_mfac_lowrank_leaves, {"learning_rate": 0.05}),
 }
 
 
 # the full battery for dense M-FAC, top-k M-FAC and GGT; the other two variants share all code
 # paths but the compressor, so (to keep the suite fast) they run the dtype check only
-FULL = ("mfac", "mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves")
+FULL = ("mfac", "mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves", "mfac_lowrank_leaves")
 CASES = [(n, c) for n in FULL for c in optax_battery.CHECKS] + [
     (n, optax_battery.check_dtype_kept) for n in sorted(set(BATTERY) - set(FULL))
 ]
@@ -306,7 +319,9 @@ def test_battery(name, check):
     assert check(factory, hp)
 
 
-@pytest.mark.parametrize("name", ["mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves"])
+@pytest.mark.parametrize(
+    "name", ["mfac_topk", "ggt", "mfac_leaves", "mfac_topk_leaves", "mfac_lowrank_leaves"]
+)
 def test_state_sharding_unchanged_on_explicit_mesh(name):
     """Sharding in types: params FSDP-sharded over an Explicit axis, state stays replicated."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
@@ -330,11 +345,10 @@ def test_state_sharding_unchanged_on_explicit_mesh(name):
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2)):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
     if name.endswith("leaves"):  # the kernel's window is sharded like the kernel
-        window = state2.window["kernel"]
-        window = window.values if name == "mfac_topk_leaves" else window
+        window = _leaf_window_array(state2.window["kernel"])
         assert window.sharding.spec == P(None, "data", None), window.sharding
-    if name == "mfac_leaves":  # and computes what the flat layout computes
-        flat = _mfac(**hp)
+    if name in ("mfac_leaves", "mfac_lowrank_leaves"):  # and computes what "flat" computes
+        flat = {"mfac_leaves": _mfac, "mfac_lowrank_leaves": _mfac_lowrank}[name](**hp)
         with jax.set_mesh(mesh):
             want, _ = jax.jit(flat.update)(grads, jax.jit(flat.init)(params), params)
         for k in params:
@@ -353,6 +367,10 @@ def test_state_sharding_unchanged_on_explicit_mesh(name):
         lambda: ggt(0.1, num_grads=3, compressor=lowrank(2), weight_decay=1e-3),
         lambda: mfac(0.1, num_grads=3, momentum=0.5, layout="leaves", storage_dtype=jnp.bfloat16),
         lambda: mfac(0.1, num_grads=3, compressor=topk(0.2, num_blocks=2), layout="leaves"),
+        lambda: mfac(0.1, num_grads=3, compressor=lowrank(2), momentum=0.5, layout="leaves"),
+        lambda: ggt(
+            0.1, num_grads=3, compressor=lowrank(2), layout="leaves", storage_dtype=jnp.bfloat16
+        ),
     ],
     ids=[
         "mfac",
@@ -364,6 +382,8 @@ def test_state_sharding_unchanged_on_explicit_mesh(name):
         "ggt_lr_wd",
         "mfac_leaves_bf16_mom",
         "mfac_leaves_topk",
+        "mfac_leaves_lowrank_mom",
+        "ggt_leaves_lowrank_bf16",
     ],
 )
 def test_every_state_variant_saves_restores_and_continues_exactly(make, tmp_path):
@@ -697,6 +717,13 @@ LAYOUT_CASES = {
     "ggt_topk": lambda layout: scale_by_ggt(
         num_grads=4, eps=1e-3, compressor=topk(0.1, num_blocks=8), layout=layout
     ),
+    # P = orth(A Q) is another orthonormal basis in each layout, C(A) = P P^T A is the same
+    "mfac_lowrank": lambda layout: mfac(
+        1.0, num_grads=4, damping=1e-2, momentum=0.5, compressor=lowrank(4), layout=layout
+    ),
+    "ggt_lowrank": lambda layout: ggt(
+        1.0, num_grads=4, eps=0.1, beta1=0.5, compressor=lowrank(4), layout=layout
+    ),
 }
 
 
@@ -705,7 +732,7 @@ def test_leaves_layout_on_sharded_params_equals_flat_layout(case):
     params, draw, shard = _sharded_problem(single_leaf=case in ("mfac_topk", "ggt_topk"))
     flat, leaves = LAYOUT_CASES[case]("flat"), LAYOUT_CASES[case]("leaves")
     sf, sl = flat.init(params), leaves.init(params)
-    window_w = sl.window["w"] if "topk" not in case else sl.window["w"].values
+    window_w = _leaf_window_array(sl.window["w"])
     assert window_w.shape[0] == 4 and window_w.sharding.spec == P(None, "x", None)
     before = [x.sharding for x in jax.tree.leaves(sl)]
     update_f, update_l = jax.jit(flat.update), jax.jit(leaves.update)
@@ -714,7 +741,8 @@ def test_leaves_layout_on_sharded_params_equals_flat_layout(case):
         uf, sf = update_f(g, sf, params)
         ul, sl = update_l(g, sl, params)
         tol = 1e-5 * max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(uf))
-        if case == "ggt":  # with momentum u = x / eps - G^T w cancels: a few float32 ulps of
+        if case.startswith("ggt") and "topk" not in case:  # with momentum u = x / eps - G^T w
+            # cancels: a few float32 ulps of
             # x / eps (summation order differs between the layouts)
             tol = 2e-6 * max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g)) / 0.1
         for k in params:
@@ -731,20 +759,23 @@ def test_leaves_layout_on_sharded_params_equals_flat_layout(case):
 
 
 _COLLECTIVE = re.compile(
-    r"= \(?(\w+)\[([\d,]*)\][^\n]*? (all-gather|all-to-all|collective-permute|all-reduce)"
+    r"= ([^=\n]*?) (all-gather|all-to-all|collective-permute|all-reduce)"
     r"(?:-start)?\("
 )
+_ARRAY = re.compile(r"\w+\[([\d,]*)\]")
 
 
 def _collectives(hlo):
-    """`(op, number of elements of its result)` of every collective in compiled HLO text."""
+    """`(op, number of elements)` of every array that a collective in compiled HLO text returns
+    (XLA combines several all-reduces into one with a tuple result: one entry per array)."""
     return [
         (op, int(np.prod([int(n) for n in dims.split(",") if n])))
-        for _, dims, op in _COLLECTIVE.findall(hlo)
+        for result, op in _COLLECTIVE.findall(hlo)
+        for dims in _ARRAY.findall(result)
     ]
 
 
-@pytest.mark.parametrize("case", ["mfac", "mfac_topk_multi", "ggt", "mfac_bf16"])
+@pytest.mark.parametrize("case", ["mfac", "mfac_topk_multi", "ggt", "mfac_bf16", "mfac_lowrank"])
 def test_leaves_layout_gathers_nothing_of_size_d(case):
     """The compiled sharded step moves only O(m)-sized data between devices: no all-gather /
     all-to-all of a parameter-sized operand (the flat layout gathers the whole gradient)."""
@@ -756,6 +787,7 @@ def test_leaves_layout_gathers_nothing_of_size_d(case):
         ),
         "ggt": LAYOUT_CASES["ggt"],
         "mfac_bf16": LAYOUT_CASES["mfac_bf16"],
+        "mfac_lowrank": LAYOUT_CASES["mfac_lowrank"],
     }[case]
     hlo = {}
     for layout in ("flat", "leaves"):
@@ -767,7 +799,8 @@ def test_leaves_layout_gathers_nothing_of_size_d(case):
     smallest_sharded_leaf = 16 * 4 * 8
     moved = [n for op, n in hlo["leaves"] if op != "all-reduce"]
     assert all(n <= 4 * 4 for n in moved), hlo["leaves"]
-    # the psum of G x: all-reduces of a few m-sized vectors, nothing parameter-sized
+    # the psum of G x: all-reduces of a few m-sized vectors, nothing parameter-sized (low-rank:
+    # also the (r, r) Gram matrices of CholeskyQR, A^T P (cols x r) and P_i^T P (m x r x r))
     reduced = [n for op, n in hlo["leaves"] if op == "all-reduce"]
     assert reduced and all(n < smallest_sharded_leaf for n in reduced), hlo["leaves"]
     # control: the parser sees the flat layout's gather of the d-vector (or of whole leaves)
@@ -815,18 +848,20 @@ def test_leaves_layout_topk_matches_numpy_per_leaf_blocks():
 def test_bad_layout_raises():
     with pytest.raises(ValueError, match="layout must be 'flat' or 'leaves', got 'tree'"):
         mfac(0.1, layout="tree")
-    with pytest.raises(ValueError, match="layout='leaves' supports compressor=None or topk"):
-        ggt(0.1, compressor=lowrank(2), layout="leaves")
+    no_leaf_form = lowrank(2)._replace(leaf=None)  # a compressor without a per-leaf form
+    with pytest.raises(ValueError, match="layout='leaves' needs a compressor with a per-leaf"):
+        ggt(0.1, compressor=no_leaf_form, layout="leaves")
+    mfac(0.1, compressor=lowrank(2), layout="leaves")  # low-rank has one
 
 
-@pytest.mark.parametrize("case", ["dense", "topk_blocks"])
+@pytest.mark.parametrize("case", ["dense", "topk_blocks", "lowrank"])
 def test_leaves_layout_through_shard_train_state_and_make_train_step(case):
     """`shard_train_state` keeps the per-leaf windows sharded like their parameters (dense: by
-    shape; block-wise top-k: with `tx=`), the jitted step keeps them so and equals the step on
-    one device, and its compiled HLO gathers nothing of a parameter's size."""
+    shape; block-wise top-k and low-rank: with `tx=`), the jitted step keeps them so and equals
+    the step on one device, and its compiled HLO gathers nothing of a parameter's size."""
     from jaxcomp.train import make_mesh, make_train_step, shard_train_state
 
-    comp = None if case == "dense" else topk(0.1, num_blocks=8)
+    comp = {"dense": None, "topk_blocks": topk(0.1, num_blocks=8), "lowrank": lowrank(4)}[case]
     make_tx = lambda: mfac(0.05, num_grads=4, damping=1e-2, compressor=comp, layout="leaves")
     rng = np.random.default_rng(3)
     params = {
@@ -857,8 +892,7 @@ def test_leaves_layout_through_shard_train_state_and_make_train_step(case):
     want, _, _, _ = run(None)
     mesh = make_mesh(data=1, fsdp=8)
     got, opt_state, step, s = run(mesh)
-    window = opt_state.window["w"]
-    window = window if case == "dense" else window.values
+    window = _leaf_window_array(opt_state.window["w"])
     assert window.sharding.spec[1] == "fsdp", window.sharding
     for k in params:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-4, atol=1e-6)

@@ -22,15 +22,19 @@ linear combination of the stored gradients), so a compressed window never materi
 * `lowrank(rank)`: PowerSGD-style rank-`r` compression per layer (Section 3.2; Vogels et al.
   2019): one power iteration per step, warm-started from the previous step's `Q`. Matrices
   (conv kernels as `(kh*kw*c_in, c_out)`) are stored as factors `P (n, r)`, `Q (l, r)`; vectors
-  (biases, norms) and layers too small to gain are kept dense, as in PowerSGD.
+  (biases, norms) and layers too small to gain are kept dense, as in PowerSGD. In
+  `layout="leaves"` the factors keep the leaf's axes (`P (*lead, r)`, `Q (cols, r)`) and `P`
+  is orthonormalised by shifted CholeskyQR (`_cholesky_qr`), whose only cross-row reductions
+  are `(r, r)` Gram matrices.
 * `identity()`: the uncompressed window of dense M-FAC / GGT (no error feedback needed).
 
 `layout="flat"` (the default) works on the float32 vector obtained by flattening the gradient
 pytree (`jaxcomp.optim.utils.ravel_f32`); `shapes` (static leaf shapes) lets the low-rank
 compressor find the layers inside that vector. `layout="leaves"` keeps one window per leaf
-(`LeafCompressor`, given by `identity()` and `topk(...)`), in the leaf's shape and sharding:
-`G x` is a sum of per-leaf contractions, `G^T w` is per leaf. Windows may store their values
-in a narrower `storage_dtype` (bf16); all arithmetic is float32.
+(`LeafCompressor`, given by `identity()`, `topk(...)` and `lowrank(...)`), in the leaf's shape
+and sharding: `G x` is a sum of per-leaf contractions, `G^T w` is per leaf, and the
+compressor state (low-rank's warm-start `Q`) is a pytree like the parameters. Windows may
+store their values in a narrower `storage_dtype` (bf16); all arithmetic is float32.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Compressor(NamedTuple):
         the payload for storage (`storage_dtype`) does not round `c` elementwise (low-rank
         factors); `None`: `c` is rounded elementwise.
       leaf: `shape -> LeafCompressor`, the per-leaf form for `layout="leaves"`; `None` if the
-        compressor has none (low-rank).
+        compressor has none (`layout="leaves"` then raises a ValueError).
     """
 
     init: Callable[[Shapes], Any]
@@ -87,6 +91,12 @@ class Compressor(NamedTuple):
     leaf: Callable[[tuple[int, ...]], LeafCompressor] | None = None
 
 
+def _stateless(*args: Any) -> tuple[()]:
+    """The state (and its `PartitionSpec`s) of a stateless `LeafCompressor`: none."""
+    del args
+    return ()
+
+
 class LeafCompressor(NamedTuple):
     """The per-leaf form of a compressor, for `layout="leaves"`: one window per parameter leaf,
     indexed like the leaf (no flattening across leaves), so it can be sharded like the leaf.
@@ -95,18 +105,30 @@ class LeafCompressor(NamedTuple):
       window_init: `m -> window`, the all-zero window of `m` slots of this leaf (float32).
       window_spec: `spec -> specs`, the `PartitionSpec`s of the window's arrays (a pytree like
         the window) for a leaf sharded as `spec`; the slot axis is never sharded.
-      compress: `x -> (payload, c)`, `c = C(x)` shaped like the leaf.
+      compress: `(x, aux) -> (payload, c, aux)`, `c = C(x)` shaped like the leaf, and the
+        compressor state `aux` of this leaf updated.
       window_set: `(window, slot, payload) -> window`.
-      window_dots: `(window, x) -> (m,)`, this leaf's share of `G x`.
+      window_dots: `(window, x, payload_or_None) -> (m,)`, this leaf's share of `G x`; when
+        the payload of `x` is given the compressor may use it (low-rank uses the factors).
       window_combine: `(window, w) -> x`, this leaf's part of `G^T w`, shaped like the leaf.
+      init: `index -> aux`, the initial compressor state of this leaf (`index`: its position
+        among the flattened parameter leaves, e.g. to seed it); `()` when stateless.
+      state_spec: `spec -> specs`, the `PartitionSpec`s of the state (a pytree like `aux`) for
+        a leaf sharded as `spec`.
+      decode: `payload -> c`, the dense float32 `c` of a payload, as `Compressor.decode` (for a
+        `storage_dtype` that does not round `c` elementwise); `None`: `c` is rounded
+        elementwise.
     """
 
     window_init: Callable[[int], Any]
     window_spec: Callable[[PartitionSpec], Any]
-    compress: Callable[[jax.Array], tuple[Any, jax.Array]]
+    compress: Callable[[jax.Array, Any], tuple[Any, jax.Array, Any]]
     window_set: Callable[[Any, jax.Array, Any], Any]
-    window_dots: Callable[[Any, jax.Array], jax.Array]
+    window_dots: Callable[[Any, jax.Array, Any], jax.Array]
     window_combine: Callable[[Any, jax.Array], jax.Array]
+    init: Callable[[int], Any] = _stateless
+    state_spec: Callable[[PartitionSpec], Any] = _stateless
+    decode: Callable[[Any], jax.Array] | None = None
 
 
 def _numel(shapes: Shapes) -> int:
@@ -155,9 +177,9 @@ def _dense_leaf(shape: tuple[int, ...]) -> LeafCompressor:
     return LeafCompressor(
         window_init=lambda m: jnp.zeros((m, *shape), jnp.float32),
         window_spec=lambda spec: PartitionSpec(None, *spec),
-        compress=lambda x: (x, x),
+        compress=lambda x, aux: (x, x, aux),
         window_set=_set_row,
-        window_dots=lambda window, x: _contract(window, x, nd),
+        window_dots=lambda window, x, payload: _contract(window, x, nd),
         window_combine=_combine_rows,
     )
 
@@ -409,9 +431,9 @@ def _topk_leaf(shape: tuple[int, ...], fraction: float, num_blocks: int) -> Leaf
 
         return jax.vmap(one, in_axes=(-2, -2))(idx, values)
 
-    def compress(x):
+    def compress(x, aux):
         values, idx = _block_topk(_to_blocks(x, nb), k, by_sort=True)
-        return (values, idx), _from_blocks(scatter(idx, values, add=False), shape, x)
+        return (values, idx), _from_blocks(scatter(idx, values, add=False), shape, x), aux
 
     def window_set(window, slot, payload):
         values, idx = payload
@@ -420,7 +442,8 @@ def _topk_leaf(shape: tuple[int, ...], fraction: float, num_blocks: int) -> Leaf
             _set_row(window.index, slot, idx.astype(index_dtype)),
         )
 
-    def window_dots(window, x):
+    def window_dots(window, x, payload):
+        del payload
         take = lambda row, idx: row[idx]  # one block: (block,), (m, k) -> (m, k)
         picked = jax.vmap(take, in_axes=(0, 1), out_axes=1)(
             _to_blocks(x, nb), window.index.astype(jnp.int32)
@@ -470,6 +493,13 @@ def _lowrank_plan(shapes: Shapes, rank: int) -> list[_Layer]:
     return layers
 
 
+def _warm_start(seed: int, index: int, layer: _Layer) -> jax.Array:
+    """The initial `Q (cols, r)` of layer number `index` (standard normal, as in PowerSGD); the
+    same in both layouts, so they follow the same trajectory."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
+    return jax.random.normal(key, (layer.cols, layer.rank), jnp.float32)
+
+
 def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
     """PowerSGD-style per-layer rank-`r` compressor (EFCP Section 3.2; Vogels et al. 2019, Alg. 1).
 
@@ -478,6 +508,14 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
     previous step's `Q`:  `P = orth(A Q)`, `Q <- A^T P`, `C(A) = P Q^T`. Vectors and layers whose
     factors would not be smaller than the layer are passed through uncompressed. If `A^T P`
     vanishes (a zero accumulator), the previous `Q` is kept so the iteration cannot get stuck.
+
+    `layout="flat"` orthonormalises with Householder QR (`jnp.linalg.qr`) on the replicated
+    vector. `layout="leaves"` keeps the factors in the leaf's own axes, `P (*lead, r)` and
+    `Q (cols, r)`, sharded like the leaf (its leading axes, its last axis), and orthonormalises
+    by shifted CholeskyQR (`_cholesky_qr`): its cross-row reductions are `(r, r)` Gram matrices
+    (a psum of `r^2` floats when the rows are sharded), where Householder QR would gather the
+    rows. `C(A) = P P^T A` depends only on the span of `P`, so both layouts compute the same
+    compressed gradients up to float32 rounding.
 
     Args:
       rank: target rank `r >= 1` (capped per layer at `min(rows, cols)`).
@@ -488,9 +526,8 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
     rank = int(rank)
 
     def init(shapes):
-        key = jax.random.PRNGKey(seed)
         return tuple(
-            jax.random.normal(jax.random.fold_in(key, i), (layer.cols, layer.rank), jnp.float32)
+            _warm_start(seed, i, layer)
             for i, layer in enumerate(_lowrank_plan(shapes, rank))
             if layer.rank
         )
@@ -571,6 +608,161 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
         window_dots=window_dots,
         window_combine=window_combine,
         decode=decode,
+        leaf=lambda shape: _lowrank_leaf(shape, rank, seed),
+    )
+
+
+# Shifts of the three CholeskyQR rounds, in units of `eps * trace(X^T X)`: the first round only
+# preconditions (its shift is above the float32 rounding of a Gram matrix of moderately many
+# rows), the other two are CholeskyQR2 on a well-conditioned basis.
+_CHOLQR_SHIFTS = (10.0, 0.1, 0.1)
+
+
+def _cholesky_qr(x: jax.Array, gram_sharding: Any = None) -> jax.Array:
+    """An orthonormal basis of the columns (last axis) of `x (*rows, r)`, in `x`'s shape:
+    shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Zhang, Yamamoto 2020).
+
+    One round: `G = X^T X` (contracted over all row axes: the only cross-row reduction, an
+    `(r, r)` psum when the rows are sharded), `L = chol(G + s I)`, `X <- X L^{-T}` (`L^{-1}` from
+    `solve_triangular`, applied as an `(r, r)` matmul, so the rows are never reshaped or moved).
+    Any invertible `L` keeps the span of `X`; the shift makes the Cholesky succeed on an
+    ill-conditioned or rank-deficient `X` (the first, shifted round leaves a basis of condition
+    `~sqrt(10 eps) cond(X)`), and the two plain rounds (CholeskyQR2) make it orthonormal to
+    float32 rounding. Plain CholeskyQR2 needs `cond(X) < eps^(-1/2) ~ 3e3` in float32 (it
+    squares the condition number); this handles `cond(X)` up to ~1e6.
+
+    Guards: `x` is first scaled by its largest magnitude (no under/overflow in `G`). A round
+    whose Cholesky is not finite or has a pivot below the shift (rounding of `G` larger than
+    the shift: rank deficiency with many rows) uses instead the shift
+    `(rows + r) eps trace(G)`, which bounds the rounding of `G`, so the result is always
+    finite; a zero `x` gives zeros. Numerically null directions of a rank-deficient `x` come
+    out as (near) orthonormal directions made of rounding noise, as with Householder QR.
+    """
+    rows, r = math.prod(x.shape[:-1]), x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    eye = jnp.eye(r, dtype=jnp.float32)
+    scale = jnp.max(jnp.abs(x))
+    x = x / jnp.where(scale > 0, scale, 1.0)
+    eps = jnp.finfo(jnp.float32).eps
+    for shift in _CHOLQR_SHIFTS:
+        gram = jnp.tensordot(x, x, axes=(axes, axes), precision=HIGHEST, out_sharding=gram_sharding)
+        trace = jnp.trace(gram)
+        unit = jnp.where(trace > 0, eps * trace, 1.0)
+        shifts = unit * jnp.asarray([shift, rows + r], jnp.float32)
+        low = jnp.linalg.cholesky(gram + shifts[:, None, None] * eye)
+        pivots = jnp.diagonal(low[0]) ** 2
+        ok = jnp.all(jnp.isfinite(low[0])) & jnp.all(pivots >= 0.5 * shifts[0])
+        inv = jax.scipy.linalg.solve_triangular(jnp.where(ok, low[0], low[1]), eye, lower=True)
+        x = jnp.tensordot(x, inv, axes=((x.ndim - 1,), (1,)), precision=HIGHEST)  # X L^{-T}
+    return x
+
+
+class LeafLowrankWindow(NamedTuple):
+    """Low-rank window of one leaf of shape `(*lead, cols)` (`layout="leaves"`): slot `i`
+    stores `P_i Q_i^T` (the leaf's rows `*lead` against its last axis) as the factors, in the
+    leaf's own axes so that they shard like the leaf."""
+
+    p: jax.Array  # (m, *lead, r)
+    q: jax.Array  # (m, cols, r)
+
+
+def _out(x: jax.Array, spec: tuple[Any, ...]) -> NamedSharding | None:
+    """`spec` on the mesh of `x` if `x` is sharded over Explicit mesh axes (the out_sharding a
+    product that contracts sharded axes needs there), else None."""
+    sharding = explicit_sharding(x)
+    return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def _lowrank_leaf(shape: tuple[int, ...], rank: int, seed: int) -> LeafCompressor:
+    """Per-leaf form of `lowrank`: for a leaf `(*lead, cols)` that `_lowrank_plan` compresses,
+    `A` is the leaf as a `(prod(lead), cols)` matrix, `P = orth(A Q)` is kept as `(*lead, r)`
+    (shifted CholeskyQR, `_cholesky_qr`) and `Q <- A^T P` as `(cols, r)`; the warm-start `Q`
+    is this leaf's compressor state, sharded like the leaf's last axis. Contractions over the
+    leaf's rows (`P^T P`, `A^T P`, `P_i^T P`, `sum(P_i * (X Q_i))`) are psums of `r^2`,
+    `cols r`, `m r^2` and `m` floats when the rows are sharded; over its last axis (`A Q`,
+    `Q_i^T Q`), of `rows r` and `m r^2` floats; `G^T w` is local. Other leaves keep the dense
+    window (`_dense_leaf`)."""
+    plan = _lowrank_plan((shape,), rank)[0]
+    if not plan.rank:
+        return _dense_leaf(shape)
+    nd = len(shape)
+    lead = tuple(range(nd - 1))  # the row axes of the leaf
+
+    def padded(spec):  # one entry per axis of the leaf
+        return tuple(spec) + (None,) * (nd - len(spec))
+
+    def leaf_spec(x):  # on Explicit mesh axes (else all None: only used there)
+        sharding = explicit_sharding(x)
+        return padded(() if sharding is None else sharding.spec)
+
+    def window_spec(spec):
+        spec = padded(spec)
+        return LeafLowrankWindow(
+            PartitionSpec(None, *spec[:-1], None), PartitionSpec(None, spec[-1], None)
+        )
+
+    def decode(payload):
+        p, q = (f.astype(jnp.float32) for f in payload)
+        return jnp.tensordot(p, q, axes=((nd - 1,), (1,)), precision=HIGHEST)
+
+    def compress(x, q_old):
+        spec = leaf_spec(x)
+        x_q = jnp.tensordot(
+            x, q_old, axes=((nd - 1,), (0,)), precision=HIGHEST, out_sharding=_out(x, spec[:-1])
+        )
+        p = _cholesky_qr(x_q, _out(x, ()))
+        q = jnp.tensordot(
+            x, p, axes=(lead, lead), precision=HIGHEST, out_sharding=_out(x, spec[-1:])
+        )
+        return (p, q), decode((p, q)), jnp.where(jnp.any(q != 0), q, q_old)
+
+    def window_set(window, slot, payload):
+        p, q = payload
+        return LeafLowrankWindow(_set_row(window.p, slot, p), _set_row(window.q, slot, q))
+
+    def window_dots(window, x, payload):
+        wp, wq = window.p.astype(jnp.float32), window.q.astype(jnp.float32)
+        if payload is not None:  # <P_i Q_i^T, P Q^T> = sum((P_i^T P) * (Q_i^T Q))
+            p, q = (f.astype(jnp.float32) for f in payload)
+            rows = tuple(range(1, nd))
+            pp = jnp.tensordot(
+                wp, p, axes=(rows, lead), precision=HIGHEST, out_sharding=_out(p, ())
+            )
+            qq = jnp.tensordot(
+                wq, q, axes=((1,), (0,)), precision=HIGHEST, out_sharding=_out(q, ())
+            )
+            return jnp.sum(pp * qq, axis=(1, 2))
+        # <P_i Q_i^T, X> = sum(P_i * (X Q_i))
+        spec = leaf_spec(x)
+        x_q = jnp.tensordot(
+            x,
+            wq,
+            axes=((nd - 1,), (1,)),
+            precision=HIGHEST,
+            out_sharding=_out(x, (*spec[:-1], None, None)),
+        )
+        total = jnp.sum(wp * jnp.moveaxis(x_q, nd - 1, 0), axis=tuple(range(1, nd + 1)))
+        out = _out(x, ())
+        return total if out is None else jax.sharding.reshard(total, out)
+
+    def window_combine(window, w):
+        scaled = window.p.astype(jnp.float32) * w.reshape(-1, *([1] * nd))
+        wq = window.q.astype(jnp.float32)
+        return jnp.tensordot(scaled, wq, axes=((0, nd), (0, 2)), precision=HIGHEST)
+
+    return LeafCompressor(
+        window_init=lambda m: LeafLowrankWindow(
+            jnp.zeros((m, *shape[:-1], plan.rank), jnp.float32),
+            jnp.zeros((m, plan.cols, plan.rank), jnp.float32),
+        ),
+        window_spec=window_spec,
+        compress=compress,
+        window_set=window_set,
+        window_dots=window_dots,
+        window_combine=window_combine,
+        init=lambda index: _warm_start(seed, index, plan),
+        state_spec=lambda spec: PartitionSpec(padded(spec)[-1], None),
+        decode=decode,
     )
 
 
@@ -580,17 +772,23 @@ def lowrank(rank: int = 4, *, seed: int = 0) -> Compressor:
 
 
 def _stored(
-    decode: Any, payload: Any, c: jax.Array, shapes: Shapes, storage_dtype: Any
+    decode: Callable[[Any], jax.Array] | None, payload: Any, c: jax.Array, storage_dtype: Any
 ) -> tuple[Any, jax.Array]:
     """`(payload, c)` rounded to `storage_dtype` (what a window of that dtype holds), `c` back in
-    float32 (`decode(payload, shapes)`, or rounded elementwise when `decode` is None);
-    unchanged for float32 storage."""
+    float32 (`decode(payload)`, or rounded elementwise when `decode` is None); unchanged for
+    float32 storage."""
     if jnp.dtype(storage_dtype) == jnp.float32:
         return payload, c
     payload = jax.tree.map(lambda x: _to_storage(x, storage_dtype), payload)
     if decode is not None:
-        return payload, decode(payload, shapes)
+        return payload, decode(payload)
     return payload, c.astype(storage_dtype).astype(jnp.float32)
+
+
+def _decoder(compressor: Compressor, shapes: Shapes) -> Callable[[Any], jax.Array] | None:
+    """`payload -> c` of a flat-layout compressor (None if it rounds `c` elementwise)."""
+    decode = compressor.decode
+    return None if decode is None else lambda payload: decode(payload, shapes)
 
 
 def _to_storage(x: jax.Array, storage_dtype: Any) -> jax.Array:
@@ -615,7 +813,7 @@ def error_feedback(
     """
     a = error.astype(jnp.float32) + g
     payload, c, aux = compressor.compress(a, aux, shapes)
-    payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
+    payload, c = _stored(_decoder(compressor, shapes), payload, c, storage_dtype)
     return payload, c, (a - c).astype(storage_dtype), aux
 
 
@@ -655,7 +853,7 @@ def integrate_gradient(
     if compressor is None or not feedback:
         compressor = identity() if compressor is None else compressor
         payload, c, aux = compressor.compress(g, aux, shapes)
-        payload, c = _stored(compressor.decode, payload, c, shapes, storage_dtype)
+        payload, c = _stored(_decoder(compressor, shapes), payload, c, storage_dtype)
     else:
         payload, c, error, aux = error_feedback(compressor, g, error, aux, shapes, storage_dtype)
     window = compressor.window_set(window, slot, payload)
@@ -680,8 +878,9 @@ def check_layout(layout: Any, compressor: Compressor | None) -> str:
         raise ValueError(f"layout must be 'flat' or 'leaves', got {layout!r}")
     if layout == "leaves" and compressor is not None and compressor.leaf is None:
         raise ValueError(
-            "layout='leaves' supports compressor=None or topk(...); this compressor has no "
-            "per-leaf form (low-rank: use layout='flat')"
+            "layout='leaves' needs a compressor with a per-leaf form (None, topk(...), "
+            "lowrank(...)); this compressor has none (Compressor.leaf is None): use "
+            "layout='flat'"
         )
     return layout
 
@@ -704,10 +903,12 @@ def init_window_fields(
 
     `layout="flat"`: one window over the flattened `(d,)` vector, replicated. `layout="leaves"`:
     a pytree like `params` of per-leaf windows (`LeafCompressor`; the dense one is
-    `(m, *leaf.shape)`), `error` and `momentum` are pytrees like `params`, each placed with the
-    sharding of its parameter leaf when that is known (concrete arrays with a `NamedSharding`,
-    or Explicit mesh axes). Under `jax.jit` on Auto axes nothing is known: call `init` on the
-    placed params outside `jit`, or give the state's shardings as `out_shardings`.
+    `(m, *leaf.shape)`), `error` and `momentum` are pytrees like `params`, and so is the
+    compressor state when some leaf has one (low-rank's `Q`; `()` otherwise, stateless leaves
+    are `()` in it), each placed with the sharding its `LeafCompressor` derives from its
+    parameter leaf's when that is known (concrete arrays with a `NamedSharding`, or Explicit
+    mesh axes). Under `jax.jit` on Auto axes nothing is known: call `init` on the placed params
+    outside `jit`, or give the state's shardings as `out_shardings`.
     """
     with_error = compressor is not None and error_feedback
     comp = identity() if compressor is None else compressor
@@ -734,24 +935,37 @@ def init_window_fields(
     like = lambda dtype: jax.tree.map(
         lambda p: _place(jnp.zeros(p.shape, dtype), PartitionSpec(*_spec(p)[1]), p), params
     )
-    window = []
-    for p in jax.tree.leaves(params):
+    leaves, treedef = jax.tree.flatten(params)
+    window, aux = [], []
+    for i, p in enumerate(leaves):
         ops = comp.leaf(tuple(p.shape))
-        specs = ops.window_spec(PartitionSpec(*_spec(p)[1]))
-        window.append(
-            jax.tree.map(
-                lambda spec, x, p=p: _place(x, spec, p),
-                specs,
-                stored(ops.window_init(num_grads)),
-                is_leaf=lambda x: isinstance(x, PartitionSpec),
-            )
-        )
+        spec = PartitionSpec(*_spec(p)[1])
+        window.append(_place_tree(stored(ops.window_init(num_grads)), ops.window_spec(spec), p))
+        aux.append(_place_tree(ops.init(i), ops.state_spec(spec), p))
     fields.update(
-        window=jax.tree.structure(params).unflatten(window),
+        compressor_state=_leaf_tree(treedef, aux),
+        window=treedef.unflatten(window),
         error=like(storage_dtype) if with_error else optax.EmptyState(),
         momentum=like(jnp.float32) if with_momentum else optax.EmptyState(),
     )
     return fields
+
+
+def _place_tree(tree: Any, specs: Any, p: Any) -> Any:
+    """Every array of `tree` placed (`_place`) with its `PartitionSpec` in `specs` (a pytree
+    like `tree`), on the mesh of parameter leaf `p`."""
+    return jax.tree.map(
+        lambda spec, x: _place(x, spec, p),
+        specs,
+        tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def _leaf_tree(treedef: Any, items: list[Any]) -> Any:
+    """The per-leaf compressor states `items` as a pytree like the parameters, or `()` when no
+    leaf has one (the dense and top-k leaves)."""
+    return treedef.unflatten(items) if jax.tree.leaves(items) else ()
 
 
 def _spec(p: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -847,16 +1061,21 @@ def _push_leaves(compressor, updates, state, slot, feedback, storage_dtype):
     ops = [comp.leaf(tuple(x.shape)) for x in leaves]
     with_error = compressor is not None and feedback
     errors = treedef.flatten_up_to(state.error) if with_error else [None] * len(leaves)
-    cs, new_errors, windows, dots = [], [], [], 0.0
-    for op, g, e, window in zip(ops, leaves, errors, treedef.flatten_up_to(state.window)):
+    auxes = state.compressor_state
+    auxes = treedef.flatten_up_to(auxes) if jax.tree.leaves(auxes) else [()] * len(leaves)
+    cs, new_errors, windows, new_auxes, dots = [], [], [], [], 0.0
+    for op, g, e, window, aux in zip(
+        ops, leaves, errors, treedef.flatten_up_to(state.window), auxes
+    ):
         a = g.astype(jnp.float32) if e is None else e.astype(jnp.float32) + g
-        payload, c = op.compress(a)
-        payload, c = _stored(None, payload, c, (), storage_dtype)
+        payload, c, aux = op.compress(a, aux)
+        payload, c = _stored(op.decode, payload, c, storage_dtype)
         window = op.window_set(window, slot, payload)
-        dots = dots + op.window_dots(window, c)
+        dots = dots + op.window_dots(window, c, payload)
         cs.append(c)
         new_errors.append(None if e is None else (a - c).astype(storage_dtype))
         windows.append(window)
+        new_auxes.append(aux)
     error = treedef.unflatten(new_errors) if with_error else state.error
     new = Integrated(
         treedef.unflatten(cs),
@@ -864,11 +1083,11 @@ def _push_leaves(compressor, updates, state, slot, feedback, storage_dtype):
         treedef.unflatten(windows),
         _set_gram_row(state.gram, slot, dots),
         error,
-        state.compressor_state,
+        _leaf_tree(treedef, new_auxes),
     )
     window_ops = WindowOps(
         dots=lambda x: sum(
-            op.window_dots(w, v) for op, w, v in zip(ops, windows, treedef.flatten_up_to(x))
+            op.window_dots(w, v, None) for op, w, v in zip(ops, windows, treedef.flatten_up_to(x))
         ),
         combine=lambda w: treedef.unflatten(
             [op.window_combine(win, w) for op, win in zip(ops, windows)]

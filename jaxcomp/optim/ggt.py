@@ -62,7 +62,8 @@ class GGTState(NamedTuple):
       gram: `(r, r)` float32 Gram matrix `G G^T` of the window.
       error: `(d,)` error-feedback accumulator in the `storage_dtype` (`optax.EmptyState()`
         without a compressor).
-      compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
+      compressor_state: compressor state (PowerSGD's warm-start `Q`s, in `layout="leaves"` a
+        pytree like the params; `()` otherwise).
       momentum: `(d,)` first-moment buffer (`optax.EmptyState()` when `beta1 == 0`).
     """
 

@@ -57,7 +57,8 @@ class MFACState(NamedTuple):
       gram: `(m, m)` float32 Gram matrix `G G^T` of the window.
       error: `(d,)` error-feedback accumulator `e` in the `storage_dtype`
         (`optax.EmptyState()` without a compressor).
-      compressor_state: compressor state (PowerSGD's warm-start `Q`s; `()` otherwise).
+      compressor_state: compressor state (PowerSGD's warm-start `Q`s, in `layout="leaves"` a
+        pytree like the params; `()` otherwise).
       momentum: `(d,)` momentum buffer `v` (`optax.EmptyState()` when `momentum == 0`).
     """
 
@@ -206,9 +207,13 @@ def mfac(
         buffers shaped and sharded like the parameters; `G x` is a sum of per-leaf
         contractions (under sharding a psum of `m` floats), `G^T w` is local to each shard,
         and only the `(m, m)` Gram matrix and its solve are replicated. Same numbers as
-        `"flat"` up to float32 summation order. Supports `compressor=None` and `topk(...)`
+        `"flat"` up to float32 summation order. Supports `compressor=None`, `topk(...)`
         (block-wise along each leaf's leading axis, `num_blocks` = the shard count keeps the
-        selection shard-local); not `lowrank`.
+        selection shard-local) and `lowrank(...)` (factors `(m, *leaf.shape[:-1], r)` and
+        `(m, leaf.shape[-1], r)` sharded like the leaf's axes, the warm-start `Q` in
+        `compressor_state` sharded like its last axis, and CholeskyQR instead of Householder
+        QR, so only sums of `r^2`, `m r^2` and at most `max(rows, cols) r` floats cross the
+        shards).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is an `MFACState`.
