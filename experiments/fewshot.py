@@ -56,6 +56,7 @@ DATASET_LABELS = {
 # training run's identity (a rerun with other test settings reuses the trained models).
 _NOT_TRAINING = (
     "method", "datasets", "shots", "test_episodes", "test_query", "test_seed", "cache_dir",
+    "image_test_episodes",
 )  # fmt: skip
 
 
@@ -85,6 +86,7 @@ CONFIG_RULES = {
     "train_query": "int>=1",
     "test_query": "int>=1",
     "test_episodes": "int>=1",
+    "image_test_episodes": "int>=0",
     "val_episodes": "int>=1",
     "val_query": "int>=1",
     "episodes_per_epoch": "int>=1",
@@ -220,20 +222,20 @@ def _run_method(method, dataset, data, cfg, out_dir, todo) -> list[dict]:
             val_query=cfg.val_query,
             seed=cfg.seed,
         )
+        episodes = cfg.test_episodes
+        if model.test_on == "images" and cfg.image_test_episodes:
+            episodes = min(episodes, cfg.image_test_episodes)
         for k in todo:
             if (cfg.train_shot or k) != ts:
                 continue
-            print(
-                f"[{dataset}/{method}] testing 5-way {k}-shot, {cfg.test_episodes} episodes",
-                flush=True,
-            )
+            print(f"[{dataset}/{method}] testing 5-way {k}-shot, {episodes} episodes", flush=True)
             res = fs_test(
                 trained,
                 *data["novel"],
                 way=cfg.way,
                 shot=k,
                 query=cfg.test_query,
-                num_episodes=cfg.test_episodes,
+                num_episodes=episodes,
                 seed=cfg.test_seed,
             )
             row = {
