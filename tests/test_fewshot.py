@@ -308,3 +308,28 @@ def test_resnet12_option_shapes():
     assert net.output_shape((16, 16)) == (1, 1, 8)
     with pytest.raises(ValueError, match=r"\(8, 8\) is too small"):
         net.output_shape((8, 8))
+
+
+class TinyProtoImages(TinyProto):
+    """The same model tested on images (the path of per-episode adapting methods)."""
+
+    test_on = "images"
+
+    def predict_images(self, support_x, query_x, key):
+        del key
+        s, q = self.embed_episode(support_x, query_x)
+        return protonet_logits(s, q)
+
+
+def test_image_episodes_one_per_call_on_cpu_equal_vmapped_chunks():
+    from jaxcomp.train.step import split_model
+
+    x, y = _clusters(7, 10)
+    _, eval_gd, params, state = split_model(TinyProtoImages(12, rngs=nnx.Rngs(0)))
+    sampler = EpisodeSampler(y, 5, 2, 3, seed=3)
+    auto = protocol.evaluate_episodes(eval_gd, params, state, x, sampler, 7)  # chunk 1 on CPU
+    chunked = protocol.evaluate_episodes(eval_gd, params, state, x, sampler, 7, chunk=3)
+    np.testing.assert_allclose(auto, chunked)
+    _, eval_gd2, params2, state2 = split_model(TinyProto(12, rngs=nnx.Rngs(0)))
+    feats = protocol.evaluate_episodes(eval_gd2, params2, state2, x, sampler, 7)
+    np.testing.assert_allclose(auto, feats)  # the same model on features: same accuracies
