@@ -313,8 +313,7 @@ def train(
         if i > 0:
             model = nnx.merge(result["graphdef"], result["params"], result["state"])
             model.start_phase(i, nnx.Rngs(seed + i))
-        if len(kinds) > 1:
-            log(f"  phase {i} ({kind})")
+        log(f"  phase {i} ({kind})")
         result = _train_phase(
             model,
             kind,
