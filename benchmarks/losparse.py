@@ -1,10 +1,13 @@
-"""Inference time and size: exported LoSparse MiniLM at 20% of encoder linear params vs dense.
+"""Inference time and size: exported LoSparse MiniLM at 20% of encoder linear params vs dense, and
+vs low-rank only at the same size (no scatter of the kept ``S`` columns).
 
-Both models run the same batch of sentences in the same process, alternating, after warm-up
-compilation; we report median times and their ratio, plus stored parameter counts and bytes. The
-LoSparse model is converted (half the budget in the rank, half in kept columns of ``S``) and its
-``S`` columns are pruned one-shot by column norm to the budget: timing and size depend only on the
-shapes, not on the trained values (the experiment in ``experiments/losparse.py`` trains them).
+The three models run the same batch of sentences in the same process, alternating, after warm-up
+compilation; we report median times and their ratios, stored parameter counts and bytes, and the
+size of the safetensors file each is saved to (``losparse.save_compressed``; the dense model's is
+the checkpoint's ``model.safetensors``). The LoSparse model is converted (half the budget in the
+rank, half in kept columns of ``S``) and its ``S`` columns are pruned one-shot by column norm to the
+budget; the low-rank model puts the whole budget in the rank. Timing and size depend only on the
+shapes, not on the trained values (``experiments/losparse_polarity.py`` trains them).
 
     python -m benchmarks.losparse   # writes benchmarks/results/losparse.json
 """
@@ -71,6 +74,7 @@ def main() -> None:
     student = ls.convert(nnx.clone(dense), LOWRANK_SHARE * RATIO)
     _prune_columns_to_budget(student, RATIO, dense_linear)
     exported = ls.export(student)
+    lowrank = ls.export(ls.convert(nnx.clone(dense), RATIO, sparse=False))
     batch = bert.tokenize(tokenizer, _sentences(BATCH), max_length=MAX_LEN, pad_to=MAX_LEN)
 
     def compiled(model):
@@ -78,7 +82,11 @@ def main() -> None:
         f = jax.jit(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, mask))
         return lambda: f(state, batch["input_ids"], batch["attention_mask"]).block_until_ready()
 
-    runs = {"dense": compiled(dense), "losparse_20": compiled(exported)}
+    runs = {
+        "dense": compiled(dense),
+        "losparse_20": compiled(exported),
+        "lowrank_20": compiled(lowrank),
+    }
     for fn in runs.values():
         fn()  # compile + warm up
     times = {k: [] for k in runs}
@@ -99,23 +107,33 @@ def main() -> None:
         "repeats": REPEATS,
         "median_seconds": med,
         "speedup_dense_over_losparse": med["dense"] / med["losparse_20"],
+        "speedup_dense_over_lowrank": med["dense"] / med["lowrank_20"],
+        "losparse_over_lowrank_time": med["losparse_20"] / med["lowrank_20"],
         "encoder_linear_params": {
             "dense": dense_linear,
             "losparse_20": _count_exported_linear(exported),
+            "lowrank_20": _count_exported_linear(lowrank),
         },
         "encoder_linear_bytes": {
             "dense": _encoder_linear_bytes(dense),
             "losparse_20": _encoder_linear_bytes(exported),
+            "lowrank_20": _encoder_linear_bytes(lowrank),
         },
         "total_bytes": {
             "dense": ls.parameter_report(dense)["bytes"],
             "losparse_20": ls.parameter_report(exported)["bytes"],
+            "lowrank_20": ls.parameter_report(lowrank)["bytes"],
+        },
+        "safetensors_file_bytes": {
+            "dense": os.path.getsize(os.path.join(path, "model.safetensors")),
+            **_saved_bytes({"losparse_20": exported, "lowrank_20": lowrank}),
         },
         "untrained_cosine_to_dense": float(np.mean(np.sum(e_dense * e_sparse, axis=1))),
-        "note": "CPU, 2 cores shared with 5 other developers' jobs running at the same time; "
-        "ratios from alternating runs in one process. The one-shot pruned model is untrained "
-        "(the cosine is only a sanity check); timing depends on shapes only. Encoder bytes "
-        "include biases and the int32 column indices of the kept S columns.",
+        "note": "CPU, 2 cores, run alone (load average recorded); ratios from alternating runs "
+        "in one process, median of the repeats. The one-shot pruned model is untrained (the "
+        "cosine is only a sanity check); timing depends on shapes only. Encoder bytes include "
+        "biases and the int32 column indices of the kept S columns. The file sizes hold the whole "
+        "model, embeddings (11.7M of its 22.7M dense parameters) included.",
         "platform": platform.platform(),
         "jax": jax.__version__,
         "devices": str(jax.devices()),
@@ -126,6 +144,17 @@ def main() -> None:
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
+
+
+def _saved_bytes(models: dict) -> dict:
+    """Size of the safetensors file ``losparse.save_compressed`` writes for each model."""
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, model in models.items():
+            out[name] = ls.save_compressed(model, os.path.join(d, f"{name}.safetensors"))["bytes"]
+    return out
 
 
 def _count_exported_linear(model: nnx.Module) -> int:

@@ -122,7 +122,9 @@ def glue_sst2_corpus(max_heldout: int) -> tuple[list, list]:
 
 
 def encoder_linear_params(model: nnx.Module) -> int:
-    """Stored weights of the encoder linear layers (A, B, kept S or dense kernels; no biases)."""
+    """Stored weights of the encoder linear layers (A, B, kept S or dense kernels; no biases) of a
+    ``BertModel`` or of the encoder of a ``BertForSequenceClassification``."""
+    model = getattr(model, "bert", model)
     n = 0
     for _, m in nnx.iter_modules(model):
         if isinstance(m, nnx.Linear) and m is not getattr(model, "pooler", None):

@@ -31,6 +31,7 @@ EXPERIMENTS = [
     ("gntp", "gntp_smoke", True),
     ("cocoop", "cocoop_smoke", True),
     ("losparse", "losparse_smoke", True),
+    ("losparse_polarity", "losparse_polarity_smoke", True),
     ("indistill", "indistill_smoke", True),
     ("fewshot", "fewshot_smoke", True),
     ("mixed_vocab", "mixed_vocab_smoke", True),
@@ -137,6 +138,10 @@ def _training_strings(name, module, cfg) -> list[bytes]:
     if name == "losparse":
         train, _ = module.pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
         texts = train[: cfg.get("max_train") or len(train)]
+    elif name == "losparse_polarity":
+        from jaxcomp.data import text as text_data
+
+        texts = text_data.load_polarity(cfg.data_path)[0]
     elif name == "mixed_vocab":
         from jaxcomp.data import text as text_data
 
