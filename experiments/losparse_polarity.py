@@ -45,6 +45,7 @@ skips them, and a stage interrupted mid-training resumes from its checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import jax
@@ -68,7 +69,7 @@ from experiments._harness import (
     write_figure,
     write_json_atomic,
 )
-from experiments.losparse import encoder_linear_params, make_student
+from experiments.losparse import batched, encoder_linear_params, make_student
 from jaxcomp.data import text as text_data
 from jaxcomp.distill import kd
 from jaxcomp.models import bert
@@ -311,11 +312,6 @@ def compression_tx(method: str, ratio: float, final_s_sparsity, cfg):
 # Evaluation.
 
 
-def _batches(table: dict, size: int) -> list:
-    n = len(table["label"])
-    return [{k: v[i : i + size] for k, v in table.items()} for i in range(0, n, size)]
-
-
 def predictor(model: nnx.Module):
     graphdef, state = nnx.split(model)
 
@@ -327,14 +323,14 @@ def predictor(model: nnx.Module):
 
 
 def accuracy(predict, table: dict, batch_size: int) -> float:
-    pred = np.concatenate([predict(b) for b in _batches(table, batch_size)])
+    pred = np.concatenate([predict(b) for b in batched(table, batch_size)])
     return float(np.mean(pred == table["label"]))
 
 
 def throughput(predict, table: dict, batch_size: int, repeats: int) -> float:
     """Sentences per second over the whole ``table`` (median of ``repeats`` passes after one
     compiling pass)."""
-    batches = _batches(table, batch_size)
+    batches = batched(table, batch_size)
     for b in batches:
         predict(b)
     times = []
@@ -527,7 +523,7 @@ def run(cfg, workdir: str) -> dict:
     summary["summary"] = summarise([r for r in rows if r["method"] != "dense"])
     dense_rows = summarise([{**r, "ratio": 1.0} for r in rows if r["method"] == "dense"])
     summary["dense"] = dense_rows[0] if dense_rows else {}
-    summary["load_average"] = list(__import__("os").getloadavg())
+    summary["load_average"] = list(os.getloadavg())
     write_json_atomic(results_file, summary)
     plot(summary["summary"], summary["dense"], workdir / "losparse_polarity.png")
     return summary
