@@ -211,17 +211,30 @@ def forward(model: bert.BertForSequenceClassification, batch: dict):
 
 
 def train(
-    model, tx, data, cfg, seed: int, steps: int, workdir, stage: str, method: str, teacher=None
+    model,
+    tx,
+    data,
+    cfg,
+    seed: int,
+    steps: int,
+    workdir,
+    stage: str,
+    method: str,
+    teacher=None,
+    *,
+    stage_config: dict | None = None,
 ):
     """Trains ``model`` (train mode: dropout) on the task loss for ``steps`` steps of
     ``cfg.batch_size`` in ``workdir/stage``; with ``teacher`` (``cfg.distill > 0``) adds
-    ``cfg.distill * distillation_loss``. Returns the model in eval mode."""
+    ``cfg.distill * distillation_loss``. ``tx`` may need extra arguments (``grad_fn``: CrAM).
+    The stage's checkpoint identity is ``stage_config`` (default: ``identity(cfg, method)``).
+    Returns the model in eval mode."""
     model.train()
     trainable, graphdef, params, rest = _split_trainable(
-        model, cfg.train_embeddings or stage.endswith("dense")
+        model, cfg.get("train_embeddings", True) or stage.endswith("dense")
     )
     opt_state = tx.init(params)
-    use_kd = teacher is not None and cfg.distill > 0
+    use_kd = teacher is not None and cfg.get("distill", 0) > 0
     if use_kd:
         teacher.eval()
         t_graphdef, t_state = nnx.split(teacher)
@@ -273,7 +286,10 @@ def train(
         stage=stage,
         ckpt_every=cfg.ckpt_every,
         log_every=10,
-        config={**identity(cfg, method), "stage": stage},
+        config={
+            **(identity(cfg, method) if stage_config is None else stage_config),
+            "stage": stage,
+        },
     )
     model = nnx.merge(graphdef, params, rest["model"])
     model.eval()

@@ -85,6 +85,21 @@ def test_inner_loop_equals_python_loop_of_sgd_steps():
         assert got[k].dtype == jnp.float32
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
         assert not np.allclose(got[k], params[k])  # it did move
+    # a rolled or partly unrolled scan computes the same steps (and the same meta-gradient)
+    qb = (batch[0][::-1], batch[1][::-1])
+    kw = dict(inner_steps=4, inner_lr=0.05)
+    g_unrolled = jax.grad(lambda p: meta_loss(_mlp, p, batch, qb, **kw))(params)
+    for unroll in (1, 3, False):
+        rolled = jax.jit(
+            lambda p, u=unroll: inner_loop(_mlp, p, batch, inner_steps=4, inner_lr=0.05, unroll=u)
+        )(params)
+        for k in params:
+            np.testing.assert_allclose(rolled[k], got[k], rtol=1e-6, atol=1e-6)
+        g_rolled = jax.grad(lambda p, u=unroll: meta_loss(_mlp, p, batch, qb, unroll=u, **kw))(
+            params
+        )
+        for k in params:
+            np.testing.assert_allclose(g_rolled[k], g_unrolled[k], rtol=1e-5, atol=1e-6)
 
 
 def test_vmapped_meta_batch_equals_mean_of_per_task_losses():
@@ -225,6 +240,9 @@ def test_bad_meta_arguments_raise():
         inner_loop(_linear_ce, p, batch, inner_steps=0, inner_lr=0.1)
     with pytest.raises(ValueError, match="inner_steps must be an int >= 1, got 2.0"):
         inner_loop(_linear_ce, p, batch, inner_steps=2.0, inner_lr=0.1)
+    for u in (0, -2, 1.5, "yes"):
+        with pytest.raises(ValueError, match=f"unroll must be a bool or an int >= 1, got {u!r}"):
+            inner_loop(_linear_ce, p, batch, inner_steps=2, inner_lr=0.1, unroll=u)
     for lr in (0.0, -0.01, float("nan")):
         with pytest.raises(ValueError, match=f"inner_lr must be finite and > 0, got {lr}"):
             meta_loss(_linear_ce, p, batch, batch, inner_steps=1, inner_lr=lr)
