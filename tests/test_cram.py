@@ -12,6 +12,7 @@ from jaxcomp import pruning
 from jaxcomp.models import SmallCNN
 from jaxcomp.optim import cram
 from jaxcomp.train import classification_loss, make_train_step, split_model
+from jaxcomp.train.recipes import make_optimizer
 
 RHO = 0.3
 
@@ -109,6 +110,15 @@ def test_nm_update_matches_hand_formula():
         state = new_state
     assert seen == {(2, 4), (4, 8)}
     assert step._cache_size() == 1
+    # the experiments' "cram_plus_nm" is exactly this transform
+    named = make_optimizer("cram_plus_nm", optax.sgd(1.0), rho=RHO)
+    for _ in range(3):
+        g = jax.grad(loss)(params)
+        want, new_state = step(g, state, params)
+        got, _ = named.update(g, state, params, grad_fn=jax.grad(loss))
+        for u, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(u, r, rtol=1e-6, atol=1e-7)
+        state = new_state
 
 
 def test_sampled_levels_cover_the_list_without_recompiling():

@@ -24,6 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # (experiment module, smoke config module, trains something)
 EXPERIMENTS = [
     ("cram", "cram_smoke", True),
+    ("cram_polarity", "cram_polarity_smoke", True),
     ("simultaneous", "simultaneous_smoke", True),
     ("bvp", "bvp_smoke", False),
     ("efcp", "efcp_smoke", True),
@@ -138,7 +139,7 @@ def _training_strings(name, module, cfg) -> list[bytes]:
     if name == "losparse":
         train, _ = module.pydoc_corpus(cfg.min_words, cfg.max_words, cfg.heldout_every)
         texts = train[: cfg.get("max_train") or len(train)]
-    elif name == "losparse_polarity":
+    elif name in ("losparse_polarity", "cram_polarity"):
         from jaxcomp.data import text as text_data
 
         texts = text_data.load_polarity(cfg.data_path)[0]

@@ -38,6 +38,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.bn_mode = "ema"
     c.bn_iterations = 100
     c.bn_augment = False
+    # baselines: "gmp" in optimizers trains one GMP model per target (cubic schedule from
+    # gmp_begin_epoch to gmp_end_fraction of the steps, mask refresh every gmp_update_every
+    # steps) for the steps of the others + finetune_steps; finetune_steps > 0 fine-tunes every
+    # one-shot model at finetune_sparsities with its mask fixed
+    c.gmp_sparsities = (0.9, 0.95)
+    c.gmp_distribution = "global"
+    c.gmp_begin_epoch = 1
+    c.gmp_end_fraction = 0.8
+    c.gmp_update_every = 50
+    c.finetune_steps = 0
+    c.finetune_lr = 0.01
+    c.finetune_sparsities = (0.9, 0.95)
     c.ckpt_every = 0
     c.seed = 0
     c.force_resume = False  # resume even if the config differs from the checkpoint's

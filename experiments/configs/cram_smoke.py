@@ -13,4 +13,9 @@ def get_config():
     c.bn_iterations = 10
     c.bn_augment = True  # exercises the augmented calibration path
     c.ckpt_every = 10
+    c.optimizers = ("sgd", "cram_plus_multi", "gmp")
+    c.gmp_sparsities = (0.9,)
+    c.gmp_update_every = 4
+    c.finetune_steps = 6
+    c.finetune_sparsities = (0.9,)
     return c

@@ -56,8 +56,9 @@ def make_optimizer(
     compression: str = "global",
     seed: int = 0,
 ) -> optax.GradientTransformation:
-    """``"sgd"`` (the base itself), ``"cram"``, ``"cram_plus"`` or ``"cram_plus_multi"``
-    (CrAM+-Multi: ``plus=True, sparse_grad=True`` over all ``sparsities``)."""
+    """``"sgd"`` (the base itself), ``"cram"``, ``"cram_plus"``, ``"cram_plus_multi"``
+    (CrAM+-Multi: ``plus=True, sparse_grad=True`` over all ``sparsities``) or ``"cram_plus_nm"``
+    (the same with ``compression="nm"``: 2:4 or 4:8 drawn each step; ``sparsities`` unused)."""
     if name == "sgd":
         return base
     if name == "cram":
@@ -76,7 +77,11 @@ def make_optimizer(
             compression=compression,
             seed=seed,
         )
-    raise ValueError(f"unknown optimizer {name!r}; known: sgd, cram, cram_plus, cram_plus_multi")
+    if name == "cram_plus_nm":
+        return cram(base, rho=rho, plus=True, sparse_grad=True, compression="nm", seed=seed)
+    raise ValueError(
+        f"unknown optimizer {name!r}; known: sgd, cram, cram_plus, cram_plus_multi, cram_plus_nm"
+    )
 
 
 def train_classifier(
