@@ -10,9 +10,12 @@ the same parameters and the same deterministic episodes:
   (``jax.grad`` of ``episode_loss``) jitted, then their mean and the same Adam update jitted,
   the way a per-episode loop (LibFewShot's ``for i in range(episode_size)``) runs a meta-batch.
 
-Both are compiled first (warm-up); then, alternating, ``--repeats`` timed steps each; the JSON
-has the medians, their ratio, the largest difference between the two meta-gradients, the load
-average before and after, and the device.
+Both run with the inner loop's ``lax.scan`` unrolled (the default) and rolled (``unroll=1``),
+and one test-time adaptation of a single episode (5 steps on the support set, then the query
+forward, jitted) is timed both ways: XLA:CPU runs the convolutions inside a rolled loop several
+times slower. All are compiled first (warm-up); then, alternating, ``--repeats`` timed calls
+each; the JSON has the medians, their ratios, the largest difference between the meta-gradients,
+the load average before and after, and the device.
 
     python -m benchmarks.fewshot_meta [--repeats 7] [--out benchmarks/results/fewshot_meta.json]
 """
@@ -33,7 +36,8 @@ import optax
 from flax import nnx
 
 from jaxcomp.fewshot import EpisodeSampler, EpisodeStream
-from jaxcomp.fewshot.meta import MAML
+from jaxcomp.fewshot.meta import MAML, inner_loop, meta_batch_loss, meta_loss
+from jaxcomp.fewshot.meta.maml import episode_ce
 from jaxcomp.train.step import split_model
 
 WAY, SHOT, QUERY, SIZE, WIDTH = 5, 1, 15, 28, 32
@@ -71,19 +75,37 @@ def main(argv=None) -> dict:
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
 
-    def batch_loss(p, s, q):
-        return nnx.merge(graphdef, p, state).meta_batch_loss(s, q)[0]
+    # The MAML module's objective as pure functions of its Param tree (``MAML._outer``), with the
+    # inner loop's scan unrolled or not.
+    apply, _ = nnx.merge(graphdef, params, state).functional()
+    loss_fn = episode_ce(apply)
+    kw = dict(inner_steps=INNER_STEPS, inner_lr=INNER_LR, has_aux=True)
 
-    def task_loss(p, s, q):
-        return nnx.merge(graphdef, p, state).episode_loss(s, q)[0]
+    def make(unroll):
+        def batch_loss(p, s, q):
+            return meta_batch_loss(loss_fn, p, s, q, unroll=unroll, **kw)[0]
 
-    @jax.jit
-    def vmapped_step(p, o, s, q):
-        g = jax.grad(batch_loss)(p, s, q)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, g
+        def task_loss(p, s, q):
+            return meta_loss(loss_fn, p, s, q, unroll=unroll, **kw)[0]
 
-    task_grad = jax.jit(jax.grad(task_loss))
+        @jax.jit
+        def vmapped_step(p, o, s, q):
+            g = jax.grad(batch_loss)(p, s, q)
+            u, o = tx.update(g, o, p)
+            return optax.apply_updates(p, u), o, g
+
+        task_grad = jax.jit(jax.grad(task_loss))
+
+        def sequential_step(p, o, s, q):
+            grads = tuple(task_grad(p, s[t], q[t]) for t in range(TASKS))
+            return mean_update(p, o, grads)
+
+        @jax.jit
+        def adapt(p, o, s, q):  # one test episode: adapt on the support set, score the queries
+            adapted = inner_loop(loss_fn, p, s[0], unroll=unroll, **kw)
+            return apply(adapted, q[0].reshape(-1, *q.shape[3:]))
+
+        return vmapped_step, sequential_step, adapt
 
     @jax.jit
     def mean_update(p, o, grads):
@@ -91,21 +113,26 @@ def main(argv=None) -> dict:
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, g
 
-    def sequential_step(p, o, s, q):
-        grads = tuple(task_grad(p, s[t], q[t]) for t in range(TASKS))
-        return mean_update(p, o, grads)
-
-    runners = {"vmapped_step": vmapped_step, "sequential_loop": sequential_step}
+    runners = {}
+    for suffix, unroll in (("", True), ("_rolled", 1)):
+        v, q, a = make(unroll)
+        runners.update(
+            {f"vmapped_step{suffix}": v, f"sequential_loop{suffix}": q, f"test_adapt{suffix}": a}
+        )
     compile_s, grads = {}, {}
     for k, f in runners.items():  # warm-up: compilation
         t0 = time.perf_counter()
         out = jax.block_until_ready(f(params, opt_state, support, query))
         compile_s[k] = time.perf_counter() - t0
-        grads[k] = out[2]
-    diff = jax.tree.map(
-        lambda a, b: float(jnp.max(jnp.abs(a - b))), grads["vmapped_step"], grads["sequential_loop"]
-    )
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["vmapped_step"]))
+        grads[k] = out[2] if not k.startswith("test_adapt") else out
+    ref = grads["vmapped_step"]
+    diff = {
+        k: max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ref, g)))
+        for k, g in grads.items()
+        if not k.startswith("test_adapt")
+    }
+    adapt_diff = float(jnp.max(jnp.abs(grads["test_adapt"] - grads["test_adapt_rolled"])))
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref))
 
     times = {k: [] for k in runners}
     for _ in range(args.repeats):
@@ -118,7 +145,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "MAML meta-gradient step on a meta-batch of 4 tasks (5-way 1-shot, 15 "
         "queries, Conv32F, 28x28x1, 5 second-order inner steps): jitted vmapped step vs a "
-        "Python loop of per-task jitted meta-gradients, averaged",
+        "Python loop of per-task jitted meta-gradients, averaged; each with the inner scan "
+        "unrolled (default) and rolled; and one test episode's adaptation both ways",
         "tasks": TASKS,
         "way": WAY,
         "shot": SHOT,
@@ -132,7 +160,12 @@ def main(argv=None) -> dict:
         "seconds_per_step": times,
         "first_call_seconds_incl_compile": compile_s,
         "speedup_vmapped_over_sequential": med["sequential_loop"] / med["vmapped_step"],
-        "max_abs_grad_difference": max(jax.tree.leaves(diff)),
+        "speedup_unrolled_over_rolled": {
+            k: med[f"{k}_rolled"] / med[k]
+            for k in ("vmapped_step", "sequential_loop", "test_adapt")
+        },
+        "max_abs_grad_difference_to_vmapped_step": diff,
+        "max_abs_logit_difference_test_adapt_rolled": adapt_diff,
         "max_abs_grad": scale,
         "note": os.environ.get("JAXCOMP_BENCH_NOTE", "no note: check load_average"),
         "load_average_before": load_before,
