@@ -69,6 +69,7 @@ CONFIG_RULES = {
     "k_facts": "int>=0",  # 0 = all facts
     "k_rules": "int>=0",  # 0 = all rules
     "unification": ("classic", "joint"),
+    "rule_attention": (True, False),  # GNTP-Attention (Sec. 3.3)
     "epochs": "int>=1",
     "only_rules_epochs": "int>=0",
     "batch_size": "int>=1",
@@ -156,10 +157,17 @@ def train(cfg, kb, templates, workdir: epath.Path):
         k_rules=cfg.k_rules or None,
         unification=cfg.unification,
         train_slope=cfg.train_slope,
+        rule_attention=cfg.rule_attention,
     )
     announce(f"initialising embeddings (dim {cfg.dim}) and rule templates")
     params = init_params(
-        jax.random.key(cfg.seed), kb, templates, cfg.dim, init_scale=cfg.init_scale, slope=cfg.slope
+        jax.random.key(cfg.seed),
+        kb,
+        templates,
+        cfg.dim,
+        init_scale=cfg.init_scale,
+        slope=cfg.slope,
+        rule_attention=cfg.rule_attention,
     )
     announce(f"drawing {cfg.epochs} epochs of training batches and corruptions")
     stream = training_batches(cfg, kb)
@@ -270,11 +278,15 @@ def run(cfg, workdir: str) -> dict:
     announce("decoding rules and explaining example goals")
     results["rules"] = [
         {"confidence": c, "rule": r}
-        for c, r in decode_rules(params, templates, kb.predicates, top=cfg.show_rules)
+        for c, r in decode_rules(
+            params, templates, kb.predicates, top=cfg.show_rules, attention=cfg.rule_attention
+        )
     ]
     rule_text = {
         tr: f"{text} [{conf:.2f}]"
-        for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
+        for conf, text, tr in decode_rules(
+            params, templates, kb.predicates, with_index=True, attention=cfg.rule_attention
+        )
     }
     exps = []
     for g, pr in zip(ex_goals, explain(params, arr, ex_goals, templates, prover)):
@@ -287,7 +299,9 @@ def run(cfg, workdir: str) -> dict:
                 "goal": kb.goal_text(*(int(x) for x in g)),
                 "score": pr.score,
                 "proof": steps,
-                "text": format_proof(pr, kb, params, templates, goal=g),
+                "text": format_proof(
+                    pr, kb, params, templates, goal=g, attention=cfg.rule_attention
+                ),
             }
         )
     results["explanations"] = exps

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.k_facts = 10  # 0 = all facts (exhaustive NTP)
     c.k_rules = 5  # 0 = all rules of each template
     c.unification = "joint"
+    c.rule_attention = False  # GNTP-Attention: rule predicates as attention over known ones
     c.epochs = 15
     c.only_rules_epochs = 0
     c.batch_size = 64

@@ -19,7 +19,14 @@ from jaxcomp.prover.gntp import (
     score_triples,
 )
 from jaxcomp.prover.io import load_prover, save_prover
-from jaxcomp.prover.kb import KBArrays, KnowledgeBase, embed_goals, fact_embeddings, init_params
+from jaxcomp.prover.kb import (
+    KBArrays,
+    KnowledgeBase,
+    embed_goals,
+    fact_embeddings,
+    init_params,
+    rule_embeddings,
+)
 from jaxcomp.prover.metrics import (
     TIES,
     auc_pr,
@@ -55,6 +62,7 @@ __all__ = [
     "evaluate_ranking",
     "explain",
     "fact_embeddings",
+    "rule_embeddings",
     "format_proof",
     "filtered_rank",
     "name_order",

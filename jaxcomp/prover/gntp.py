@@ -38,6 +38,7 @@ from jaxcomp.prover.kb import (
     embed_goals,
     fact_embeddings,
     init_params,
+    rule_embeddings,
 )
 from jaxcomp.prover.templates import Template
 
@@ -73,6 +74,10 @@ class ProverConfig:
       approx: use ``lax.approx_min_k`` for the neighbour search (accelerators).
       chunk_size: query chunk for the neighbour search (bounds its memory); ``None`` = one shot.
       train_slope: let gradients reach the kernel slope.
+      rule_attention: GNTP-Attention (Sec. 3.3): ``params["rules"]`` hold attention logits over
+        the KB predicates and each rule predicate is ``softmax(logits) @ predicates``
+        (:func:`jaxcomp.prover.kb.rule_embeddings`); the params must come from
+        ``init_params(..., rule_attention=True)``.
     """
 
     depth: int = 1
@@ -82,6 +87,7 @@ class ProverConfig:
     approx: bool = False
     chunk_size: int | None = None
     train_slope: bool = False
+    rule_attention: bool = False
 
     def __post_init__(self):
         if self.depth < 0:
@@ -122,7 +128,7 @@ class _Prover:
     def __init__(self, params, kb: KBArrays, templates, cfg: ProverConfig, mask, reduce=True):
         self.cfg = cfg
         self.templates = templates
-        self.rules = params["rules"]
+        self.rules = rule_embeddings(params, cfg.rule_attention)
         self.slope = params["slope"] if cfg.train_slope else jax.lax.stop_gradient(params["slope"])
         self.facts = fact_embeddings(params, kb)
         self.n_facts = self.facts[0].shape[0]
@@ -402,6 +408,8 @@ def format_proof(
     params: dict,
     templates: Sequence[Template],
     goal: Sequence[int] | None = None,
+    *,
+    attention: bool = False,
 ) -> str:
     """A proof from :func:`explain` as readable text, one step per line::
 
@@ -413,10 +421,13 @@ def format_proof(
     Rules are shown with their variables and the nearest KB predicate of each slot (confidence
     in brackets, :func:`decode_rules`); text mentions by their text
     (:meth:`KnowledgeBase.mention_text`), KB facts as ``p(s, o)``. ``goal`` (int ``(p, s, o)``) titles the proof.
+    ``attention``: the params of a ``ProverConfig(rule_attention=True)`` prover.
     """
     rule_text = {
         tr: (conf, text)
-        for conf, text, tr in decode_rules(params, templates, kb.predicates, with_index=True)
+        for conf, text, tr in decode_rules(
+            params, templates, kb.predicates, with_index=True, attention=attention
+        )
     }
     head = kb.goal_text(*(int(x) for x in goal)) if goal is not None else "proof"
     lines = [f"{head}   score {proof.score:.3f}"]
@@ -586,18 +597,21 @@ def decode_rules(
     *,
     top: int | None = None,
     with_index: bool = False,
+    attention: bool = False,
 ) -> list[tuple]:
     """Induced rules in readable form: each template slot -> its nearest KB predicate.
 
     Returns ``(confidence, "p(X, Y) :- q(Y, X)")`` sorted by confidence (the minimum, over the
     rule's slots, of the kernel between the slot and its nearest predicate; NTP Sec. 4.2);
-    ``with_index=True`` appends ``(template, rule)`` to each tuple.
+    ``with_index=True`` appends ``(template, rule)`` to each tuple. ``attention``: the params of
+    a ``ProverConfig(rule_attention=True)`` prover (slots are attention mixtures).
     """
     pred = np.asarray(params["predicates"])
     slope = float(params["slope"])
+    rules = rule_embeddings(params, attention)
     out = []
     for t, tpl in enumerate(templates):
-        theta = np.asarray(params["rules"][t])
+        theta = np.asarray(rules[t])
         for r in range(theta.shape[0]):
             d = np.sqrt(((theta[r][:, None, :] - pred[None]) ** 2).sum(-1))  # (slots, P)
             near = d.argmin(1)
@@ -637,7 +651,15 @@ class GNTP(nnx.Module):
         slope: float = 1.0,
         rngs: nnx.Rngs,
     ):
-        p = init_params(rngs.params(), kb, templates, dim, init_scale=init_scale, slope=slope)
+        p = init_params(
+            rngs.params(),
+            kb,
+            templates,
+            dim,
+            init_scale=init_scale,
+            slope=slope,
+            rule_attention=config.rule_attention,
+        )
         self.templates = tuple(templates)
         self.config = config
         self.kb = nnx.data(kb.arrays())

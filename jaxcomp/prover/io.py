@@ -101,7 +101,10 @@ def load_prover(
         "tokens": (max(len(meta["tokens"]), 1), dim),
         "slope": (),
     }
-    want |= {f"rules.{i}": (tp.count, len(tp.predicates), dim) for i, tp in enumerate(templates)}
+    config = ProverConfig(**meta["config"])
+    # GNTP-Attention stores attention logits over the predicates in place of rule embeddings
+    last = len(meta["predicates"]) if config.rule_attention else dim
+    want |= {f"rules.{i}": (tp.count, len(tp.predicates), last) for i, tp in enumerate(templates)}
     for name, shape in want.items():
         if name not in t:
             raise ValueError(f"{d / 'params.safetensors'}: tensor {name!r} is missing")
@@ -118,4 +121,4 @@ def load_prover(
         tokens=tuple(meta["tokens"]),
         **{name: np.asarray(t[f"kb.{name}"], dtype) for name, dtype in _KB_ARRAYS.items()},
     )
-    return params, kb, templates, ProverConfig(**meta["config"])
+    return params, kb, templates, config

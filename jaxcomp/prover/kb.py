@@ -174,11 +174,14 @@ def init_params(
     *,
     init_scale: float = 1.0,
     slope: float = 1.0,
+    rule_attention: bool = False,
 ) -> dict:
     """Uniform(-scale, scale) embeddings for predicates, constants, tokens and rule templates.
 
     Each template ``t`` gets ``(t.count, len(t.predicates), dim)`` learnable predicate embeddings
-    (one rule per instantiation; Rocktaschel & Riedel 2017, Sec. 4).
+    (one rule per instantiation; Rocktaschel & Riedel 2017, Sec. 4); with ``rule_attention``
+    (GNTP-Attention, Minervini et al. 2020, Sec. 3.3) it gets ``(t.count, len(t.predicates),
+    P)`` attention logits over the ``P`` KB predicates instead (:func:`rule_embeddings`).
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
@@ -192,11 +195,30 @@ def init_params(
         "constants": u(keys[1], (len(kb.constants), dim)),
         "tokens": u(keys[2], (max(len(kb.tokens), 1), dim)),
         "rules": [
-            u(k, (t.count, len(t.predicates), dim))
+            u(k, (t.count, len(t.predicates), len(kb.predicates) if rule_attention else dim))
             for k, t in zip(keys[3:], templates, strict=True)
         ],
         "slope": jnp.asarray(slope, jnp.float32),
     }
+
+
+def rule_embeddings(params: dict, attention: bool = False) -> list[jax.Array]:
+    """The rule templates' predicate embeddings, one ``(R, slots, E)`` array per template:
+    ``params["rules"]`` itself, or with ``attention`` (GNTP-Attention) each slot's
+    ``softmax(a) @ predicates`` from its attention logits ``a`` over the ``P`` KB predicates,
+    so a rule predicate stays in the span of the known ones."""
+    if not attention:
+        return list(params["rules"])
+    pred = params["predicates"]
+    out = []
+    for t, a in enumerate(params["rules"]):
+        if a.shape[-1] != pred.shape[0]:
+            raise ValueError(
+                f"rule attention needs logits over the {pred.shape[0]} predicates; template {t} "
+                f"has shape {tuple(a.shape)}"
+            )
+        out.append(jax.nn.softmax(a, axis=-1) @ pred)
+    return out
 
 
 def fact_embeddings(params: dict, kb: KBArrays) -> tuple[jax.Array, jax.Array, jax.Array]:
