@@ -12,7 +12,8 @@ Per seed (``cfg.seeds``) and optimizer (``cfg.optimizers``), ``seed<s>/<optimize
    * ``cram_plus_multi``: CrAM+-Multi around the same AdamW (:func:`jaxcomp.optim.cram`): each step
      draws a sparsity from ``cfg.cram_sparsities``, takes the gradient at the globally top-k
      compressed perturbed point (the encoder's 36 linear kernels only, as the pruning below), with
-     fresh dropout masks, and adds the dense gradient (CrAM+);
+     fresh dropout masks, keeps it on the kept weights only (sparse gradient) and adds the dense
+     gradient (CrAM+);
    * ``cram_plus_nm``: the same with 2:4 / 4:8 compression (``compression="nm"``);
 
 2. the dense model is pruned **one-shot** by global magnitude over the encoder's linear kernels at
@@ -62,9 +63,10 @@ from experiments.losparse_polarity import (
     train,
 )
 from jaxcomp.models import bert
-from jaxcomp.optim import cram, sparse_finetune
+from jaxcomp.optim import sparse_finetune
 from jaxcomp.pruning.masks import apply_mask, nm_mask, topk_mask
 from jaxcomp.pruning.select import default_where, regex_where
+from jaxcomp.train.recipes import make_optimizer
 
 DEFAULT_CONFIG = "experiments/configs/cram_polarity.py"
 DEFAULT_WORKDIR = "runs/cram_polarity"
@@ -116,18 +118,18 @@ def training_identity(cfg) -> dict:
 
 
 def make_tx(name: str, cfg, steps: int, seed: int):
-    """AdamW with warm-up and linear decay, alone (``adam``) or inside CrAM+ (multi / N:M)."""
+    """AdamW with warm-up and linear decay, alone (``adam``) or inside CrAM+-Multi / CrAM+-N:M
+    (``jaxcomp.train.recipes.make_optimizer``: CrAM+ with sparse compressed-point gradients)
+    over the encoder kernels."""
     base = _adamw(cfg.lr, steps, cfg.warmup_fraction, cfg.weight_decay)
-    if name == "adam":
-        return base
-    return cram(
+    name = "sgd" if name == "adam" else name  # make_optimizer's name for "the base itself"
+    return make_optimizer(
+        name,
         base,
         rho=cfg.rho,
         sparsities=tuple(cfg.cram_sparsities),
-        compression="nm" if name == "cram_plus_nm" else "global",
-        plus=True,
-        where=kernel_where(),
         seed=seed,
+        where=kernel_where(),
     )
 
 

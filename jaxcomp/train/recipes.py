@@ -55,17 +55,32 @@ def make_optimizer(
     sparsities: Sequence[float] = (0.5, 0.7, 0.9),
     compression: str = "global",
     seed: int = 0,
+    where=None,
 ) -> optax.GradientTransformation:
     """``"sgd"`` (the base itself), ``"cram"``, ``"cram_plus"``, ``"cram_plus_multi"``
     (CrAM+-Multi: ``plus=True, sparse_grad=True`` over all ``sparsities``) or ``"cram_plus_nm"``
-    (the same with ``compression="nm"``: 2:4 or 4:8 drawn each step; ``sparsities`` unused)."""
+    (the same with ``compression="nm"``: 2:4 or 4:8 drawn each step; ``sparsities`` unused).
+    ``where`` selects the compressed leaves (default: ``cram``'s)."""
     if name == "sgd":
         return base
     if name == "cram":
-        return cram(base, rho=rho, sparsities=sparsities[:1], compression=compression, seed=seed)
+        return cram(
+            base,
+            rho=rho,
+            sparsities=sparsities[:1],
+            compression=compression,
+            seed=seed,
+            where=where,
+        )
     if name == "cram_plus":
         return cram(
-            base, rho=rho, sparsities=sparsities[:1], plus=True, compression=compression, seed=seed
+            base,
+            rho=rho,
+            sparsities=sparsities[:1],
+            plus=True,
+            compression=compression,
+            seed=seed,
+            where=where,
         )
     if name == "cram_plus_multi":
         return cram(
@@ -76,9 +91,12 @@ def make_optimizer(
             sparse_grad=True,
             compression=compression,
             seed=seed,
+            where=where,
         )
     if name == "cram_plus_nm":
-        return cram(base, rho=rho, plus=True, sparse_grad=True, compression="nm", seed=seed)
+        return cram(
+            base, rho=rho, plus=True, sparse_grad=True, compression="nm", seed=seed, where=where
+        )
     raise ValueError(
         f"unknown optimizer {name!r}; known: sgd, cram, cram_plus, cram_plus_multi, cram_plus_nm"
     )
