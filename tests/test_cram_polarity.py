@@ -9,6 +9,7 @@ import re
 import jax
 import numpy as np
 import pytest
+import test_losparse_polarity
 from flax import nnx
 
 from experiments import cram_polarity as cp
@@ -19,14 +20,7 @@ from jaxcomp.optim import sparse_finetune
 from jaxcomp.pruning.masks import keep_count
 from jaxcomp.pruning.select import path_str, select
 
-TINY = bert.BertConfig(
-    vocab_size=50,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=16,
-)
+TINY = test_losparse_polarity.TINY  # the same tiny random BERT
 
 
 def _model(seed=0):
