@@ -11,6 +11,7 @@ layout): AUC-PR of ``locatedIn(country, region)`` for the test countries against
   python -m experiments.gntp --config=experiments/configs/gntp_countries.py \
       --config.data_dir=DIR --config.variant=S1 --workdir=OUT \
       [--config.mentions_path=countries_S1_mentions.tsv]   # joint KB + text (GNTP Sec. 4)
+      [--config.train_path=countries_S1_kept.tsv]  # training facts replacing countries_S1.nl
 
 Writes ``OUT/results.json`` (metrics, induced rules, example explanations), ``OUT/loss.png`` and
 the trained prover ``OUT/prover`` (``jaxcomp.prover.load_prover``: safetensors + JSON);
@@ -74,6 +75,9 @@ CONFIG_RULES = {
     "only_rules_epochs": "int>=0",
     "batch_size": "int>=1",
     "num_negatives": "int>=0",
+    "corrupt_both": (True, False),  # also corrupt subject and object together (reference --all)
+    "loss_reduction": ("mean", "sum"),  # the reference sums over the batch
+    "clip": ">=0",  # clip gradient values to [-clip, clip] before Adam (reference --clip); 0 = off
     "learning_rate": ">0",
     "l2": ">=0",
     "ckpt_every": "int>=0",
@@ -97,7 +101,7 @@ def load_data(cfg):
     """-> (kb, train_triples, dev, test, templates, extra) from the config's data source."""
     extra = {}
     if cfg.dataset == "countries":
-        d = kg.load_countries(cfg.data_dir, cfg.variant)
+        d = kg.load_countries(cfg.data_dir, cfg.variant, train_path=cfg.train_path or None)
         train = d["train"]
         tpl_text = cfg.templates or epath.Path(d["templates_path"]).read_text()
         templates = parse_templates(tpl_text)
@@ -141,7 +145,9 @@ def training_batches(cfg, kb) -> TableStream:
         for b in range(nb):
             ix = perm[b * bs : (b + 1) * bs]
             pos = facts[ix]
-            neg = corrupt_triples(rng, pos, len(kb.constants), known, cfg.num_negatives)
+            neg = corrupt_triples(
+                rng, pos, len(kb.constants), known, cfg.num_negatives, both=cfg.corrupt_both
+            )
             goals.append(np.concatenate([pos, neg]).astype(np.int32))
             targets.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(np.float32))
             masks.append(np.r_[ix, -np.ones(len(neg))].astype(np.int32))
@@ -173,6 +179,8 @@ def train(cfg, kb, templates, workdir: epath.Path):
     stream = training_batches(cfg, kb)
     steps_per_epoch = stream.num_steps // max(cfg.epochs, 1)
     tx = optax.adam(cfg.learning_rate)
+    if cfg.clip:  # the reference clips each gradient value, then Adam
+        tx = optax.chain(optax.clip(cfg.clip), tx)
     if cfg.only_rules_epochs:
         # the optimizer sees only the rule embeddings during the warm-up (frozen Adam moments)
         tx = rules_split(tx, only_rules_steps=cfg.only_rules_epochs * steps_per_epoch)
@@ -189,6 +197,7 @@ def train(cfg, kb, templates, workdir: epath.Path):
             templates,
             prover,
             l2=cfg.l2,
+            reduction=cfg.loss_reduction,
         )
         return loss, (kb_arrays, {})
 
@@ -212,6 +221,8 @@ def train(cfg, kb, templates, workdir: epath.Path):
 def run(cfg, workdir: str) -> dict:
     """Train, then evaluate (ranking or AUC-PR), decode rules and explain a few goals."""
     check_config(cfg, CONFIG_RULES)
+    if cfg.dataset == "countries" and not cfg.data_dir:
+        raise ValueError("dataset 'countries' needs config.data_dir (the NTP layout), got ''")
     if cfg.dataset == "tsv":
         missing = [f"config.{s}_path" for s in ("train", "valid", "test") if not cfg[f"{s}_path"]]
         if missing:

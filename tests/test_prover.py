@@ -14,6 +14,7 @@ from jaxcomp.prover.gntp import (
     corrupt_triples,
     decode_rules,
     explain,
+    gntp_loss,
     make_train_step,
     score_triples,
 )
@@ -268,6 +269,51 @@ def test_corrupt_triples_avoids_known():
     n = neg.reshape(len(kb.facts), 2, 3, 3)
     np.testing.assert_array_equal(n[:, 0, :, 2], np.repeat(kb.facts[:, 2:], 3, 1))  # subj side
     np.testing.assert_array_equal(n[:, 1, :, 1], np.repeat(kb.facts[:, 1:2], 3, 1))
+
+
+def test_corrupt_triples_both_sides():
+    """``both=True`` (the reference's --all): per triple m subject, m object and 2m
+    subject-and-object corruptions, none of them known; ``both=False`` draws the same stream."""
+    kb = _tiny_kb()
+    known = set(map(tuple, kb.facts.tolist()))
+    c = len(kb.constants)
+    plain = corrupt_triples(np.random.default_rng(3), kb.facts, c, known, 2)
+    again = corrupt_triples(np.random.default_rng(3), kb.facts, c, known, 2, both=False)
+    np.testing.assert_array_equal(plain, again)
+    neg = corrupt_triples(np.random.default_rng(3), kb.facts, c, known, 2, both=True)
+    assert neg.shape == (len(kb.facts) * 8, 3)
+    assert not (set(map(tuple, neg.tolist())) & known)
+    n = neg.reshape(len(kb.facts), 8, 3)
+    f = kb.facts[:, None, :]
+    assert np.all(n[..., 0] == f[..., 0])  # the predicate is never corrupted
+    assert np.all(n[:, :2, 2] == f[:, :, 2]) and np.all(n[:, 2:4, 1] == f[:, :, 1])
+    both = n[:, 4:]
+    assert both.shape[1] == 4
+    # both entities are redrawn: over 24 draws from 4 constants each side changes ~3/4 of the time
+    assert (both[..., 1] != f[..., 1]).mean() > 0.4 and (both[..., 2] != f[..., 2]).mean() > 0.4
+    assert ((both[..., 1] != f[..., 1]) & (both[..., 2] != f[..., 2])).any()
+    with pytest.raises(ValueError, match="num_negatives"):
+        corrupt_triples(np.random.default_rng(0), kb.facts, c, known, -1)
+
+
+def test_gntp_loss_sum_is_mean_times_goals():
+    kb = _tiny_kb()
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    goals = np.concatenate([kb.facts, kb.facts[:, [0, 2, 1]]]).astype(np.int32)
+    y = np.r_[np.ones(len(kb.facts)), np.zeros(len(kb.facts))].astype(np.float32)
+    mask = np.r_[np.arange(len(kb.facts)), -np.ones(len(kb.facts))].astype(np.int32)
+    args = (params, kb.arrays(), goals, y, mask, TEMPLATES, cfg)
+    mean = float(gntp_loss(*args))
+    total = float(gntp_loss(*args, reduction="sum"))
+    np.testing.assert_allclose(total, mean * len(goals), rtol=1e-5)
+    emb = [params["predicates"], params["constants"], params["tokens"], *params["rules"]]
+    sq = sum(float(np.sum(np.asarray(x) ** 2)) for x in emb)
+    np.testing.assert_allclose(
+        float(gntp_loss(*args, l2=0.01, reduction="sum")), total + 0.01 * sq, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="reduction"):
+        gntp_loss(*args, reduction="max")
 
 
 def test_mentions_use_mean_token_embedding():

@@ -123,6 +123,22 @@ def test_countries_layout_fixture():
         kg.load_countries(FIXTURES / "countries_tiny", "S4")
 
 
+def test_countries_train_path_replaces_the_nl_facts(tmp_path):
+    """The mention setting's kept.tsv replaces countries_S1.nl and is checked the same way."""
+    d = kg.load_countries(FIXTURES / "countries_tiny", "S1")
+    kept = d["train"][::2]
+    p = tmp_path / "countries_S1_kept.tsv"
+    p.write_text("".join(f"{s}\t{r}\t{o}\n" for s, r, o in kept))
+    got = kg.load_countries(FIXTURES / "countries_tiny", "S1", train_path=p)
+    assert got["train"] == kept
+    assert got["test_labels"] == d["test_labels"] and got["regions"] == d["regions"]
+    p.write_text(p.read_text() + "asia0_c0\tlocatedIn\tasia\n")  # a test country's region
+    with pytest.raises(ValueError, match=r"countries_S1_kept\.tsv.*locatedIn\(asia0_c0, asia\)"):
+        kg.load_countries(FIXTURES / "countries_tiny", "S1", train_path=p)
+    with pytest.raises(FileNotFoundError):
+        kg.load_countries(FIXTURES / "countries_tiny", "S1", train_path=tmp_path / "none.tsv")
+
+
 def test_pykeen_files_found_without_import():
     import sys
 

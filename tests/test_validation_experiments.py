@@ -90,6 +90,7 @@ CROSS_BAD = [
     ("fewshot", {"datasets": ("fashion_mnist",), "image_size": 20}, "config.image_size"),
     ("fewshot", {"datasets": ("mstar",), "mstar_root": ""}, "config.mstar_root"),
     ("gntp", {"dataset": "tsv"}, "config.train_path"),
+    ("gntp", {"dataset": "countries", "data_dir": ""}, "config.data_dir"),
     ("indistill", {"final_epoch": 12, "block_epochs": (3, 4, 5)}, "config.final_epoch"),
     ("indistill", {"teacher_epochs": (5,)}, "config.teacher_epochs"),
     ("losparse", {"min_words": 10, "max_words": 5}, "config.max_words"),

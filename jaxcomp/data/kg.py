@@ -176,12 +176,18 @@ def countries_leaks(
     return [(s, p, o) for s, p, o in train if p == "locatedIn" and (s, o) in hide]
 
 
-def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
+def load_countries(
+    data_dir: str | Path, variant: str = "S1", *, train_path: str | Path | None = None
+) -> dict:
     """The NTP Countries layout (Bouchard et al. 2015; NTP Sec. 5.1).
 
     ``data_dir`` holds ``countries_{variant}.nl`` (training facts ``locatedIn``/``neighborOf``),
     ``countries_{variant}.nlt`` (templates; optional), ``countries.nl`` (the full KB, giving the
     test countries' true regions), ``regions.txt``, ``dev.txt`` and ``test.txt`` (country names).
+    ``train_path`` (a ``s<TAB>p<TAB>o`` file, e.g. the GNTP code's
+    ``countries_{variant}_kept.tsv`` of its text-mention setting, where some training facts are
+    replaced by mentions) replaces ``countries_{variant}.nl`` as the training facts and is checked
+    the same way.
 
     Returns a dict with ``train`` (triples), ``templates_path`` (or ``None``), ``regions``,
     ``dev``/``test`` (country lists) and ``dev_labels``/``test_labels`` (country -> set of true
@@ -193,7 +199,8 @@ def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
         raise ValueError(f"variant must be 'S1', 'S2' or 'S3', got {variant!r}")
     if not d.is_dir():
         raise FileNotFoundError(f"Countries directory not found: {str(d)!r}")
-    train = load_nl_facts(d / f"countries_{variant}.nl")
+    train_file = Path(train_path) if train_path else d / f"countries_{variant}.nl"
+    train = load_triples(train_file) if train_path else load_nl_facts(train_file)
     regions = _read_names(d / "regions.txt")
     dev = _read_names(d / "dev.txt")
     test = _read_names(d / "test.txt")
@@ -210,7 +217,7 @@ def load_countries(data_dir: str | Path, variant: str = "S1") -> dict:
     if leaked:
         s, p, o = leaked[0]
         raise ValueError(
-            f"{d / f'countries_{variant}.nl'}: training fact {p}({s}, {o}) breaks the {variant} "
+            f"{train_file}: training fact {p}({s}, {o}) breaks the {variant} "
             f"split ({len(leaked)} such fact(s)): {_HIDDEN[variant]}"
         )
     tpl = d / f"countries_{variant}.nlt"

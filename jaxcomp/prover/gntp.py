@@ -460,14 +460,20 @@ def gntp_loss(
     cfg: ProverConfig,
     *,
     l2: float = 0.0,
+    reduction: str = "mean",
 ) -> jax.Array:
-    """Mean logistic loss of the proof scores of ``goals`` (positives and corruptions).
+    """Logistic loss of the proof scores of ``goals`` (positives and corruptions).
 
+    ``reduction`` is ``"mean"`` over goals or ``"sum"`` (the reference code's summed loss).
     ``mask`` hides each positive's own fact (``-1`` for negatives); ``l2`` adds
-    ``l2 * sum ||theta||^2`` over embeddings.
+    ``l2 * sum ||theta||^2`` over embeddings (the reference's ``--l2 w`` uses TensorFlow's
+    ``l2_loss = sum x^2 / 2``, i.e. ``l2 = w / 2`` here).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     scores = score_triples(params, kb, goals, templates, cfg, mask=mask)
-    loss = jnp.mean(logistic_loss(scores, targets))
+    per_goal = logistic_loss(scores, targets)
+    loss = jnp.mean(per_goal) if reduction == "mean" else jnp.sum(per_goal)
     if l2:
         emb = [params["predicates"], params["constants"], params["tokens"], *params["rules"]]
         loss = loss + l2 * sum(jnp.sum(x * x) for x in emb)
@@ -567,6 +573,7 @@ def corrupt_triples(
     known: set,
     num_negatives: int = 1,
     *,
+    both: bool = False,
     max_tries: int = 100,
 ) -> np.ndarray:
     """Negatives by corrupting subject and object (GNTP Sec. 3.2), host side.
@@ -574,19 +581,31 @@ def corrupt_triples(
     For each ``(p, s, o)`` returns ``num_negatives`` subject- and ``num_negatives``
     object-corruptions, each resampled until it is not in ``known`` (a set of ``(p, s, o)``
     tuples); shape ``(n * 2 * num_negatives, 3)``, ordered per triple
-    ``[subj_1..subj_m, obj_1..obj_m]``.
+    ``[subj_1..subj_m, obj_1..obj_m]``. With ``both=True`` (the reference's ``--all``) each
+    triple also gets ``2 * num_negatives`` corruptions of subject *and* object, appended after
+    its own: shape ``(n * 4 * num_negatives, 3)``, ordered
+    ``[subj_1..subj_m, obj_1..obj_m, both_1..both_2m]``.
     """
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
     triples = np.asarray(triples)
-    out = np.repeat(triples, 2 * num_negatives, axis=0).reshape(len(triples), 2, num_negatives, 3)
+    sides = (0, 1, 2) if both else (0, 1)
+    counts = {0: num_negatives, 1: num_negatives, 2: 2 * num_negatives}
+    per = sum(counts[side] for side in sides)
+    out = np.zeros((len(triples), per, 3), dtype=triples.dtype if triples.size else np.int64)
     for i, (p, s, o) in enumerate(triples):
-        for side in (0, 1):
-            for j in range(num_negatives):
+        j = 0
+        for side in sides:
+            for _ in range(counts[side]):
+                cand = (int(p), int(s), int(o))
                 for _ in range(max_tries):
-                    c = int(rng.integers(num_constants))
-                    cand = (int(p), c, int(o)) if side == 0 else (int(p), int(s), c)
+                    cs = int(rng.integers(num_constants)) if side in (0, 2) else int(s)
+                    co = int(rng.integers(num_constants)) if side in (1, 2) else int(o)
+                    cand = (int(p), cs, co)
                     if cand not in known:
                         break
-                out[i, side, j] = cand
+                out[i, j] = cand
+                j += 1
     return out.reshape(-1, 3)
 
 
