@@ -85,6 +85,7 @@ CONFIG_RULES = {
     "eval_k_facts": "int>=0",  # 0 = same k as training
     "max_test": "int>=0",  # 0 = all
     "show_rules": "int>=0",
+    "search_mb": "int>=0",  # neighbour-search chunk budget in MiB (0 = one shot, unbounded)
     "mentions_min": "int>=0",  # keep mentions seen at least this often (reference --mentions-min)
 }
 
@@ -116,7 +117,11 @@ def load_data(cfg):
     if cfg.dataset in kg.PYKEEN_DATASETS:
         splits = kg.load_pykeen_dataset(cfg.dataset)
     elif cfg.dataset == "tsv":
-        splits = {s: kg.load_triples(getattr(cfg, f"{s}_path")) for s in ("train", "valid", "test")}
+        # a user's own triples: dev and test are optional (no test set = no ranking evaluation)
+        splits = {
+            s: kg.load_triples(cfg[f"{s}_path"]) if cfg[f"{s}_path"] else []
+            for s in ("train", "valid", "test")
+        }
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     if cfg.templates_path:
@@ -164,6 +169,7 @@ def train(cfg, kb, templates, workdir: epath.Path):
         unification=cfg.unification,
         train_slope=cfg.train_slope,
         rule_attention=cfg.rule_attention,
+        search_bytes=cfg.search_mb * 2**20 or None,
     )
     announce(f"initialising embeddings (dim {cfg.dim}) and rule templates")
     params = init_params(
@@ -223,10 +229,8 @@ def run(cfg, workdir: str) -> dict:
     check_config(cfg, CONFIG_RULES)
     if cfg.dataset == "countries" and not cfg.data_dir:
         raise ValueError("dataset 'countries' needs config.data_dir (the NTP layout), got ''")
-    if cfg.dataset == "tsv":
-        missing = [f"config.{s}_path" for s in ("train", "valid", "test") if not cfg[f"{s}_path"]]
-        if missing:
-            raise ValueError(f"dataset 'tsv' needs {', '.join(missing)}, got ''")
+    if cfg.dataset == "tsv" and not cfg.train_path:
+        raise ValueError("dataset 'tsv' needs config.train_path (valid/test are optional), got ''")
     out = workdir_path(workdir)
     announce(f"loading {cfg.dataset}")
     kb, train_t, valid_t, test_t, templates, extra = load_data(cfg)
@@ -258,6 +262,9 @@ def run(cfg, workdir: str) -> dict:
         goals = np.array(goals, np.int32)
         results["auc_pr"] = auc_pr(score_fn(goals), np.array(labels))
         ex_goals = goals[np.array(labels)][:5]
+    elif not test_t:
+        announce("no test triples (config.test_path is empty): no ranking evaluation")
+        ex_goals = kb.facts[:5]
     else:
         test = kb.index(test_t)
         if cfg.max_test:

@@ -294,3 +294,27 @@ def test_countries_experiment_reads_mentions():
     assert (kb.constants[s], kb.constants[o]) == ("asia0_c0", "asia0_c1")
     cfg.mentions_min = 2
     assert len(load_data(cfg)[0].mentions) == 1
+
+
+def test_experiment_trains_on_a_users_tsv_with_optional_test(tmp_path):
+    """``--config.dataset=tsv``: only train_path is required; with no test set the run trains,
+    saves the prover and decodes rules without ranking; with one it ranks every test triple."""
+    from experiments.configs.gntp_smoke import get_config
+    from experiments.gntp import run
+    from jaxcomp.prover.io import load_prover
+
+    people = [f"p{i}" for i in range(8)]
+    train = [(a, "knows", b) for a, b in zip(people, people[1:])]
+    train += [(b, "knows", a) for a, b in zip(people, people[1:4])]
+    (tmp_path / "train.tsv").write_text("".join(f"{s}\t{r}\t{o}\n" for s, r, o in train))
+    (tmp_path / "test.tsv").write_text("p5\tknows\tp4\np6\tknows\tp5\n")
+    cfg = get_config()
+    cfg.dataset, cfg.train_path, cfg.dim, cfg.epochs = "tsv", str(tmp_path / "train.tsv"), 8, 2
+    cfg.templates = "p(X, Y) :- q(Y, X) <2>\n"
+    res = run(cfg, str(tmp_path / "no_test"))
+    assert "mrr" not in res and res["rules"] and len(res["explanations"]) == 5
+    params, kb, templates, prover = load_prover(tmp_path / "no_test" / "prover")
+    assert set(kb.constants) == set(people) and prover.search_bytes == 64 * 2**20
+    cfg.test_path = str(tmp_path / "test.tsv")
+    res = run(cfg, str(tmp_path / "with_test"))
+    assert res["num_test_triples"] == 2 and 0 < res["mrr"] <= 1

@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "nations"  # nations | umls | kinships | countries | tsv
     c.data_dir = ""  # countries: directory in the NTP layout
     c.variant = "S1"  # countries: S1 | S2 | S3
-    c.train_path = c.valid_path = c.test_path = ""  # dataset == "tsv"
+    c.train_path = c.valid_path = c.test_path = ""  # dataset == "tsv" (valid/test optional)
     # (countries: train_path replaces countries_{variant}.nl, e.g. the mention setting's kept.tsv)
     c.mentions_path = ""  # optional text mentions (joint KB + text): the GNTP code's
     # "s<TAB>[XXX]:pattern:[YYY]<TAB>o<TAB>count" files, or "s<TAB>text pattern<TAB>o"
@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_k_facts = 0  # 0 = same k as training
     c.max_test = 0  # 0 = all test triples
     c.show_rules = 15
+    c.search_mb = 64  # neighbour-search chunk budget (ProverConfig.search_bytes); 0 = one shot
     return c
 
 

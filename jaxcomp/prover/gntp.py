@@ -72,7 +72,13 @@ class ProverConfig:
       unification: ``"classic"`` (min of one kernel per argument position, NTP Eq. 3) or
         ``"joint"`` (one kernel on the concatenated ground positions, GNTP Sec. 3.1).
       approx: use ``lax.approx_min_k`` for the neighbour search (accelerators).
-      chunk_size: query chunk for the neighbour search (bounds its memory); ``None`` = one shot.
+      chunk_size: query chunk for the neighbour search (bounds its memory); ``None`` = chosen
+        from ``search_bytes``.
+      search_bytes: when ``chunk_size`` is ``None``, the largest ``(chunk, N)`` float32 distance
+        matrix one search step may hold (default 64 MiB): queries go in chunks of
+        ``search_bytes // (4 N)`` (one shot when they all fit). XLA's temporaries come to about
+        4x this plus the proof tensors (ranking one FB15k-237 triple, a 2-hop template: 0.42 GiB
+        at 64 MiB, 1.4 GiB at 256 MiB). ``None`` = always one shot (unbounded: 147 GiB there).
       train_slope: let gradients reach the kernel slope.
       rule_attention: GNTP-Attention (Sec. 3.3): ``params["rules"]`` hold attention logits over
         the KB predicates and each rule predicate is ``softmax(logits) @ predicates``
@@ -86,6 +92,7 @@ class ProverConfig:
     unification: str = "classic"
     approx: bool = False
     chunk_size: int | None = None
+    search_bytes: int | None = 64 * 2**20
     train_slope: bool = False
     rule_attention: bool = False
 
@@ -98,6 +105,16 @@ class ProverConfig:
             raise ValueError(f"k_rules must be >= 1 or None, got {self.k_rules}")
         if self.unification not in ("classic", "joint"):
             raise ValueError(f"unification must be 'classic' or 'joint', got {self.unification!r}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+        if self.search_bytes is not None and self.search_bytes < 1:
+            raise ValueError(f"search_bytes must be >= 1 or None, got {self.search_bytes}")
+
+    def search_chunk(self, num_keys: int) -> int | None:
+        """Queries per neighbour-search step against ``num_keys`` keys (``None`` = one shot)."""
+        if self.chunk_size is not None or self.search_bytes is None:
+            return self.chunk_size
+        return max(1, self.search_bytes // (4 * num_keys))
 
 
 @dataclasses.dataclass
@@ -153,13 +170,14 @@ class _Prover:
         shape = queries[0].shape[:-1]
         q = jnp.concatenate(queries, -1).reshape(-1, queries[0].shape[-1] * len(queries))
         ex = None if exclude is None else exclude.reshape(-1)
+        keys = jnp.concatenate(keys, -1)
         idx = U.nearest_neighbours(
             q,
-            jnp.concatenate(keys, -1),
+            keys,
             k,
             exclude=ex,
             approx=self.cfg.approx,
-            chunk_size=self.cfg.chunk_size,
+            chunk_size=self.cfg.search_chunk(keys.shape[0]),
         )
         return idx.reshape(*shape, k)
 
