@@ -1,11 +1,12 @@
-"""Aggregate GNTP ranking runs over training seeds, for one or more variants.
+"""Aggregate GNTP runs over training seeds, for one or more variants.
 
 Each argument is ``NAME=WORKDIR[,WORKDIR...]``: a variant (e.g. ``standard``, ``attention``)
 and its runs of ``experiments/gntp.py`` that differ only in ``--config.seed``, in the same seed
-order for every variant. For every metric of ``results.json`` (MRR and Hits@k under the
-reference tie rule and under the pessimistic / average / optimistic rules) it writes the value
-of each seed, their mean and standard deviation (ddof=1), and for every variant but the first
-the difference to the first, paired by seed (mean +- std), and prints a markdown table.
+order for every variant. For every metric of ``results.json`` (ranking runs: MRR and Hits@k
+under the reference tie rule and under the pessimistic / average / optimistic rules; Countries
+runs: AUC-PR) it writes the value of each seed, their mean and standard deviation (ddof=1), and
+for every variant but the first the difference to the first, paired by seed (mean +- std), and
+prints a markdown table.
 
     python scripts/gntp_seeds.py --out docs/gntp_nations_seeds.json \
         standard=runs/g/std0,runs/g/std1,runs/g/std2 attention=runs/g/att0,runs/g/att1,runs/g/att2
@@ -19,7 +20,7 @@ import pathlib
 
 import numpy as np
 
-METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
+METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "auc_pr")
 RULES = ("", "[pessimistic]", "[average]", "[optimistic]")
 
 
@@ -50,6 +51,8 @@ def summarise(runs: dict) -> dict:
         for m in METRICS:
             for rule in RULES:
                 key = m + rule
+                if key not in results[0]:
+                    continue
                 v = np.array([r[key] for r in results], float)
                 cell = {"values": v.round(4).tolist(), "mean": float(v.mean())}
                 cell["std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -67,7 +70,8 @@ def summarise(runs: dict) -> dict:
 
 
 def table(summary: dict) -> str:
-    cols = ["mrr", "mrr[pessimistic]", "mrr[average]", "hits@1", "hits@3", "hits@10"]
+    cols = ["mrr", "mrr[pessimistic]", "mrr[average]", "hits@1", "hits@3", "hits@10", "auc_pr"]
+    cols = [c for c in cols if all(c in rec for rec in summary.values())]
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
     for name, rec in summary.items():
         lines.append(

@@ -318,3 +318,35 @@ def test_experiment_trains_on_a_users_tsv_with_optional_test(tmp_path):
     cfg.test_path = str(tmp_path / "test.tsv")
     res = run(cfg, str(tmp_path / "with_test"))
     assert res["num_test_triples"] == 2 and 0 < res["mrr"] <= 1
+
+
+def test_gntp_seeds_summary_equals_numpy(tmp_path):
+    """scripts/gntp_seeds.py: per-variant mean/std (ddof=1) and seed-paired differences."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gntp_seeds.py"
+    spec = importlib.util.spec_from_file_location("gntp_seeds", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    vals = {v: rng.uniform(0.3, 0.9, size=(3, 2)) for v in ("std", "att")}
+    specs = []
+    for v, a in vals.items():
+        dirs = []
+        for seed, (mrr, pess) in enumerate(a):
+            d = tmp_path / f"{v}{seed}"
+            d.mkdir()
+            res = {"config": {"seed": seed}, "train_seconds": 1.0, "mrr": mrr}
+            res["mrr[pessimistic]"] = pess
+            (d / "results.json").write_text(json.dumps(res))
+            dirs.append(str(d))
+        specs.append(f"{v}={','.join(dirs)}")
+    s = mod.summarise(mod.load(specs))
+    np.testing.assert_allclose(s["att"]["mrr"]["mean"], vals["att"][:, 0].mean())
+    np.testing.assert_allclose(s["std"]["mrr[pessimistic]"]["std"], vals["std"][:, 1].std(ddof=1))
+    d = vals["att"][:, 0] - vals["std"][:, 0]
+    np.testing.assert_allclose(s["att"]["mrr"]["minus_std"]["mean"], d.mean())
+    np.testing.assert_allclose(s["att"]["mrr"]["minus_std"]["std"], d.std(ddof=1))
+    assert "hits@1" not in s["std"] and s["std"]["seeds"] == [0, 1, 2]
+    assert "| att |" in mod.table(s)
