@@ -81,6 +81,7 @@ CONFIG_RULES = {
     "learning_rate": ">0",
     "l2": ">=0",
     "ckpt_every": "int>=0",
+    "log_every": "int>=1",
     "seed": "int>=0",
     "eval_k_facts": "int>=0",  # 0 = same k as training
     "max_test": "int>=0",  # 0 = all
@@ -218,7 +219,7 @@ def train(cfg, kb, templates, workdir: epath.Path):
         workdir=workdir,
         stage="train",
         ckpt_every=cfg.ckpt_every,
-        log_every=1,
+        log_every=cfg.log_every,
         config=cfg,
     )
     return params, prover, [h["loss"] for h in history], time.time() - t0

@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.03
     c.l2 = 0.0  # coefficient of sum(x^2); the reference's --l2 w is w/2 here (tf.nn.l2_loss)
     c.ckpt_every = 0  # 0 = one checkpoint at the end of training
+    c.log_every = 1  # metrics.jsonl / loss-curve points every n steps (bookkeeping only)
     c.seed = 0
     c.eval_k_facts = 0  # 0 = same k as training
     c.max_test = 0  # 0 = all test triples
