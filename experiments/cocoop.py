@@ -25,6 +25,15 @@ mean and std over seeds.
   half, and decodes only those images (and the test images) from disk; the zero-shot baseline
   uses the data set's hand-written template (CoOp's ``CUSTOM_TEMPLATES``).
 
+``config.protocol``: ``"base_to_new"`` (default, above) or ``"transfer"`` (split-file path only):
+CoOp's and CoCoOp's cross-dataset transfer and domain generalisation (CoOp Sec. 4.3, CoCoOp
+Sec. 5.2-5.3). Prompts learn from ``shots`` per class of *all* classes of ``config.dataset``
+(ImageNet in the papers; Dassl's sampler per seed), are evaluated on its test set, then unchanged
+on the test set of every data set in ``config.eval_targets`` with that set's own class names
+(other CoOp data sets: cross-dataset transfer; ``ImageNetV2``, ``ImageNetSketch``, ``ImageNetA``,
+``ImageNetR``: domain generalisation); zero-shot CLIP uses each set's own template. results.json
+has per-seed accuracies, mean/std per data set and the averages over the targets.
+
 The CLIP is frozen and there is no data augmentation, so image features are computed once and
 prompt learners are trained with ``logits_from_features``.
 
@@ -57,9 +66,11 @@ from experiments._harness import (
     own,
     progress,
     workdir_path,
+    write_bytes_atomic,
     write_figure,
     write_json_atomic,
 )
+from jaxcomp.data import coop as coop_data
 from jaxcomp.models import clip as clip_lib
 from jaxcomp.nn import prompts as P
 from jaxcomp.train import make_train_step
@@ -71,6 +82,8 @@ DEFAULT_WORKDIR = "runs/cocoop"
 CONFIG_RULES = {
     "source": ("mnist_demo", "hf"),
     "data_format": ("tfds", "zhou_split"),
+    "protocol": ("base_to_new", "transfer"),
+    "eval_targets": each(tuple(coop_data.known_datasets()), allow_empty=True),
     "model.width": "int>=1",
     "model.layers": "int>=1",
     "model.heads": "int>=1",
@@ -316,57 +329,102 @@ def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
 
+def _test_set(cfg, name: str, splits: dict, image_size: int) -> dict:
+    """A data set's test images decoded on access (at most ``max_test``, spread evenly), their
+    labels, its ``classnames`` as prompts spell them and its zero-shot ``template``."""
+    names = coop_data.classnames_of(*splits.values())
+    test = splits["test"]
+    test = [test[i] for i in evenly_spaced(len(test), cfg.get("max_test"))]
+    source = coop_data.ImageFileSource(test, image_size=image_size)
+    return {
+        "test": _Decoded(source),
+        "test_labels": source.labels,
+        "classnames": [coop_data.prompt_classname(c) for c in names],
+        "template": coop_data.coop_dataset(name).template,
+    }
+
+
 def load_zhou_split(cfg, image_size: int) -> dict:
     """CoOp's protocol on a data set in CoOp's layout (``jaxcomp.data.coop``): the split file's
     train / test lists, per seed ``generate_fewshot_dataset(train, shots, seed=seed)`` restricted
-    to the base half of the classes, decoded lazily. Returns the decoded-on-access ``train``
-    images (the union of every seed's shots, nothing else) and ``test`` images, their labels in
-    the full label space, ``shots`` (seed -> indices into ``train``), the split's ``labels`` (for
-    the base/new halves), the ``classnames`` as prompts spell them and the zero-shot
-    ``template``."""
-    from jaxcomp.data import coop as coop_data
-
-    splits = coop_data.load_coop_dataset(_data_dir(cfg), cfg.dataset)
-    train, test = splits["train"], splits["test"]
-    names = coop_data.classnames_of(train, splits["val"], test)
-    base = set(coop_data.base_new_labels(train)[0])
+    to the base half of the classes (all classes with ``protocol="transfer"``), decoded lazily.
+    Returns the decoded-on-access ``train`` images (the union of every seed's shots, nothing
+    else) and ``test`` images, their labels in the full label space, ``shots`` (seed -> indices
+    into ``train``), the split's ``labels`` (for the base/new halves), the ``classnames`` as
+    prompts spell them and the zero-shot ``template``; with ``protocol="transfer"`` also
+    ``targets``: ``{Dassl name: the same test fields}`` for every ``eval_targets`` entry."""
+    root = _data_dir(cfg)
+    splits = coop_data.load_coop_dataset(root, cfg.dataset)
+    train = splits["train"]
+    transfer = cfg.get("protocol", "base_to_new") == "transfer"
+    keep = {d.label for d in train} if transfer else set(coop_data.base_new_labels(train)[0])
     union: dict[coop_data.Datum, int] = {}
     shots = {}
     for seed in cfg.seeds:
         picked = coop_data.generate_fewshot_dataset(train, cfg.shots, seed=seed)
-        picked = [d for d in picked if d.label in base]
+        picked = [d for d in picked if d.label in keep]
         shots[seed] = np.asarray([union.setdefault(d, len(union)) for d in picked], np.int64)
-    test = [test[i] for i in evenly_spaced(len(test), cfg.get("max_test"))]
     train_src = coop_data.ImageFileSource(list(union), image_size=image_size)
-    test_src = coop_data.ImageFileSource(test, image_size=image_size)
-    return {
+    out = {
         "train": _Decoded(train_src),
         "train_labels": train_src.labels,
-        "test": _Decoded(test_src),
-        "test_labels": test_src.labels,
         "shots": shots,
         "labels": np.asarray([d.label for d in train], np.int32),
-        "classnames": [coop_data.prompt_classname(c) for c in names],
-        "template": coop_data.coop_dataset(cfg.dataset).template,
+        **_test_set(cfg, cfg.dataset, splits, image_size),
     }
+    if transfer:
+        out["targets"] = {}
+        for target in cfg.eval_targets:
+            name = coop_data.canonical_name(target)
+            target_splits = coop_data.load_coop_dataset(root, name)
+            out["targets"][name] = _test_set(cfg, name, target_splits, image_size)
+    return out
 
 
 def check_data(cfg) -> None:
-    """Checks across fields of the data options, before any work."""
+    """Checks across fields of the data options and the protocol, before any work."""
+    protocol = cfg.get("protocol", "base_to_new")
+    targets = tuple(cfg.get("eval_targets", ()))
+    if targets and protocol != "transfer":
+        raise ValueError(f"config.eval_targets {targets} need config.protocol 'transfer', got "
+                         f"{protocol!r}")  # fmt: skip
+    if protocol == "transfer" and cfg.get("data_format", "tfds") != "zhou_split":
+        raise ValueError("config.protocol 'transfer' needs config.data_format 'zhou_split' (CoOp's "
+                         f"layout), got {cfg.get('data_format', 'tfds')!r}")  # fmt: skip
     if cfg.get("data_format", "tfds") != "zhou_split":
         return
-    from jaxcomp.data import coop as coop_data
-
     if cfg.source != "hf":
         raise ValueError(f"config.data_format 'zhou_split' needs config.source 'hf', got "
                          f"{cfg.source!r}")  # fmt: skip
     known = sorted(coop_data.COOP_DATASETS) + sorted(coop_data.DATASET_ALIASES)
+    if cfg.get("dataset") in coop_data.IMAGENET_VARIANTS:
+        raise ValueError(f"config.dataset {cfg.dataset!r} has only a test split, so prompts cannot "
+                         "learn on it; use it in config.eval_targets (protocol 'transfer')")  # fmt: skip
     if cfg.get("dataset") not in known:
         raise ValueError(f"config.dataset must be a CoOp data set {known} with data_format "
                          f"'zhou_split', got {cfg.get('dataset')!r}")  # fmt: skip
     if not cfg.get("data_dir"):
         raise ValueError("config.data_dir must be the CoOp data root with data_format "
                          f"'zhou_split', got {cfg.get('data_dir')!r}")  # fmt: skip
+    if protocol == "transfer":
+        _check_transfer(cfg, targets)
+
+
+def _check_transfer(cfg, targets: tuple) -> None:
+    source = coop_data.canonical_name(cfg.dataset)
+    seen: dict[str, str] = {}
+    for t in targets:
+        name = coop_data.canonical_name(t)
+        if name == source:
+            raise ValueError(f"config.eval_targets lists {t!r}, the source config.dataset "
+                             f"{cfg.dataset!r} (its test set is always evaluated)")  # fmt: skip
+        if name in seen:
+            raise ValueError(f"config.eval_targets lists {name!r} twice ({seen[name]!r}, {t!r})")
+        seen[name] = t
+    if "coop" in cfg.methods and cfg.coop.get("class_specific", False):
+        raise ValueError("config.coop.class_specific: a class-specific context has one context "
+                         "per source class and does not move to a target's classes; protocol "
+                         "'transfer' needs a unified context (class_specific=False)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,17 +432,56 @@ def check_data(cfg) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_encode_image = nnx.jit(lambda c, x: c.encode_image(x))
+
+
 def image_features(clip, images, batch=256, desc="image features"):
-    encode = nnx.jit(lambda c, x: c.encode_image(x))
-    starts = range(0, len(images), batch)
-    return np.concatenate([np.asarray(encode(clip, images[i : i + batch]))
-                           for i in progress(starts, desc=desc)])  # fmt: skip
+    """The frozen CLIP's image features of ``images`` (an array, or anything sliced into one),
+    ``batch`` at a time. A short chunk is padded with zero images to ``batch`` rows (to the next
+    power of two for a set smaller than ``batch``), so a few compiled shapes serve every data set;
+    the padding's features are dropped (each image's features depend on that image only)."""
+    size = batch if len(images) >= batch else 1 << max(0, len(images) - 1).bit_length()
+    out = []
+    for i in progress(range(0, len(images), batch), desc=desc):
+        x = np.asarray(images[i : i + batch])
+        n = len(x)
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+        out.append(np.asarray(_encode_image(clip, x))[:n])
+    return np.concatenate(out)
 
 
 def accuracy(logits_fn, feats, labels, batch=100):
     preds = [np.asarray(logits_fn(feats[i : i + batch])).argmax(-1)
              for i in range(0, len(feats), batch)]  # fmt: skip
     return 100.0 * float((np.concatenate(preds) == labels).mean())
+
+
+_learner_logits = nnx.jit(lambda m, f: m.logits_from_features(f))
+
+
+def learner_accuracy(model, feats, labels) -> float:
+    """Top-1 accuracy (%) of a prompt learner on precomputed image features."""
+    return accuracy(lambda f: _learner_logits(model, f), feats, labels)
+
+
+def zero_shot_accuracy(clip, classnames, templates, tokenize, feats, labels) -> float:
+    """Top-1 accuracy (%) of zero-shot CLIP (``zero_shot_classifier`` over ``templates``) on
+    precomputed image features."""
+    w = P.zero_shot_classifier(clip, classnames, templates, tokenize=tokenize)
+    scale = float(jnp.exp(clip.logit_scale[...]))
+    fn = lambda f: scale * (f / np.linalg.norm(f, axis=-1, keepdims=True)) @ w.T
+    return accuracy(fn, feats, labels)
+
+
+def make_learner(method: str, clip, classnames, mcfg, tokenize, seed: int):
+    """The untrained ``P.CoOp`` / ``P.CoCoOp`` of ``method`` with the options of ``mcfg``."""
+    kwargs = dict(tokenize=tokenize, n_ctx=mcfg.n_ctx or None, ctx_init=mcfg.ctx_init or None,
+                  rngs=nnx.Rngs(seed))  # fmt: skip
+    if method == "coop":
+        return P.CoOp(clip, classnames, class_specific=mcfg.class_specific,
+                      class_token_position=mcfg.class_token_position, **kwargs)  # fmt: skip
+    return P.CoCoOp(clip, classnames, chunk_size=mcfg.chunk_size, **kwargs)
 
 
 def prompt_schedule(cfg) -> optax.Schedule:
@@ -463,12 +560,14 @@ def run(cfg, workdir: str) -> dict:
         xtr, xte = _shift(xtr, cfg.downstream_shift), _shift(xte, cfg.downstream_shift)
         classnames = list(DIGITS)
         tokenize = tok.encode
-    elif cfg.source == "hf":  # pragma: no cover - needs weights and data
+    elif cfg.source == "hf":
         announce(f"loading CLIP from {cfg.clip_path} and {cfg.dataset} from {cfg.data_dir}")
         clip = clip_lib.load_pretrained(cfg.clip_path)
         tokenize = clip_lib.load_tokenizer(cfg.clip_path).encode
         if cfg.get("data_format", "tfds") == "zhou_split":
             data = load_zhou_split(cfg, clip.config.image_size)
+            if cfg.get("protocol", "base_to_new") == "transfer":
+                return run_transfer(cfg, workdir, clip, tokenize, data, t_start)
             xtr, ytr, xte, yte = (
                 data["train"],
                 data["train_labels"],
@@ -477,7 +576,7 @@ def run(cfg, workdir: str) -> dict:
             )
             classnames, shot_index, label_pool = data["classnames"], data["shots"], data["labels"]
             zero_shot_templates = [data["template"]]
-        else:
+        else:  # pragma: no cover - needs a prepared TFDS data set
             xtr, ytr, xte, yte, classnames = _load_tfds(cfg, clip.config.image_size)
         pretrain_s = 0.0
     else:
@@ -492,15 +591,12 @@ def run(cfg, workdir: str) -> dict:
     for group, classes in (("base", base), ("new", new)):
         mask = np.isin(yte, classes)
         test[group] = (fte[mask], np.searchsorted(classes, yte[mask]).astype(np.int32))
-    scale = float(jnp.exp(clip.logit_scale[...]))
 
     results = {"zero_shot": {}}
     announce("zero-shot evaluation")
     for group in ("base", "new"):
-        w = P.zero_shot_classifier(clip, names[group], zero_shot_templates,
-                                   tokenize=tokenize)  # fmt: skip
-        fn = lambda f, w=w: scale * (f / np.linalg.norm(f, axis=-1, keepdims=True)) @ w.T
-        results["zero_shot"][group] = [accuracy(fn, *test[group])]
+        results["zero_shot"][group] = [zero_shot_accuracy(clip, names[group], zero_shot_templates,
+                                                          tokenize, *test[group])]  # fmt: skip
     print(f"zero-shot: {results['zero_shot']}", flush=True)
 
     for method in cfg.methods:
@@ -512,18 +608,7 @@ def run(cfg, workdir: str) -> dict:
             else:
                 idx = P.k_shot_indices(ytr, base, cfg.shots, seed=seed)
             f, y = ftr[idx], np.searchsorted(base, ytr[idx]).astype(np.int32)
-            kwargs = dict(tokenize=tokenize, n_ctx=mcfg.n_ctx or None,
-                          ctx_init=mcfg.ctx_init or None, rngs=nnx.Rngs(seed))  # fmt: skip
-            if method == "coop":
-                model = P.CoOp(
-                    clip,
-                    names["base"],
-                    class_specific=mcfg.class_specific,
-                    class_token_position=mcfg.class_token_position,
-                    **kwargs,
-                )
-            else:
-                model = P.CoCoOp(clip, names["base"], chunk_size=mcfg.chunk_size, **kwargs)
+            model = make_learner(method, clip, names["base"], mcfg, tokenize, seed)
             t0 = time.time()
             stage = f"{method}_seed{seed}"
             model, loss = train_prompts(model, f, y, mcfg, seed, workdir, stage)
@@ -533,8 +618,7 @@ def run(cfg, workdir: str) -> dict:
             for group in ("base", "new"):
                 m = model if group == "base" else model.with_classnames(
                     names["new"], tokenize=tokenize)  # fmt: skip
-                fn = nnx.jit(lambda m, f: m.logits_from_features(f))
-                per_seed[group].append(accuracy(lambda f, m=m, fn=fn: fn(m, f), *test[group]))
+                per_seed[group].append(learner_accuracy(m, *test[group]))
             per_seed["H"].append(P.harmonic_mean(per_seed["base"][-1], per_seed["new"][-1]))
             print(f"{method} seed {seed}: base {per_seed['base'][-1]:.2f} new "
                   f"{per_seed['new'][-1]:.2f} H {per_seed['H'][-1]:.2f} (loss {loss:.3f}, "
@@ -572,6 +656,119 @@ def run(cfg, workdir: str) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Cross-dataset transfer and domain generalisation (protocol "transfer")
+# --------------------------------------------------------------------------------------------
+
+
+def run_transfer(cfg, workdir: epath.Path, clip, tokenize, data: dict, t_start: float) -> dict:
+    """CoOp / CoCoOp's transfer protocol on ``load_zhou_split``'s ``data``: zero-shot CLIP and
+    every learner of ``cfg.methods`` per seed, trained on K shots of all source classes, then
+    evaluated on the source test set and on every target's test set with the target's class
+    names (``with_classnames``) and, for zero-shot, its template. Each seed's learned prompts
+    are saved to ``<method>_seed<seed>/prompts.safetensors``; results.json and transfer.png."""
+    source = coop_data.canonical_name(cfg.dataset)
+    sets = {source: data, **data["targets"]}
+    announce("computing the frozen CLIP's image features")
+    ftr = image_features(clip, data["train"], desc="train image features")
+    feats = {name: image_features(clip, s["test"], desc=f"{name} test image features")
+             for name, s in sets.items()}  # fmt: skip
+
+    announce("zero-shot evaluation (each data set with its own template)")
+    results = {"zero_shot": {name: [zero_shot_accuracy(clip, s["classnames"], [s["template"]],
+                                                       tokenize, feats[name], s["test_labels"])]
+                             for name, s in sets.items()}}  # fmt: skip
+    print(f"zero-shot: {results['zero_shot']}", flush=True)
+    for method in cfg.methods:
+        mcfg = cfg[method]
+        per_seed = {**{name: [] for name in sets}, "final_loss": [], "train_s": []}
+        for seed in cfg.seeds:
+            idx = data["shots"][seed]  # Dassl's sampler over the source's train split, all classes
+            model = make_learner(method, clip, data["classnames"], mcfg, tokenize, seed)
+            t0 = time.time()
+            stage = f"{method}_seed{seed}"
+            model, loss = train_prompts(model, ftr[idx], data["train_labels"][idx], mcfg, seed,
+                                        workdir, stage)  # fmt: skip
+            per_seed["train_s"].append(time.time() - t0)
+            per_seed["final_loss"].append(loss)
+            _save_prompts(model, workdir / stage / "prompts.safetensors")
+            announce(f"{stage}: evaluating on {source} and {len(sets) - 1} target(s)")
+            for name, s in sets.items():
+                m = model if name == source else model.with_classnames(s["classnames"],
+                                                                       tokenize=tokenize)  # fmt: skip
+                per_seed[name].append(learner_accuracy(m, feats[name], s["test_labels"]))
+            print(f"{method} seed {seed}: " + ", ".join(f"{n} {per_seed[n][-1]:.2f}" for n in sets)
+                  + f" (loss {loss:.3f}, {per_seed['train_s'][-1]:.0f}s)", flush=True)  # fmt: skip
+        results[method] = per_seed
+
+    summary = transfer_summary(results, source, list(data["targets"]))
+    out = {
+        "config": cfg.to_dict(),
+        "protocol": "transfer",
+        "source": source,
+        "targets": list(data["targets"]),
+        "classes": {name: s["classnames"] for name, s in sets.items()},
+        "test_images": {name: len(s["test_labels"]) for name, s in sets.items()},
+        "total_seconds": time.time() - t_start,
+        "per_seed": results,
+        "summary": summary,
+        "note": "shared 2-core CPU (other processes running); timings are indicative only",
+    }
+    write_json_atomic(workdir / "results.json", out)
+    groups = [source, *data["targets"], *(k for k in summary["zero_shot"] if k in AVERAGES)]
+    series = {m: ([s[g]["mean"] for g in groups], [s[g]["std"] for g in groups])
+              for m, s in summary.items()}  # fmt: skip
+    _bar_plot(groups, series, workdir / "transfer.png", cfg.get("title", "") or
+              f"prompts learned on {source}, evaluated on other data sets",
+              "error bars: std over seeds")  # fmt: skip
+    _print_transfer_table(summary, groups)
+    return out
+
+
+#: The averages of the transfer tables: over every target, over the other data sets (CoCoOp
+#: Table 2, cross-dataset) and over the ImageNet variants (domain generalisation).
+AVERAGES = ("average_targets", "average_cross_dataset", "average_domain_generalisation")
+
+
+def transfer_summary(results: dict, source: str, targets: list[str]) -> dict:
+    """``{method: {data set: {"mean", "std"}}}`` over seeds, plus each non-empty average of
+    ``AVERAGES``: the mean over seeds of the per-seed mean over its targets (= the mean of the
+    targets' means, as the papers' tables), its std over seeds, and ``of``, the targets."""
+    groups = dict(zip(AVERAGES, (
+        targets,
+        [t for t in targets if t not in coop_data.IMAGENET_VARIANTS],
+        [t for t in targets if t in coop_data.IMAGENET_VARIANTS],
+    )))  # fmt: skip
+    summary = {}
+    for method, r in results.items():
+        s = {n: {"mean": float(np.mean(r[n])), "std": float(np.std(r[n]))}
+             for n in [source, *targets]}  # fmt: skip
+        for key, names in groups.items():
+            if names:
+                per_seed = np.mean([r[n] for n in names], axis=0)
+                s[key] = {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed)),
+                          "of": names}  # fmt: skip
+        summary[method] = s
+    return summary
+
+
+def _save_prompts(model, path: epath.Path) -> None:
+    """``P.save_prompts`` to any ``epath`` (a local temporary file, then copied atomically)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = epath.Path(tmp) / "prompts.safetensors"
+        P.save_prompts(model, local)
+        write_bytes_atomic(path, local.read_bytes())
+
+
+def _print_transfer_table(summary, groups):
+    print("| method | " + " | ".join(groups) + " |\n|---|" + "---|" * len(groups))
+    for method, s in summary.items():
+        print(f"| {method} | " + " | ".join(f"{s[g]['mean']:.2f} ± {s[g]['std']:.2f}"
+                                           for g in groups) + " |")  # fmt: skip
+
+
 def _print_table(summary):
     print("| method | base | new | H |\n|---|---|---|---|")
     for method, s in summary.items():
@@ -580,26 +777,35 @@ def _print_table(summary):
 
 
 def _plot(summary, path: epath.Path, title):
+    groups = ["base", "new", "H"]
+    series = {m: ([s["base_mean"], s["new_mean"], s["H"]],
+                  [s["base_std"], s["new_std"], s["H_std_over_seeds"]])
+              for m, s in summary.items()}  # fmt: skip
+    _bar_plot(groups, series, path, title or "base-to-new generalisation",
+              "error bars: std over seeds (H: std of the per-seed harmonic means)")  # fmt: skip
+
+
+def _bar_plot(groups, series, path: epath.Path, title, note):
+    """Grouped bars: ``series[method] = (values per group, error bars per group)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(summary)
-    x = np.arange(3)
+    methods = list(series)
+    x = np.arange(len(groups))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 2), 3.5))
     for i, m in enumerate(methods):
-        s = summary[m]
-        vals = [s["base_mean"], s["new_mean"], s["H"]]
-        errs = [s["base_std"], s["new_std"], s["H_std_over_seeds"]]
+        vals, errs = series[m]
         bars = ax.bar(x + i * width, vals, width, yerr=errs, capsize=3, label=m)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x + width * (len(methods) - 1) / 2, ["base", "new", "H"])
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, groups,
+                  rotation=30 if len(groups) > 3 else 0, fontsize=8)  # fmt: skip
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)  # bars start at 0
-    ax.set_title(title or "base-to-new generalisation", fontsize=9)
-    ax.set_xlabel("error bars: std over seeds (H: std of the per-seed harmonic means)", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(note, fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     write_figure(path, fig, dpi=120)

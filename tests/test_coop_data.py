@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -390,3 +391,114 @@ def test_cocoop_split_file_path_decodes_only_base_shots(split_fixture, monkeypat
     assert {int(p.split("/c")[-1][0]) for p in opened} <= set(base)
     with pytest.raises(ValueError, match="config.dataset"):
         cocoop.check_data(ml_collections.ConfigDict({**cfg.to_dict(), "dataset": "flowers"}))
+
+
+# --------------------------------------------------------------------------------------------
+# The ImageNet variants of the domain-generalisation benchmark (CoOp's datasets/imagenetv2.py,
+# imagenet_sketch.py, imagenet_a.py, imagenet_r.py) on generated trees
+
+# classnames.txt order (= ImageNet's label order) differs from the wnids' sorted order, so a
+# reader that confuses the two rules (V2: file order; the others: sorted folders) gets it wrong.
+WNIDS = ["n0300", "n0100", "n0500", "n0200", "n0400"]
+WNID_NAMES = ["tench", "goldfish", "great white shark", "tiger_shark", "hammerhead"]
+
+
+def _write_classnames(path, wnids=WNIDS, names=WNID_NAMES):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{w} {n}\n" for w, n in zip(wnids, names)) + "\n")
+
+
+def _listing(items):
+    return [(os.path.relpath(d.path, os.path.dirname(os.path.dirname(d.path))), d.label,
+             d.classname) for d in items]  # fmt: skip
+
+
+def test_read_imagenet_classnames(tmp_path):
+    _write_classnames(tmp_path / "classnames.txt")
+    assert coop.read_imagenet_classnames(tmp_path / "classnames.txt") == dict(
+        zip(WNIDS, WNID_NAMES)
+    )
+    assert list(coop.read_imagenet_classnames(tmp_path / "classnames.txt")) == WNIDS  # file order
+    (tmp_path / "dup.txt").write_text("n1 a\nn2 b\nn1 c\n")
+    with pytest.raises(ValueError, match=r"dup.txt: line 3 repeats the wnid 'n1'"):
+        coop.read_imagenet_classnames(tmp_path / "dup.txt")
+    (tmp_path / "bare.txt").write_text("n1 a\nn2\n")
+    with pytest.raises(ValueError, match=r"bare.txt: line 2 has no class name"):
+        coop.read_imagenet_classnames(tmp_path / "bare.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        coop.read_imagenet_classnames(tmp_path / "nope.txt")
+
+
+def test_imagenet_v2_labels_are_folder_numbers_in_classnames_order(tmp_path):
+    _write_classnames(tmp_path / "imagenet" / "classnames.txt")
+    image_dir = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
+    for label in range(len(WNIDS)):
+        _write_tree(image_dir, [str(label)], n=label + 1)
+    test = coop.load_coop_dataset(tmp_path, "ImageNetV2")
+    assert list(test) == ["test"]
+    # label i: folder "i", the i-th line of classnames.txt; files sorted
+    assert _listing(test["test"]) == [(f"{y}/{i:03d}.png", y, WNID_NAMES[y])
+                                      for y in range(5) for i in range(y + 1)]  # fmt: skip
+    assert coop.classnames_of(test["test"]) == WNID_NAMES
+    # errors: a missing label folder, a folder that is no label of classnames.txt
+    os.rename(image_dir / "3", image_dir / "5")
+    with pytest.raises(ValueError, match=r"folders \['5'\] are not labels 0..4 of the 5 classes"):
+        coop.load_coop_dataset(tmp_path, "ImageNetV2")
+    os.rename(image_dir / "5", tmp_path / "elsewhere")
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"{image_dir / '3'} (label 3, 'tiger_shark'")
+    ):
+        coop.load_coop_dataset(tmp_path, "ImageNetV2")
+
+
+@pytest.mark.parametrize(
+    "name, image_dir, wnids",
+    [
+        ("ImageNetSketch", "imagenet-sketch/images", WNIDS),
+        ("ImageNetA", "imagenet-adversarial/imagenet-a", ["n0500", "n0100", "n0400"]),
+        ("ImageNetR", "imagenet-rendition/imagenet-r", ["n0200", "n0300"]),
+    ],
+)
+def test_imagenet_wnid_variants_label_sorted_folders(tmp_path, name, image_dir, wnids):
+    _write_classnames(tmp_path / "imagenet" / "classnames.txt")
+    root = tmp_path / image_dir
+    for k, w in enumerate(wnids):
+        _write_tree(root, [w], n=k + 2)
+    (root / "README.txt").write_text("not a class")  # ImageNet-A / -R ship one
+    (root / ".DS_Store").mkdir()
+    test = coop.load_coop_dataset(tmp_path, name)["test"]
+    # labels: the folders' sorted order; names: looked up by wnid in classnames.txt
+    name_of = dict(zip(WNIDS, WNID_NAMES))
+    want = [(f"{w}/{i:03d}.png", y, name_of[w]) for y, w in enumerate(sorted(wnids))
+            for i in range(wnids.index(w) + 2)]  # fmt: skip
+    assert _listing(test) == want
+    assert len(test) == sum(range(2, len(wnids) + 2))
+    assert coop.zero_shot_prompts(name, coop.classnames_of(test)) == [
+        f"a photo of a {prompt}." for prompt in
+        (coop.prompt_classname(name_of[w]) for w in sorted(wnids))
+    ]  # fmt: skip
+    # the variant's own copy of classnames.txt (the reference's layout) wins over ImageNet's
+    _write_classnames(root.parent / "classnames.txt", names=[n.upper() for n in WNID_NAMES])
+    again = coop.load_coop_dataset(tmp_path, name)["test"]
+    assert [d.classname for d in again] == [d.classname.upper() for d in test]
+    # a wnid that classnames.txt lacks
+    _write_tree(root, ["n9999"], n=1)
+    with pytest.raises(ValueError, match=r"folders \['n9999'\] are not in .*classnames.txt"):
+        coop.load_coop_dataset(tmp_path, name)
+
+
+def test_imagenet_variant_errors_name_the_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"neither .*imagenet-adversarial/classnames.txt "
+                       r"nor .*imagenet/classnames.txt"):  # fmt: skip
+        coop.load_coop_dataset(tmp_path, "ImageNetA")
+    _write_classnames(tmp_path / "imagenet" / "classnames.txt")
+    missing = tmp_path / "imagenet-rendition" / "imagenet-r"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"image folder not found: {missing}")):
+        coop.load_coop_dataset(tmp_path, "ImageNetR")
+    with pytest.raises(FileNotFoundError, match="imagenetv2-matched-frequency-format-val"):
+        coop.load_coop_dataset(tmp_path, "ImageNetV2")
+    assert coop.canonical_name("DTD") == "DescribableTextures"
+    assert coop.canonical_name("ImageNetA") == "ImageNetA"
+    assert len(coop.known_datasets()) == 11 + 2 + 4
+    with pytest.raises(ValueError, match="'ImageNetC'"):
+        coop.coop_dataset("ImageNetC")

@@ -70,6 +70,10 @@ CALLABLE_BAD = {
     ("losparse_polarity", "data_path"): [3, None],
 }
 
+# The transfer protocol on CoOp's layout (cross-dataset transfer / domain generalisation).
+_ZHOU = {"source": "hf", "data_format": "zhou_split", "dataset": "ImageNet", "data_dir": "/d",
+         "protocol": "transfer"}  # fmt: skip
+
 # Checks across fields (they depend only on the config, so they too come before any work).
 CROSS_BAD = [
     (
@@ -83,6 +87,12 @@ CROSS_BAD = [
         {"source": "hf", "data_format": "zhou_split", "dataset": "DTD", "data_dir": ""},
         "config.data_dir",
     ),
+    ("cocoop", {"eval_targets": ("DTD",)}, "config.eval_targets"),  # without protocol "transfer"
+    ("cocoop", {"protocol": "transfer"}, "config.protocol"),  # the demo has no split files
+    ("cocoop", {**_ZHOU, "dataset": "ImageNetA"}, "config.dataset"),  # test-only: no shots
+    ("cocoop", {**_ZHOU, "eval_targets": ("DTD", "ImageNet")}, "config.eval_targets"),  # source
+    ("cocoop", {**_ZHOU, "eval_targets": ("DTD", "DescribableTextures")}, "config.eval_targets"),
+    ("cocoop", {**_ZHOU, "coop.class_specific": True}, "config.coop.class_specific"),
     ("cram", {"optimizers": ("sgd", "gmp"), "gmp_begin_epoch": 25}, "config.gmp_begin_epoch"),
     ("cram_polarity", {"dev_fraction": 0.5, "test_fraction": 0.5}, "config.dev_fraction"),
     ("cram_polarity", {"finetune_sparsities": (0.95,)}, "config.finetune_sparsities"),
@@ -240,6 +250,24 @@ def test_rules_cover_every_number_and_choice_and_every_config_passes(name):
             )
     assert set(rules) <= seen, f"{name}: rules for fields no config has: {set(rules) - seen}"
     assert not FREE_TEXT[name] & set(rules)
+
+
+def test_coop_imagenet_transfer_config_passes_the_cocoop_rules():
+    """The real-run config of the transfer protocol (not named cocoop_*, so checked here)."""
+    module = importlib.import_module("experiments.cocoop")
+    cfg = _config("coop_imagenet_transfer")
+    check_config(cfg, module.CONFIG_RULES)
+    module.check_data(cfg)
+    for field, v in _leaves(cfg):
+        if not isinstance(v, bool) and field != "force_resume":
+            assert field in module.CONFIG_RULES or field in FREE_TEXT["cocoop"], field
+    assert (cfg.protocol, cfg.dataset, cfg.shots) == ("transfer", "ImageNet", 16)
+    assert len(cfg.eval_targets) == 14 and "ImageNet" not in cfg.eval_targets
+    assert set(cfg.eval_targets) == set(module.coop_data.known_datasets()) - {
+        "ImageNet", "DTD", "Flowers102"
+    }  # the 10 other data sets and the 4 variants, by their Dassl names  # fmt: skip
+    # CoOp's ImageNet recipe: 50 epochs of 16 x 1000 / 32 = 500 steps, 1 warm-up epoch
+    assert (cfg.coop.n_ctx, cfg.coop.steps, cfg.coop.warmup_steps) == (16, 25000, 500)
 
 
 def test_cram_keeps_its_messages():

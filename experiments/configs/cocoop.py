@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.downstream_shift = "hflip"
     # Protocol. As in CoCoOp's base-to-new setting both learners start from words (n_ctx=0: the
     # number of init tokens, here 5); ctx_init="" with n_ctx=4 gives the random N(0, 0.02) init.
+    # "base_to_new", or "transfer" (data_format "zhou_split" only): learn on all classes of
+    # `dataset`, evaluate on it and on each of `eval_targets` (coop_imagenet_transfer.py)
+    c.protocol = "base_to_new"
+    c.eval_targets = ()
     c.shots = 16
     c.seeds = (1, 2, 3)
     c.methods = ("coop", "cocoop")

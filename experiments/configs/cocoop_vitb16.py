@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.test_split = "test"
     c.max_test = ml_collections.config_dict.placeholder(int)  # cap on test images
     c.zero_shot_templates = ("a photo of a {}.",)  # CoCoOp's zero-shot CLIP baseline
+    # "base_to_new", or "transfer" (data_format "zhou_split" only): learn on all classes of
+    # `dataset`, evaluate on it and on each of `eval_targets` (coop_imagenet_transfer.py)
+    c.protocol = "base_to_new"
+    c.eval_targets = ()
     c.shots = 16
     c.seeds = (1, 2, 3)
     c.methods = ("coop", "cocoop")

@@ -2,6 +2,7 @@
 
 from jaxcomp.data.coop import (
     COOP_DATASETS,
+    IMAGENET_VARIANTS,
     CoOpDataset,
     Datum,
     ImageFileSource,
@@ -39,6 +40,7 @@ from jaxcomp.data.sources import (
 
 __all__ = [
     "COOP_DATASETS",
+    "IMAGENET_VARIANTS",
     "CoOpDataset",
     "Datum",
     "ImageFileSource",

@@ -133,14 +133,55 @@ COOP_DATASETS: dict[str, CoOpDataset] = {
 DATASET_ALIASES = {"Flowers102": "OxfordFlowers", "DTD": "DescribableTextures"}
 
 
-def coop_dataset(name: str) -> CoOpDataset:
-    """``COOP_DATASETS[name]`` (also under ``DATASET_ALIASES``); ``ValueError`` naming the name."""
+class ImageNetVariant(NamedTuple):
+    """A test-only ImageNet variant of CoOp's domain-generalisation benchmark (CoOp Sec. 4.3,
+    CoCoOp Sec. 5.3; CoOp's ``datasets/imagenetv2.py``, ``imagenet_sketch.py``, ``imagenet_a.py``,
+    ``imagenet_r.py``).
+
+    ``dataset_dir``: folder under the root, holding ``classnames.txt`` (a copy of ImageNet's);
+    ``image_dir``: the class folders, in it; ``label_folders``: the folders are named by ImageNet
+    label ``0..n-1`` (ImageNetV2; label i is the i-th line of ``classnames.txt``), otherwise by
+    wnid (labels = the folders' sorted order, names looked up by wnid); ``template``: the
+    zero-shot prompt (CoOp's ``CUSTOM_TEMPLATES``: "a photo of a {}." for all four)."""
+
+    dataset_dir: str
+    image_dir: str
+    label_folders: bool = False
+    template: str = "a photo of a {}."
+
+
+#: The four ImageNet variants, by their Dassl names; each has only a test split.
+IMAGENET_VARIANTS: dict[str, ImageNetVariant] = {
+    "ImageNetV2": ImageNetVariant(
+        "imagenetv2", "imagenetv2-matched-frequency-format-val", label_folders=True
+    ),
+    "ImageNetSketch": ImageNetVariant("imagenet-sketch", "images"),
+    "ImageNetA": ImageNetVariant("imagenet-adversarial", "imagenet-a"),  # 200 wnids + README.txt
+    "ImageNetR": ImageNetVariant("imagenet-rendition", "imagenet-r"),  # 200 wnids + README.txt
+}
+
+
+def coop_dataset(name: str) -> CoOpDataset | ImageNetVariant:
+    """``COOP_DATASETS[name]`` (also under ``DATASET_ALIASES``) or ``IMAGENET_VARIANTS[name]``;
+    ``ValueError`` naming the name."""
     key = DATASET_ALIASES.get(name, name)
+    if key in IMAGENET_VARIANTS:
+        return IMAGENET_VARIANTS[key]
     if key not in COOP_DATASETS:
-        raise ValueError(
-            f"unknown CoOp data set {name!r}; known: {sorted(COOP_DATASETS) + sorted(DATASET_ALIASES)}"
-        )
+        raise ValueError(f"unknown CoOp data set {name!r}; known: {known_datasets()}")
     return COOP_DATASETS[key]
+
+
+def known_datasets() -> list[str]:
+    """Every name ``coop_dataset`` accepts: the 11 data sets, their aliases, the 4 variants."""
+    return sorted(COOP_DATASETS) + sorted(DATASET_ALIASES) + sorted(IMAGENET_VARIANTS)
+
+
+def canonical_name(name: str) -> str:
+    """The Dassl name of ``name`` (``"DTD"`` -> ``"DescribableTextures"``); ``ValueError`` for an
+    unknown name."""
+    coop_dataset(name)
+    return DATASET_ALIASES.get(name, name)
 
 
 def prompt_classname(classname: str) -> str:
@@ -320,8 +361,11 @@ def load_coop_dataset(root: str | os.PathLike, name: str) -> dict[str, list[Datu
     ``DATASETS.md`` (``root/<dataset_dir>/<split file>``). ImageNet has no split file: its train
     split is ``images/train/<wnid>/*`` and its test (= val) split ``images/val/<wnid>/*``, with
     names from ``classnames.txt`` (``<wnid> <class name>`` per line). FGVC-Aircraft reads its
-    ``images_variant_{train,val,test}.txt`` lists and ``variants.txt``."""
+    ``images_variant_{train,val,test}.txt`` lists and ``variants.txt``. The ImageNet variants
+    (``IMAGENET_VARIANTS``) give ``{"test": [Datum]}`` only (``read_imagenet_variant``)."""
     info = coop_dataset(name)
+    if isinstance(info, ImageNetVariant):
+        return {"test": read_imagenet_variant(root, info)}
     ddir = os.path.join(os.fspath(root), info.dataset_dir)
     image_root = os.path.join(ddir, info.image_dir) if info.image_dir else ddir
     if info.split_file is not None:
@@ -331,32 +375,108 @@ def load_coop_dataset(root: str | os.PathLike, name: str) -> dict[str, list[Datu
     return _read_aircraft(ddir, image_root)
 
 
-def _read_imagenet(ddir: str, image_root: str) -> dict[str, list[Datum]]:
-    names_path = os.path.join(ddir, "classnames.txt")
-    if not os.path.isfile(names_path):
-        raise FileNotFoundError(f"ImageNet class names not found: {names_path}")
-    names = {}
-    with open(names_path) as f:
+def read_imagenet_classnames(path: str | os.PathLike) -> dict[str, str]:
+    """``{wnid: class name}`` in file order (= ImageNet's label order) from a ``classnames.txt``
+    of ``<wnid> <class name>`` lines (CoOp's ``ImageNet.read_classnames``; blank lines skipped).
+    ``FileNotFoundError`` naming a missing file; ``ValueError`` naming the line of an entry
+    without a name or of a repeated wnid (the reference would silently keep one)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet class names not found: {path}")
+    names: dict[str, str] = {}
+    with open(path) as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 wnid, *words = line.strip().split(" ")
                 if not words:
-                    raise ValueError(f"{names_path}: line {n} has no class name: {line!r}")
+                    raise ValueError(f"{path}: line {n} has no class name: {line!r}")
+                if wnid in names:
+                    raise ValueError(f"{path}: line {n} repeats the wnid {wnid!r}")
                 names[wnid] = " ".join(words)
-    out: dict[str, list[Datum]] = {}
-    for split, folder in (("train", "train"), ("test", "val")):
-        d = os.path.join(image_root, folder)
+    return names
+
+
+def _files(folder: str) -> list[str]:
+    """The non-hidden file names of ``folder``, sorted (the reference lists them unsorted)."""
+    return sorted(f for f in os.listdir(folder) if not f.startswith("."))
+
+
+def read_wnid_folders(image_dir: str, names: Mapping[str, str], names_path: str) -> list[Datum]:
+    """The images of a folder-per-wnid tree (ImageNet's train/val, ImageNet-Sketch, -A, -R):
+    labels are the sub-folders' sorted order, class names ``names[wnid]``. Only sub-folders
+    count, so the README.txt that ImageNet-A and -R ship beside their 200 folders (the
+    reference's ``TO_BE_IGNORED``) is skipped, as are hidden entries. ``FileNotFoundError``
+    naming a missing ``image_dir``; ``ValueError`` naming folders not in ``names_path``."""
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    wnids = sorted(e.name for e in os.scandir(image_dir)
+                   if e.is_dir() and not e.name.startswith("."))  # fmt: skip
+    if not wnids:
+        raise ValueError(f"{image_dir} has no class sub-folders")
+    unknown = [w for w in wnids if w not in names]
+    if unknown:
+        raise ValueError(f"{image_dir}: folders {unknown[:5]} are not in {names_path}")
+    items = []
+    for label, w in enumerate(wnids):
+        d = os.path.join(image_dir, w)
+        items += [Datum(os.path.join(d, f), label, names[w]) for f in _files(d)]
+    return items
+
+
+def read_label_folders(image_dir: str, names: Mapping[str, str], names_path: str) -> list[Datum]:
+    """The images of ImageNetV2's ``<label>/`` folders, ``label`` in ``0..len(names)-1``, label
+    i named by the i-th entry of ``names`` (CoOp's ``ImageNetV2.read_data``, which reads folders
+    0..999). ``FileNotFoundError`` naming a missing label folder; ``ValueError`` naming folders
+    that are not such a label (e.g. a ``classnames.txt`` with fewer than 1000 classes)."""
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    classnames = list(names.values())
+    labels = {str(i) for i in range(len(classnames))}
+    extra = sorted(e.name for e in os.scandir(image_dir)
+                   if e.is_dir() and not e.name.startswith(".") and e.name not in labels)  # fmt: skip
+    if extra:
+        raise ValueError(f"{image_dir}: folders {extra[:5]} are not labels 0..{len(labels) - 1} "
+                         f"of the {len(labels)} classes in {names_path}")  # fmt: skip
+    items = []
+    for label, name in enumerate(classnames):
+        d = os.path.join(image_dir, str(label))
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"ImageNet {folder} folder not found: {d}")
-        wnids = sorted(e.name for e in os.scandir(d) if e.is_dir())
-        unknown = [w for w in wnids if w not in names]
-        if unknown:
-            raise ValueError(f"{d}: folders {unknown[:5]} are not in {names_path}")
-        items = []
-        for label, w in enumerate(wnids):
-            files = sorted(f for f in os.listdir(os.path.join(d, w)) if not f.startswith("."))
-            items += [Datum(os.path.join(d, w, f), label, names[w]) for f in files]
-        out[split] = items
+            raise FileNotFoundError(f"ImageNetV2 label folder not found: {d} (label {label}, "
+                                    f"{name!r}, of {names_path})")  # fmt: skip
+        items += [Datum(os.path.join(d, f), label, name) for f in _files(d)]
+    return items
+
+
+def variant_classnames_path(root: str | os.PathLike, info: ImageNetVariant) -> str:
+    """The ``classnames.txt`` a variant reads: its own copy ``<root>/<dataset_dir>/`` as in the
+    reference (``DATASETS.md`` copies ImageNet's there), else ImageNet's own
+    ``<root>/imagenet/classnames.txt``; ``FileNotFoundError`` naming both when neither exists."""
+    own_copy = os.path.join(os.fspath(root), info.dataset_dir, "classnames.txt")
+    imagenet = os.path.join(os.fspath(root), "imagenet", "classnames.txt")
+    for path in (own_copy, imagenet):
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"ImageNet class names not found: neither {own_copy} nor {imagenet}")
+
+
+def read_imagenet_variant(root: str | os.PathLike, info: ImageNetVariant) -> list[Datum]:
+    """The test images of an ImageNet variant under ``root`` (``IMAGENET_VARIANTS``):
+    ``read_label_folders`` for ImageNetV2, ``read_wnid_folders`` for Sketch, -A and -R, with
+    ImageNet's class names (``variant_classnames_path``)."""
+    names_path = variant_classnames_path(root, info)
+    names = read_imagenet_classnames(names_path)
+    image_dir = os.path.join(os.fspath(root), info.dataset_dir, info.image_dir)
+    read = read_label_folders if info.label_folders else read_wnid_folders
+    return read(image_dir, names, names_path)
+
+
+def _read_imagenet(ddir: str, image_root: str) -> dict[str, list[Datum]]:
+    names_path = os.path.join(ddir, "classnames.txt")
+    names = read_imagenet_classnames(names_path)
+    out = {
+        split: read_wnid_folders(os.path.join(image_root, folder), names, names_path)
+        for split, folder in (("train", "train"), ("test", "val"))
+    }
     out["val"] = out["test"]  # CoOp evaluates the last model on ImageNet's val set
     return out
 
@@ -647,18 +767,26 @@ __all__: list[str] = [
     "DATASET_ALIASES",
     "Datum",
     "EUROSAT_NEW_CLASSNAMES",
+    "IMAGENET_VARIANTS",
     "ImageFileSource",
+    "ImageNetVariant",
     "RandomResizedCropFlip",
     "base_new_labels",
+    "canonical_name",
     "classnames_of",
     "coop_dataset",
     "generate_fewshot_dataset",
+    "known_datasets",
     "load_coop_dataset",
     "normalize",
     "oxford_pets_classname",
     "prompt_classname",
     "random_resized_crop_flip",
     "random_resized_crop_params",
+    "read_imagenet_classnames",
+    "read_imagenet_variant",
+    "read_label_folders",
+    "read_wnid_folders",
     "read_zhou_split",
     "resize_center_crop",
     "save_zhou_split",
@@ -666,5 +794,6 @@ __all__: list[str] = [
     "stanford_cars_classname",
     "sun397_classname",
     "ucf101_classname",
+    "variant_classnames_path",
     "zero_shot_prompts",
 ]
