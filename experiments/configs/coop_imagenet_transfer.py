@@ -11,7 +11,7 @@ Recipes: CoOp as its ``scripts/coop/main.sh`` + ``vit_b16_ep50.yaml`` for ImageN
 context tokens, unified, class token at the end; SGD lr 0.002, momentum 0.9, weight decay 5e-4,
 batch 32, 50 epochs of 16,000 images = 500 steps each, 1 warm-up epoch at 1e-5, cosine stepped
 per epoch); CoCoOp as ``vit_b16_c4_ep10_batch1_ctxv1.yaml`` (4 tokens from "a photo of a", 10
-epochs) at batch 32 with chunked text passes, lr as ``cocoop_vitb16.py``. Like the base-to-new
+epochs at batch 1 = 160,000 steps, lr 0.002, 1 warm-up epoch). Like the base-to-new
 configs there is no augmentation (image features are computed once).
 """
 
@@ -39,7 +39,8 @@ def get_config():
                        lr=0.002, momentum=0.9, batch_size=32, steps=50 * steps_per_epoch,
                        weight_decay=5e-4, warmup_steps=steps_per_epoch, warmup_lr=1e-5,
                        steps_per_epoch=steps_per_epoch))  # fmt: skip
-    c.cocoop.update(dict(n_ctx=4, ctx_init="a photo of a", steps=10 * steps_per_epoch,
-                         batch_size=32, warmup_steps=steps_per_epoch,
-                         steps_per_epoch=steps_per_epoch))  # fmt: skip
+    images = 16 * 1000  # CoCoOp: batch 1, so an epoch is one step per image
+    c.cocoop.update(dict(n_ctx=4, ctx_init="a photo of a", lr=0.002, steps=10 * images,
+                         batch_size=1, warmup_steps=images, steps_per_epoch=images,
+                         chunk_size=1))  # fmt: skip
     return c
