@@ -166,7 +166,7 @@ def main():
         "statistic": f"median images/s over {a.repeats} windows of {a.steps} (demo tower) / "
         f"{a.vit_steps} (ViT-B/16 tower) steps after a warm-up step; temp_bytes = "
         "compiled.memory_analysis().temp_size_in_bytes",
-        "prompt_tokens": len(tokenize("zero")) + 4,
+        "prompt_tokens": len(tokenize("zero.")) + 4,  # SOS, 4 context, name, ".", EOS
         "rows": rows,
         "jax": jax.__version__,
         "backend": jax.default_backend(),
