@@ -596,3 +596,19 @@ def test_ranking_at_fb15k237_size_fits_a_memory_budget():
     assert np.all((got > 0) & (got <= 1))
     with pytest.raises(ValueError, match="search_bytes"):
         ProverConfig(search_bytes=0)
+
+
+def test_make_train_step_sum_reduction_matches_gntp_loss():
+    kb = _tiny_kb()
+    params = _params(kb)
+    cfg = ProverConfig(depth=1, k_facts=3)
+    goals = kb.facts.astype(np.int32)
+    y = np.ones(len(goals), np.float32)
+    mask = np.arange(len(goals), dtype=np.int32)
+    tx = optax.sgd(0.1)
+    step = make_train_step(TEMPLATES, cfg, tx, l2=0.01, reduction="sum")
+    _, _, loss = step(params, tx.init(params), kb.arrays(), goals, y, mask)
+    want = gntp_loss(params, kb.arrays(), goals, y, mask, TEMPLATES, cfg, l2=0.01, reduction="sum")
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        make_train_step(TEMPLATES, cfg, tx, reduction="avg")

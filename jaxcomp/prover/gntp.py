@@ -557,18 +557,22 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     l2: float = 0.0,
+    reduction: str = "mean",
 ):
-    """Jitted ``step(params, opt_state, kb, goals, targets, mask, only_rules) -> (p, s, loss)``.
+    """Jitted ``step(params, opt_state, kb, goals, targets, mask, only_rules) -> (p, s, loss)``
+    on :func:`gntp_loss` (``l2``, ``reduction``: ``"sum"`` for the reference's summed loss).
 
     ``only_rules=True`` (static) trains only the rule-template embeddings (the reference's
     ``--only-rules-epochs`` warm-up): ``tx`` must be a :func:`rules_split` transform, so the
     frozen parameters' optimizer state does not move either (``ValueError`` otherwise).
     """
     templates = tuple(templates)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
     def step(params, opt_state, kb, goals, targets, mask, only_rules=False):
         loss, grads = jax.value_and_grad(gntp_loss)(
-            params, kb, goals, targets, mask, templates, cfg, l2=l2
+            params, kb, goals, targets, mask, templates, cfg, l2=l2, reduction=reduction
         )
         if only_rules:
             if not isinstance(opt_state, RulesSplitState):
