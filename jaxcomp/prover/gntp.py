@@ -468,6 +468,11 @@ def logistic_loss(scores: jax.Array, targets: jax.Array, eps: float = 1e-10) -> 
     return -(targets * jnp.log(s) + (1.0 - targets) * jnp.log(s1))
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
 def gntp_loss(
     params: dict,
     kb: KBArrays,
@@ -487,8 +492,7 @@ def gntp_loss(
     ``l2 * sum ||theta||^2`` over embeddings (the reference's ``--l2 w`` uses TensorFlow's
     ``l2_loss = sum x^2 / 2``, i.e. ``l2 = w / 2`` here).
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    _check_reduction(reduction)
     scores = score_triples(params, kb, goals, templates, cfg, mask=mask)
     per_goal = logistic_loss(scores, targets)
     loss = jnp.mean(per_goal) if reduction == "mean" else jnp.sum(per_goal)
@@ -567,8 +571,7 @@ def make_train_step(
     frozen parameters' optimizer state does not move either (``ValueError`` otherwise).
     """
     templates = tuple(templates)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    _check_reduction(reduction)
 
     def step(params, opt_state, kb, goals, targets, mask, only_rules=False):
         loss, grads = jax.value_and_grad(gntp_loss)(
