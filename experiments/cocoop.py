@@ -71,6 +71,7 @@ from experiments._harness import (
     write_json_atomic,
 )
 from jaxcomp.data import coop as coop_data
+from jaxcomp.data import glyphs as _glyphs
 from jaxcomp.models import clip as clip_lib
 from jaxcomp.nn import prompts as P
 from jaxcomp.train import make_train_step
@@ -80,7 +81,7 @@ DEFAULT_WORKDIR = "runs/cocoop"
 
 # Every value a run needs, checked before any work (``check_config``, named by its field).
 CONFIG_RULES = {
-    "source": ("mnist_demo", "hf"),
+    "source": ("mnist_demo", "vlworld", "hf"),
     "data_format": ("tfds", "zhou_split"),
     "protocol": ("base_to_new", "transfer"),
     "eval_targets": each(tuple(coop_data.known_datasets()), allow_empty=True),
@@ -96,7 +97,7 @@ CONFIG_RULES = {
     "pretrain_lr": ">0",
     "ckpt_every": "int>=0",
     "log_every": "int>=0",
-    "downstream_shift": ("none", "vflip", "hflip"),
+    "downstream_shift": ("none", "vflip", "hflip", "invert"),
     "max_test": optional("int>=1"),
     "shots": "int>=1",
     "seeds": each("int>=0"),
@@ -121,6 +122,13 @@ CONFIG_RULES = {
     "cocoop.warmup_lr": ">0",
     "cocoop.steps_per_epoch": "int>=1",
     "cocoop.chunk_size": "int>=1",
+    # source "vlworld" (configs/cocoop_world.py)
+    "world.groups": each(("clothing", "digits", "letters")),
+    "world.scripts": each(tuple(sorted(_glyphs.SCRIPTS)), allow_empty=True),
+    "world.glyph_per_class": "int>=2",
+    "world.glyph_test_per_class": "int>=1",
+    "world.seed": "int>=0",
+    "task.group": ("clothing", "digits", "letters"),
 }
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -175,28 +183,28 @@ def _shift(images: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray(images[:, ::-1])
     if kind == "hflip":  # mirrored
         return np.ascontiguousarray(images[:, :, ::-1])
-    raise ValueError(f"downstream_shift must be 'none', 'vflip' or 'hflip', got {kind!r}")
+    if kind == "invert":  # negative image (dark strokes on a light background)
+        return np.ascontiguousarray(images.max() + images.min() - images)
+    raise ValueError(f"downstream_shift must be 'none', 'vflip', 'hflip' or 'invert', got {kind!r}")
 
 
-def pretrain_demo_clip(cfg, images, labels, workdir):
-    """Contrastive pretraining (CLIP Fig. 3 pseudo-code) on digit images with template captions."""
-    announce("building the demo CLIP and its word-level tokenizer")
-    templates = list(cfg.pretrain_templates)
-    tok = WordTokenizer([t.format(d) for t in templates + list(cfg.zero_shot_templates)
-                         for d in DIGITS] + [cfg.ctx_init or ""])  # fmt: skip
+def _demo_clip(cfg, vocab_size: int) -> clip_lib.CLIP:
+    """The small CLIP of ``cfg.model`` for 28x28 grayscale images, randomly initialised."""
     m = cfg.model
     config = clip_lib.CLIPConfig(
         image_size=28, patch_size=m.patch_size, num_channels=1, vision_width=m.width,
         vision_layers=m.layers, vision_heads=m.heads, vision_mlp_dim=4 * m.width,
-        vocab_size=tok.vocab_size, context_length=m.context_length, text_width=m.width,
+        vocab_size=vocab_size, context_length=m.context_length, text_width=m.width,
         text_layers=m.layers, text_heads=m.heads, text_mlp_dim=4 * m.width,
         projection_dim=m.projection_dim,
     )  # fmt: skip
-    model = clip_lib.CLIP(config, rngs=nnx.Rngs(cfg.pretrain_seed))
-    # Caption token ids for every (template, digit) pair; a caption is drawn per image per step.
-    captions = np.stack(
-        [tok([t.format(d) for d in DIGITS], m.context_length) for t in templates]
-    )  # (T, 10, L)
+    return clip_lib.CLIP(config, rngs=nnx.Rngs(cfg.pretrain_seed))
+
+
+def _contrastive_pretrain(cfg, model, images, labels, index, ids, workdir):
+    """CLIP's contrastive loss (CLIP Fig. 3 pseudo-code) over ``pretrain_steps`` batches: step
+    ``i`` pairs ``images[index[i]]`` with the caption ids ``ids[i]``. Captions of the same class
+    are positives too (no false negatives in a batch). Returns ``(model, seconds)``."""
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.pretrain_lr, cfg.pretrain_steps // 10, cfg.pretrain_steps
     )
@@ -211,7 +219,6 @@ def pretrain_demo_clip(cfg, images, labels, workdir):
         img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
         txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
         logits = jnp.exp(jnp.minimum(model.logit_scale[...], math.log(100))) * img @ txt.T
-        # Captions of the same digit are positives too (no false negatives in the batch).
         y = batch["y"]
         same = (y[:, None] == y[None, :]).astype(jnp.float32)
         target = same / same.sum(-1, keepdims=True)
@@ -219,13 +226,6 @@ def pretrain_demo_clip(cfg, images, labels, workdir):
                       + optax.softmax_cross_entropy(logits.T, target.T).mean())  # fmt: skip
         return loss, (nnx.as_pure(nnx.state(model, nnx.Not(nnx.Param))), {})
 
-    # Every step's images and captions, drawn up front in the order of the original loop.
-    rng = np.random.default_rng(cfg.pretrain_seed)
-    index = np.empty((cfg.pretrain_steps, cfg.pretrain_batch), np.int64)
-    ids = np.empty((cfg.pretrain_steps, cfg.pretrain_batch, m.context_length), np.int32)
-    for i in range(cfg.pretrain_steps):
-        index[i] = rng.choice(len(labels), cfg.pretrain_batch, replace=False)
-        ids[i] = captions[rng.integers(len(templates), size=cfg.pretrain_batch), labels[index[i]]]
     stream = TableStream(
         {"x": images, "y": labels.astype(np.int32)},
         index,
@@ -247,16 +247,106 @@ def pretrain_demo_clip(cfg, images, labels, workdir):
         log_every=cfg.log_every,
         config=_pretrain_config(cfg),  # a downstream-only change reuses the pretrained CLIP
     )
-    return nnx.merge(graphdef, params, state), tok, time.time() - t0
+    return nnx.merge(graphdef, params, state), time.time() - t0
+
+
+def pretrain_demo_clip(cfg, images, labels, workdir):
+    """Contrastive pretraining on digit images with template captions."""
+    announce("building the demo CLIP and its word-level tokenizer")
+    templates = list(cfg.pretrain_templates)
+    tok = WordTokenizer([t.format(d) for t in templates + list(cfg.zero_shot_templates)
+                         for d in DIGITS] + [cfg.ctx_init or ""])  # fmt: skip
+    model = _demo_clip(cfg, tok.vocab_size)
+    length = cfg.model.context_length
+    # Caption token ids for every (template, digit) pair; a caption is drawn per image per step.
+    captions = np.stack([tok([t.format(d) for d in DIGITS], length) for t in templates])
+    # Every step's images and captions, drawn up front in the order of the original loop.
+    rng = np.random.default_rng(cfg.pretrain_seed)
+    index = np.empty((cfg.pretrain_steps, cfg.pretrain_batch), np.int64)
+    ids = np.empty((cfg.pretrain_steps, cfg.pretrain_batch, length), np.int32)
+    for i in range(cfg.pretrain_steps):
+        index[i] = rng.choice(len(labels), cfg.pretrain_batch, replace=False)
+        ids[i] = captions[rng.integers(len(templates), size=cfg.pretrain_batch), labels[index[i]]]
+    model, seconds = _contrastive_pretrain(cfg, model, images, labels, index, ids, workdir)
+    return model, tok, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# The captioned world: Fashion-MNIST + MNIST-5k + DejaVu glyphs (jaxcomp.data.vlworld)
+# --------------------------------------------------------------------------------------------
+
+
+def load_world(cfg, workdir: epath.Path, split: str):
+    """``cfg.world``'s images of ``split`` (a ``vlworld.CaptionedImages``); the glyphs are
+    rendered once into ``workdir/glyph_cache``."""
+    from jaxcomp.data import vlworld
+
+    w = cfg.world
+    return vlworld.build_world(
+        split,
+        groups=tuple(w.groups),
+        glyph_cache=workdir / "glyph_cache",
+        scripts=tuple(w.scripts) or None,
+        glyph_per_class=w.glyph_per_class,
+        glyph_test_per_class=w.glyph_test_per_class,
+        fashion_dir=w.fashion_dir or None,
+        seed=w.seed,
+    )
+
+
+def world_tokenizer(cfg, world) -> WordTokenizer:
+    """Word vocabulary of every pretraining caption and every zero-shot prompt of the world (one
+    tokenizer, whatever the downstream task); checks ``model.context_length``."""
+    texts = world.all_captions()
+    for group, templates in cfg.world.zero_shot_templates.items():
+        names = world.class_names[world.group_classes(group)] if group in world.class_groups else []
+        texts += [t.format(n) for t in templates for n in names]
+    tok = WordTokenizer(texts)
+    longest = max(len(tok.encode(t)) for t in texts)
+    if longest > cfg.model.context_length:
+        raise ValueError(f"config.model.context_length={cfg.model.context_length} is shorter than "
+                         f"the longest caption ({longest} tokens with SOS/EOS)")  # fmt: skip
+    return tok
+
+
+def pretrain_world_clip(cfg, world, images, workdir):
+    """Contrastive pretraining on the captioned world: each step draws ``pretrain_batch`` images
+    and one caption per image (a random template of its group, with its class name and font)."""
+    announce("building the world CLIP and its word-level tokenizer")
+    tok = world_tokenizer(cfg, world)
+    model = _demo_clip(cfg, tok.vocab_size)
+    rng = np.random.default_rng(cfg.pretrain_seed)
+    steps, batch, length = cfg.pretrain_steps, cfg.pretrain_batch, cfg.model.context_length
+    index = np.stack([rng.choice(len(world), batch, replace=False) for _ in range(steps)])
+    ids = tok(world.captions(rng, index.reshape(-1)), length).reshape(steps, batch, length)
+    model, seconds = _contrastive_pretrain(cfg, model, images, world.labels, index, ids, workdir)
+    return model, tok, seconds
+
+
+def world_task(cfg, world):
+    """Global class indices of the downstream task: ``cfg.task.group``'s classes whose names start
+    with ``cfg.task.prefix``."""
+    classes = world.group_classes(cfg.task.group)
+    keep = np.char.startswith(world.class_names[classes].astype(str), cfg.task.prefix)
+    if keep.sum() < 2:
+        raise ValueError(f"config.task.prefix {cfg.task.prefix!r} leaves {int(keep.sum())} classes "
+                         f"of group {cfg.task.group!r}; base-to-new needs at least 2")  # fmt: skip
+    return classes[keep]
 
 
 _PRETRAIN_KEYS = ("model", "pretrain_seed", "pretrain_steps", "pretrain_batch", "pretrain_lr",
                   "pretrain_templates", "zero_shot_templates", "ctx_init")  # fmt: skip
 
 
+_WORLD_PRETRAIN_KEYS = ("source", "model", "pretrain_seed", "pretrain_steps", "pretrain_batch",
+                        "pretrain_lr", "world")  # fmt: skip
+
+
 def _pretrain_config(cfg) -> dict:
-    """The fields of ``cfg`` that determine the pretrained demo CLIP."""
-    return {k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k] for k in _PRETRAIN_KEYS}
+    """The fields of ``cfg`` that determine the pretrained demo CLIP (the world's CLIP does not
+    depend on the downstream task, so every task of one world shares it)."""
+    keys = _WORLD_PRETRAIN_KEYS if cfg.source == "vlworld" else _PRETRAIN_KEYS
+    return {k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k] for k in keys}
 
 
 def _config_key(cfg) -> str:
@@ -383,6 +473,17 @@ def load_zhou_split(cfg, image_size: int) -> dict:
 
 def check_data(cfg) -> None:
     """Checks across fields of the data options and the protocol, before any work."""
+    if cfg.source == "vlworld":
+        w = cfg.world
+        if w.glyph_test_per_class >= w.glyph_per_class:
+            raise ValueError(f"config.world.glyph_test_per_class must be below glyph_per_class "
+                             f"({w.glyph_per_class}), got {w.glyph_test_per_class}")  # fmt: skip
+        if cfg.task.group not in w.groups:
+            raise ValueError(f"config.task.group must be one of config.world.groups {w.groups}, "
+                             f"got {cfg.task.group!r}")  # fmt: skip
+        if not tuple(w.zero_shot_templates.get(cfg.task.group, ())):
+            raise ValueError("config.world.zero_shot_templates must give templates for the task "
+                             f"group {cfg.task.group!r}")  # fmt: skip
     protocol = cfg.get("protocol", "base_to_new")
     targets = tuple(cfg.get("eval_targets", ()))
     if targets and protocol != "transfer":
@@ -433,6 +534,17 @@ def _check_transfer(cfg, targets: tuple) -> None:
 
 
 _encode_image = nnx.jit(lambda c, x: c.encode_image(x))
+
+
+def ci95(values) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student t, ddof 1); 0 for fewer
+    than two values."""
+    from scipy import stats
+
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return 0.0
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def image_features(clip, images, batch=256, desc="image features"):
@@ -560,6 +672,21 @@ def run(cfg, workdir: str) -> dict:
         xtr, xte = _shift(xtr, cfg.downstream_shift), _shift(xte, cfg.downstream_shift)
         classnames = list(DIGITS)
         tokenize = tok.encode
+    elif cfg.source == "vlworld":
+        announce("building the captioned world (Fashion-MNIST, MNIST-5k, DejaVu glyphs)")
+        world_tr, world_te = load_world(cfg, workdir, "train"), load_world(cfg, workdir, "test")
+        norm = lambda x: ((x.astype(np.float32) / 255.0) - 0.5) / 0.5
+        clip, tok, pretrain_s = pretrain_world_clip(cfg, world_tr, norm(world_tr.images), workdir)
+        classes = world_task(cfg, world_tr)
+        tr, te = np.isin(world_tr.labels, classes), np.isin(world_te.labels, classes)
+        # The task's images under the downstream shift (on uint8 pixels), labels 0..C-1.
+        xtr = norm(_shift(world_tr.images[tr], cfg.downstream_shift))
+        xte = norm(_shift(world_te.images[te], cfg.downstream_shift))
+        ytr = np.searchsorted(classes, world_tr.labels[tr]).astype(np.int32)
+        yte = np.searchsorted(classes, world_te.labels[te]).astype(np.int32)
+        classnames = [str(n) for n in world_tr.class_names[classes]]
+        zero_shot_templates = list(cfg.world.zero_shot_templates[cfg.task.group])
+        tokenize = tok.encode
     elif cfg.source == "hf":
         announce(f"loading CLIP from {cfg.clip_path} and {cfg.dataset} from {cfg.data_dir}")
         clip = clip_lib.load_pretrained(cfg.clip_path)
@@ -580,7 +707,9 @@ def run(cfg, workdir: str) -> dict:
             xtr, ytr, xte, yte, classnames = _load_tfds(cfg, clip.config.image_size)
         pretrain_s = 0.0
     else:
-        raise ValueError(f"config.source must be 'mnist_demo' or 'hf', got {cfg.source!r}")
+        raise ValueError(
+            f"config.source must be 'mnist_demo', 'vlworld' or 'hf', got {cfg.source!r}"
+        )
 
     announce("computing the frozen CLIP's image features")
     ftr = image_features(clip, xtr, desc="train image features")
@@ -637,6 +766,10 @@ def run(cfg, workdir: str) -> dict:
             "H_std_over_seeds": float(
                 np.std([P.harmonic_mean(x, z) for x, z in zip(r["base"], r["new"])])
             ),  # fmt: skip
+            # 95% CI half-widths over seeds (Student t, ddof 1); 0 for one value (zero-shot)
+            "base_ci95": ci95(r["base"]),
+            "new_ci95": ci95(r["new"]),
+            "H_ci95": ci95([P.harmonic_mean(x, z) for x, z in zip(r["base"], r["new"])]),
         }
     out = {
         "config": cfg.to_dict(),
@@ -649,7 +782,7 @@ def run(cfg, workdir: str) -> dict:
     }
     write_json_atomic(workdir / "results.json", out)
     title = cfg.get("title", "")
-    if cfg.source == "mnist_demo":
+    if cfg.source in ("mnist_demo", "vlworld"):
         title += f", shift={cfg.downstream_shift}"
     _plot(summary, workdir / "cocoop.png", title)
     _print_table(summary)

@@ -31,6 +31,7 @@ EXPERIMENTS = [
     ("efcp_fidelity", "efcp_fidelity_smoke", True),
     ("gntp", "gntp_smoke", True),
     ("cocoop", "cocoop_smoke", True),
+    ("cocoop", "cocoop_world_smoke", True),
     ("losparse", "losparse_smoke", True),
     ("losparse_polarity", "losparse_polarity_smoke", True),
     ("indistill", "indistill_smoke", True),

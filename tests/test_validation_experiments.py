@@ -43,6 +43,8 @@ FREE_TEXT = {
     "cocoop": {
         "title", "pretrain_templates", "zero_shot_templates", "ctx_init", "coop.ctx_init",
         "cocoop.ctx_init", "clip_path", "data_dir", "dataset", "train_split", "test_split",
+        "world.fashion_dir", "world.zero_shot_templates.clothing",
+        "world.zero_shot_templates.digits", "world.zero_shot_templates.letters", "task.prefix",
     },
     "cram": {"dataset", "data_dir", "test_split"},
     "cram_polarity": set(),
@@ -93,6 +95,8 @@ CROSS_BAD = [
     ("cocoop", {**_ZHOU, "eval_targets": ("DTD", "ImageNet")}, "config.eval_targets"),  # source
     ("cocoop", {**_ZHOU, "eval_targets": ("DTD", "DescribableTextures")}, "config.eval_targets"),
     ("cocoop", {**_ZHOU, "coop.class_specific": True}, "config.coop.class_specific"),
+    ("cocoop/cocoop_world", {"world.glyph_per_class": 6}, "config.world.glyph_test_per_class"),
+    ("cocoop/cocoop_world", {"world.groups": ("letters",)}, "config.task.group"),
     ("cram", {"optimizers": ("sgd", "gmp"), "gmp_begin_epoch": 25}, "config.gmp_begin_epoch"),
     ("cram_polarity", {"dev_fraction": 0.5, "test_fraction": 0.5}, "config.dev_fraction"),
     ("cram_polarity", {"finetune_sparsities": (0.95,)}, "config.finetune_sparsities"),
@@ -226,9 +230,11 @@ def test_every_bad_value_is_refused_before_any_work(name, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("name,values,needle", CROSS_BAD, ids=[c[0] for c in CROSS_BAD])
 def test_checks_across_fields_come_before_any_work(name, values, needle, tmp_path, monkeypatch):
+    name, _, stem = name.partition("/")  # "experiment/config" when not the default config
     module = importlib.import_module(f"experiments.{name}")
     _forbid_work(monkeypatch, module)
-    _assert_refused(module, _with(_config(_config_stems(name)[0]), **values), tmp_path, needle)
+    cfg = _config(stem or _config_stems(name)[0])
+    _assert_refused(module, _with(cfg, **values), tmp_path, needle)
 
 
 @pytest.mark.parametrize("name", NAMES)

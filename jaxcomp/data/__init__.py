@@ -37,8 +37,11 @@ from jaxcomp.data.sources import (
     load_mnist5k,
     read_mnist_csv,
 )
+from jaxcomp.data.vlworld import CaptionedImages, build_world
 
 __all__ = [
+    "CaptionedImages",
+    "build_world",
     "COOP_DATASETS",
     "IMAGENET_VARIANTS",
     "CoOpDataset",

@@ -68,7 +68,7 @@ FONT_STYLES = (
 
 _CANVAS = 64
 _FONT_SIZE = 40
-_VERSION = 1
+_VERSION = 2  # 2: the per-image "fonts" array
 
 
 def font_dir() -> str:
@@ -206,9 +206,10 @@ def render_glyphs(
     elastic: float = 1.5,
     dedupe: float = 0.02,
 ) -> dict[str, np.ndarray]:
-    """The glyph set: ``{"images": uint8 (N, S, S, 1), "labels": int32 (N,), "chars": (C,) str,
-    "scripts": (C,) str}``, class ``c`` = ``chars[c]``, ``per_class`` images each. Rendered once
-    and cached in ``cache_dir`` (file name from a hash of every argument)."""
+    """The glyph set: ``{"images": uint8 (N, S, S, 1), "labels": int32 (N,), "fonts": (N,) str,
+    "chars": (C,) str, "scripts": (C,) str}``, class ``c`` = ``chars[c]``, ``per_class`` images
+    each; ``fonts[i]`` is the DejaVu style image ``i`` was drawn in (one of ``FONT_STYLES``).
+    Rendered once and cached in ``cache_dir`` (file name from a hash of every argument)."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if image_size < 8:
@@ -240,16 +241,19 @@ def render_glyphs(
     else:
         classes = _classes(scripts, min_fonts, dedupe)
         images = np.empty((len(classes) * per_class, image_size, image_size), np.uint8)
+        fonts = []
         for c, (char, _, styles) in enumerate(classes):
             srcs = {s: _render(char, s) for s in styles}
             for i in range(per_class):
                 rng = np.random.default_rng((seed, ord(char), i))
                 src = srcs[styles[i % len(styles)]]
+                fonts.append(styles[i % len(styles)])
                 img = _distort(src, image_size, rng, elastic)
                 images[c * per_class + i] = np.clip(img * 255.0, 0, 255).round().astype(np.uint8)
         out = {
             "images": images[..., None],
             "labels": np.repeat(np.arange(len(classes), dtype=np.int32), per_class),
+            "fonts": np.array(fonts),
             "chars": np.array([c for c, _, _ in classes]),
             "scripts": np.array([s for _, s, _ in classes]),
         }
