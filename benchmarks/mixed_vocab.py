@@ -1,9 +1,10 @@
 """Inference throughput and size: a mixed-vocabulary student vs its MiniLM teacher, one run.
 
 The student is the Stage II architecture of ``experiments/configs/mixed_vocab.py`` (6 layers,
-``d_s = 128``, 2 heads, intermediate 512, a 5000-piece WordPiece vocabulary trained here on the
-gensim Lee corpus). Timing depends only on shapes, so its weights are random; it is exported and
-reloaded through ``load_pretrained`` like the trained one. Both models encode the same 32
+``d_s``, ``student_heads``, ``student_intermediate`` from the config: 96 wide, 3 heads, 256; a
+5000-piece WordPiece vocabulary trained here on the gensim Lee corpus). Timing depends only on
+shapes, so its weights are random; it is exported and reloaded through ``load_pretrained`` like
+the trained one. Both models encode the same 32
 sentences (64 tokens, each model with its own tokenizer), alternating, after warm-up compilation;
 we report median times, sentences per second and their ratio, parameters and checkpoint bytes.
 
@@ -38,15 +39,12 @@ def main() -> None:
     teacher_tok = bert.load_tokenizer(path)
     docs = text_data.load_lee_corpus()
     sentences = [s for d in docs for s in d]
-    student_tok = mv.train_wordpiece(sentences, 5000)
-    cfg = bert.BertConfig(
-        vocab_size=student_tok.get_vocab_size(),
-        hidden_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        intermediate_size=512,
-        add_pooler=False,
-    )
+    from experiments.configs.mixed_vocab import get_config
+    from experiments.mixed_vocab import student_config
+
+    exp = get_config()
+    student_tok = mv.train_wordpiece(sentences, exp.student_vocab_size)
+    cfg = student_config(exp, student_tok.get_vocab_size(), teacher.config)
     with tempfile.TemporaryDirectory() as tmp:
         student_bytes = mv.export_student(mv.BertMLM(cfg, rngs=nnx.Rngs(0)), student_tok, tmp)
         student = bert.load_pretrained(tmp)
@@ -86,6 +84,11 @@ def main() -> None:
             "student": int(student_bytes),
         },
         "student_vocab": student_tok.get_vocab_size(),
+        "student_shape": {
+            "hidden": exp.d_s,
+            "heads": exp.student_heads,
+            "intermediate": exp.student_intermediate,
+        },  # fmt: skip
         "backend": jax.default_backend(),
         "platform": platform.platform(),
         "load_average": os.getloadavg(),  # 1/5/15-minute, at the end of the run
