@@ -379,3 +379,17 @@ def test_learn_wordpiece_vocab_is_deterministic_bpe():
     # min_frequency stops merging: with 10 no pair is frequent enough
     assert mv.learn_wordpiece_vocab(counts, 100, min_frequency=10) == specials + alphabet
     assert len(mv.learn_wordpiece_vocab(counts, len(specials) + 3)) == len(specials) + 3
+
+
+def test_rescale_stage1_embeddings_keeps_differences():
+    from experiments.mixed_vocab import rescale_stage1_embeddings
+
+    rng = np.random.default_rng(0)
+    e_s = 0.05 * rng.normal(size=(50, 8)) + rng.normal(size=(1, 8))  # a large shared row
+    init = 0.1 * rng.normal(size=(50, 8))
+    out = rescale_stage1_embeddings(e_s.astype(np.float32), init)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.mean(out**2)), np.sqrt(np.mean(init**2)), rtol=1e-5)
+    # pairwise differences are those of E_s times one scale factor
+    scale = np.sqrt(np.mean(init**2)) / np.sqrt(np.mean((e_s - e_s.mean(0)) ** 2))
+    np.testing.assert_allclose(out[3] - out[7], scale * (e_s[3] - e_s[7]), rtol=1e-4)

@@ -38,7 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.stage1_lr = 1e-3
     c.p_start, c.p_end, c.p_ramp = 0.1, 0.9, 0.8  # p_t ramps linearly over the first 80% of steps
     # Stage II
-    c.stage2_steps = 400
+    # centre Stage I's E_s and scale it to the student's initial embedding RMS (see
+    # rescale_stage1_embeddings); without it the Stage-I-initialised students stayed at the
+    # unigram loss for 3000 steps while the randomly initialised one left it at ~1500
+    c.stage1_emb_rescale = True
+    c.stage2_steps = 3000
     c.stage2_batch_size = 32
     c.stage2_lr = 1e-3
     c.proj_type = "weights"  # or "hidden"
@@ -54,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.polarity_lr_teacher = 5e-5
     c.polarity_lr_student = 3e-4
     c.polarity_seeds = (0, 1, 2)
-    c.ckpt_every = 50
-    c.log_every = 10
+    c.ckpt_every = 250
+    c.log_every = 50
     c.seed = 0
     return c
