@@ -39,13 +39,18 @@ prompt learners are trained with ``logits_from_features``.
 
 Stages (each trained by ``jaxcomp.train.fit`` in its own sub-workdir, with checkpoints and
 ``metrics.jsonl``): ``pretrain-<hash of the pretraining config>`` (demo CLIP; a rerun with the same
-pretraining config reuses it), then ``<method>_seed<seed>`` per prompt learner.
+pretraining config reuses it), then ``<method>_seed<seed>`` per prompt learner. On the captioned
+world (``source="vlworld"``) the learners, results.json and the plot go to the task's own
+sub-directory (``task_dir``, e.g. ``letters-greek-invert/``), so tasks share the pretrained CLIP
+and nothing else. A learner's stage records its ``downstream_identity`` (method config, task,
+shift, shots, pretraining key): a rerun that differs in any of them is refused, never resumed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import jax.numpy as jnp
@@ -356,6 +361,32 @@ def _config_key(cfg) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+_DOWNSTREAM_KEYS = ("source", "dataset", "data_format", "protocol", "shots", "downstream_shift",
+                    "task")  # fmt: skip
+
+
+def downstream_identity(cfg, method: str) -> dict:
+    """What a prompt learner's stage was trained on: the method's config plus the downstream
+    fields (task, shift, shots, data) and, for the CLIPs pretrained here, the pretraining key.
+    ``fit`` refuses to resume a stage whose identity differs, so a run on another task or shift
+    in the same directory can never pick up a finished learner of the first."""
+    down = {k: cfg[k] for k in _DOWNSTREAM_KEYS if k in cfg}
+    down = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in down.items()}
+    if cfg.source in ("mnist_demo", "vlworld"):
+        down["pretrain"] = _config_key(cfg)
+    return {"method": cfg[method].to_dict(), "downstream": down}
+
+
+def task_dir(cfg) -> str:
+    """The sub-directory of the workdir that holds one downstream task's outputs on the
+    captioned world (its tasks share the pretrained CLIP at the workdir's root): e.g.
+    ``letters-greek-invert``; ``""`` for the other sources (outputs at the root)."""
+    if cfg.source != "vlworld":
+        return ""
+    parts = [cfg.task.group, cfg.task.prefix, cfg.downstream_shift]
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", str(x)) for x in parts if x)
+
+
 # --------------------------------------------------------------------------------------------
 # Real CLIP + TFDS
 # --------------------------------------------------------------------------------------------
@@ -621,9 +652,10 @@ def prompt_optimizer(cfg) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(wd), sgd) if wd else sgd
 
 
-def train_prompts(model, feats, labels, cfg, seed, workdir, stage):
+def train_prompts(model, feats, labels, cfg, seed, workdir, stage, identity=None):
     """SGD + cosine on cross-entropy over the prompt parameters only (CoOp Sec. 4.1), through
-    ``fit`` in ``workdir/stage``; returns ``(trained model, final loss)``."""
+    ``fit`` in ``workdir/stage``; returns ``(trained model, final loss)``. ``identity`` (default:
+    ``cfg``) is the config ``fit`` records and checks on resume (see ``downstream_identity``)."""
     tx = prompt_optimizer(cfg)
     graphdef, params, rest = nnx.split(model, P.PromptParam, ...)
     # Copies: the frozen CLIP is shared with the next runs, and the train step donates its inputs.
@@ -649,14 +681,14 @@ def train_prompts(model, feats, labels, cfg, seed, workdir, stage):
         workdir=workdir,
         stage=stage,
         log_every=10,
-        config=cfg,
+        config=cfg if identity is None else identity,
     )
     return nnx.merge(graphdef, params, rest), history[-1]["loss"] if history else float("nan")
 
 
 def run(cfg, workdir: str) -> dict:
     """Zero-shot, then every prompt learner of ``cfg.methods`` for every seed; results.json and
-    cocoop.png in ``workdir``."""
+    cocoop.png in ``workdir`` (on the captioned world in ``workdir/<task_dir(cfg)>``)."""
     check_config(cfg, CONFIG_RULES)
     check_data(cfg)
     workdir = workdir_path(workdir)
@@ -711,6 +743,10 @@ def run(cfg, workdir: str) -> dict:
             f"config.source must be 'mnist_demo', 'vlworld' or 'hf', got {cfg.source!r}"
         )
 
+    # The captioned world's tasks share the pretrained CLIP (workdir root); each task's learners,
+    # results.json and plot go to its own sub-directory.
+    out_dir = workdir / task_dir(cfg) if task_dir(cfg) else workdir
+    out_dir.mkdir(parents=True, exist_ok=True)
     announce("computing the frozen CLIP's image features")
     ftr = image_features(clip, xtr, desc="train image features")
     fte = image_features(clip, xte, desc="test image features")
@@ -740,7 +776,8 @@ def run(cfg, workdir: str) -> dict:
             model = make_learner(method, clip, names["base"], mcfg, tokenize, seed)
             t0 = time.time()
             stage = f"{method}_seed{seed}"
-            model, loss = train_prompts(model, f, y, mcfg, seed, workdir, stage)
+            model, loss = train_prompts(model, f, y, mcfg, seed, out_dir, stage,
+                                        downstream_identity(cfg, method))  # fmt: skip
             per_seed["train_s"].append(time.time() - t0)
             per_seed["final_loss"].append(loss)
             announce(f"{stage}: evaluating on base and new classes")
@@ -780,11 +817,11 @@ def run(cfg, workdir: str) -> dict:
         "summary": summary,
         "note": "shared 2-core CPU (other processes running); timings are indicative only",
     }
-    write_json_atomic(workdir / "results.json", out)
+    write_json_atomic(out_dir / "results.json", out)
     title = cfg.get("title", "")
     if cfg.source in ("mnist_demo", "vlworld"):
         title += f", shift={cfg.downstream_shift}"
-    _plot(summary, workdir / "cocoop.png", title)
+    _plot(summary, out_dir / "cocoop.png", title)
     _print_table(summary)
     return out
 
@@ -821,7 +858,7 @@ def run_transfer(cfg, workdir: epath.Path, clip, tokenize, data: dict, t_start: 
             t0 = time.time()
             stage = f"{method}_seed{seed}"
             model, loss = train_prompts(model, ftr[idx], data["train_labels"][idx], mcfg, seed,
-                                        workdir, stage)  # fmt: skip
+                                        workdir, stage, downstream_identity(cfg, method))  # fmt: skip
             per_seed["train_s"].append(time.time() - t0)
             per_seed["final_loss"].append(loss)
             _save_prompts(model, workdir / stage / "prompts.safetensors")

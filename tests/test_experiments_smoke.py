@@ -200,10 +200,11 @@ def _histories(workdir: pathlib.Path) -> dict[str, list[dict]]:
 
 
 def _results_file(workdir: pathlib.Path) -> pathlib.Path:
-    """``results.json``, or the one ``results_<eval tag>.json`` of a reduced evaluation."""
+    """``results.json``, or the one ``results_<eval tag>.json`` of a reduced evaluation, at the
+    workdir's root or in its one task sub-directory (the captioned world's tasks)."""
     if (workdir / "results.json").exists():
         return workdir / "results.json"
-    found = sorted(workdir.glob("results*.json"))
+    found = sorted(workdir.glob("results*.json")) or sorted(workdir.glob("*/results*.json"))
     assert len(found) == 1, found
     return found[0]
 
@@ -251,7 +252,7 @@ def test_smoke_config_writes_only_into_its_workdir(
         assert all("loss" in r for r in rows)
         events = list(workdir.rglob("events.out.tfevents.*"))
         assert events and all(f.stat().st_size > 0 for f in events), "no TensorBoard events"
-    assert list(workdir.glob("*.png")), "no figure in the workdir"
+    assert list(workdir.glob("*.png")) or list(workdir.glob("*/*.png")), "no figure in the workdir"
     # Log privacy: no training text in the console log, metrics, results, tables or plots, and no
     # raw input (no run of >= 256 numbers in any JSON/JSONL output: an image is 784 or 1024).
     out = capfd.readouterr()

@@ -54,3 +54,39 @@ def test_table_from_workdir_and_file(tmp_path):
         T.main(["--out", str(out), f"full={other / 'full.json'}"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         T.main(["--out", str(out), str(tmp_path / "nowhere")])
+
+
+def test_pretraining_seeds_merge_and_pair(tmp_path):
+    """The same row from several workdirs: metric mean +- std (ddof=1) over workdirs, polarity
+    pooled over all runs, paired MLM differences against `full` per workdir."""
+    accs = {"a": (0.12, 0.10), "b": (0.14, 0.09), "c": (0.13, None)}  # (full, scratch)
+    dirs = []
+    for wd_name, (full_acc, scratch_acc) in accs.items():
+        rows = tmp_path / wd_name / "rows"
+        rows.mkdir(parents=True)
+        full = _row("full", 1_000_000, [0.5, 0.6])
+        full["mlm_acc"] = full_acc
+        (rows / "full.json").write_text(json.dumps(full))
+        if scratch_acc is not None:
+            scratch = _row("scratch", 1_000_000, [0.55])
+            scratch["mlm_acc"] = scratch_acc
+            (rows / "scratch.json").write_text(json.dumps(scratch))
+        dirs.append(str(tmp_path / wd_name))
+    (tmp_path / "a" / "rows" / "teacher.json").write_text(json.dumps(_row("teacher", 22_713_216, [0.79])))  # fmt: skip
+    res = T.main(["--out", str(tmp_path / "t.json"), *dirs])
+    rows = {r["label"]: r for r in res["rows"]}
+    assert rows["teacher"]["n_pretrain"] == 1 and rows["teacher"]["mlm_acc_std"] is None
+    f = rows["full"]
+    assert f["n_pretrain"] == 3
+    assert f["mlm_acc"] == pytest.approx(0.13)
+    assert f["mlm_acc_std"] == pytest.approx(np.std([0.12, 0.14, 0.13], ddof=1))
+    assert f["polarity_runs"] == [0.5, 0.6] * 3
+    assert f["polarity_std"] == pytest.approx(np.std([0.5, 0.6] * 3, ddof=1))
+    d = res["paired_mlm_acc_vs_full"]["scratch"]
+    assert d["n"] == 2  # workdir c has no scratch row
+    assert d["diffs"] == pytest.approx([-0.02, -0.05])
+    assert d["std"] == pytest.approx(np.std([-0.02, -0.05], ddof=1))
+    bad = _row("full", 999, [0.5])
+    (tmp_path / "c" / "rows" / "full.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="differ in model"):
+        T.main(["--out", str(tmp_path / "t.json"), *dirs])

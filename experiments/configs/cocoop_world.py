@@ -5,7 +5,8 @@ then zero-shot vs CoOp vs CoCoOp on one task's classes (base = first half, new =
 under a downstream shift, 5 seeds, every test image of the task.
 
     python -m experiments.cocoop --config=experiments/configs/cocoop_world.py --workdir=runs/world
-    # other tasks share the pretrained CLIP when they share the workdir:
+    # other tasks share the pretrained CLIP when they share the workdir (each task writes its
+    # learners, results.json and plot to <workdir>/<group>[-<prefix>]-<shift>/):
     ... --config.task.group=letters --config.task.prefix=greek
     ... --config.task.group=digits
 """
