@@ -819,6 +819,9 @@ def run(cfg, workdir: str) -> dict:
     }
     write_json_atomic(out_dir / "results.json", out)
     title = cfg.get("title", "")
+    if cfg.source == "vlworld" and not title:  # name the task, so every task's plot differs
+        task = cfg.task.group + (f" '{cfg.task.prefix}*'" if cfg.task.prefix else "")
+        title = f"captioned world, {task} ({len(classnames)} classes), {cfg.shots} shots"
     if cfg.source in ("mnist_demo", "vlworld"):
         title += f", shift={cfg.downstream_shift}"
     _plot(summary, out_dir / "cocoop.png", title)
