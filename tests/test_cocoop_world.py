@@ -20,7 +20,7 @@ TINY = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_clip")
 
 def test_task_dir_names_group_prefix_and_shift():
     c = world_config()
-    assert cocoop.task_dir(c) == "clothing-invert"
+    assert cocoop.task_dir(c) == "clothing-hflip"
     c.task.group, c.task.prefix, c.downstream_shift = "letters", "greek small", "none"
     assert cocoop.task_dir(c) == "letters-greek_small-none"
     assert cocoop.task_dir(demo_config()) == ""  # the demo keeps its outputs at the root
@@ -34,7 +34,7 @@ def test_downstream_identity_changes_with_task_shift_shots_and_pretraining():
     for edit in (
         lambda c: setattr(c.task, "group", "digits"),
         lambda c: setattr(c.task, "prefix", "greek"),
-        lambda c: setattr(c, "downstream_shift", "hflip"),
+        lambda c: setattr(c, "downstream_shift", "vflip"),
         lambda c: setattr(c, "shots", 8),
         lambda c: setattr(c, "pretrain_steps", 10),
         lambda c: setattr(c.coop, "lr", 0.1),
