@@ -41,7 +41,7 @@ Stages (each trained by ``jaxcomp.train.fit`` in its own sub-workdir, with check
 ``metrics.jsonl``): ``pretrain-<hash of the pretraining config>`` (demo CLIP; a rerun with the same
 pretraining config reuses it), then ``<method>_seed<seed>`` per prompt learner. On the captioned
 world (``source="vlworld"``) the learners, results.json and the plot go to the task's own
-sub-directory (``task_dir``, e.g. ``letters-greek-invert/``), so tasks share the pretrained CLIP
+sub-directory (``task_dir``, e.g. ``letters-greek-hflip/``), so tasks share the pretrained CLIP
 and nothing else. A learner's stage records its ``downstream_identity`` (method config, task,
 shift, shots, pretraining key): a rerun that differs in any of them is refused, never resumed.
 """
@@ -380,7 +380,7 @@ def downstream_identity(cfg, method: str) -> dict:
 def task_dir(cfg) -> str:
     """The sub-directory of the workdir that holds one downstream task's outputs on the
     captioned world (its tasks share the pretrained CLIP at the workdir's root): e.g.
-    ``letters-greek-invert``; ``""`` for the other sources (outputs at the root)."""
+    ``letters-greek-hflip``; ``""`` for the other sources (outputs at the root)."""
     if cfg.source != "vlworld":
         return ""
     parts = [cfg.task.group, cfg.task.prefix, cfg.downstream_shift]
