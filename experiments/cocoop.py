@@ -105,6 +105,7 @@ CONFIG_RULES = {
     "downstream_shift": ("none", "vflip", "hflip", "invert"),
     "max_test": optional("int>=1"),
     "shots": "int>=1",
+    "linear_probe_val_shots": "int>=0",
     "seeds": each("int>=0"),
     "methods": each(("coop", "cocoop")),
     "coop.n_ctx": "int>=0",
@@ -652,6 +653,40 @@ def prompt_optimizer(cfg) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(wd), sgd) if wd else sgd
 
 
+def probe_shots(labels, classes, shots: int, val_shots: int, seed: int):
+    """The linear probe's training and validation indices for one seed: the prompt learners'
+    ``shots`` per class (``P.k_shot_indices``, the same draw) and ``val_shots`` more per class
+    from the remaining training images (a few-shot validation set, as Dassl's
+    ``min(shots, 4)``), disjoint from them."""
+    train_idx = P.k_shot_indices(labels, classes, shots, seed=seed)
+    rest = np.setdiff1d(np.flatnonzero(np.isin(labels, classes)), train_idx)
+    val_idx = rest[P.k_shot_indices(np.asarray(labels)[rest], classes, val_shots, seed=seed)]
+    return train_idx, val_idx
+
+
+def run_linear_probe(ftr, ytr, test_feats, test_labels, classes, cfg) -> dict:
+    """CoOp's linear-probe CLIP baseline on the base classes, per seed: logistic regression on
+    the frozen features of the same K shots the prompt learners see, ``C`` searched on
+    ``linear_probe_val_shots`` further shots per class (``P.linear_probe``), accuracy (%) on
+    the base test images. A linear probe has no classifier for unseen classes, so it has no new
+    or H column."""
+    out = {"base": [], "c": [], "val_accuracy": []}
+    for seed in cfg.seeds:
+        tr, va = probe_shots(ytr, classes, cfg.shots, cfg.linear_probe_val_shots, seed)
+        y_tr = np.searchsorted(classes, ytr[tr]).astype(np.int32)
+        y_va = np.searchsorted(classes, ytr[va]).astype(np.int32)
+        probe = P.linear_probe(ftr[tr], y_tr, ftr[va], y_va)
+        acc = 100.0 * float(np.mean(np.asarray(probe.predict(test_feats)) == test_labels))
+        out["base"].append(acc)
+        out["c"].append(probe.c)
+        out["val_accuracy"].append(100.0 * probe.val_accuracy)
+        print(f"linear probe seed {seed}: base {acc:.2f} (C={probe.c:.3g})", flush=True)
+    out["base_mean"] = float(np.mean(out["base"]))
+    out["base_std"] = float(np.std(out["base"]))
+    out["base_ci95"] = ci95(out["base"])
+    return out
+
+
 def train_prompts(model, feats, labels, cfg, seed, workdir, stage, identity=None):
     """SGD + cosine on cross-entropy over the prompt parameters only (CoOp Sec. 4.1), through
     ``fit`` in ``workdir/stage``; returns ``(trained model, final loss)``. ``identity`` (default:
@@ -763,6 +798,10 @@ def run(cfg, workdir: str) -> dict:
         results["zero_shot"][group] = [zero_shot_accuracy(clip, names[group], zero_shot_templates,
                                                           tokenize, *test[group])]  # fmt: skip
     print(f"zero-shot: {results['zero_shot']}", flush=True)
+    probe = None
+    if cfg.get("linear_probe_val_shots", 0) and shot_index is None:
+        announce("linear probe on the base classes")
+        probe = run_linear_probe(ftr, ytr, *test["base"], base, cfg)
 
     for method in cfg.methods:
         mcfg = cfg[method]
@@ -817,6 +856,8 @@ def run(cfg, workdir: str) -> dict:
         "summary": summary,
         "note": "shared 2-core CPU (other processes running); timings are indicative only",
     }
+    if probe is not None:
+        out["linear_probe"] = probe
     write_json_atomic(out_dir / "results.json", out)
     title = cfg.get("title", "")
     if cfg.source == "vlworld" and not title:  # name the task, so every task's plot differs
@@ -826,6 +867,8 @@ def run(cfg, workdir: str) -> dict:
         title += f", shift={cfg.downstream_shift}"
     _plot(summary, out_dir / "cocoop.png", title)
     _print_table(summary)
+    if probe is not None:
+        print(f"| linear probe | {probe['base_mean']:.2f} ± {probe['base_std']:.2f} | - | - |")
     return out
 
 

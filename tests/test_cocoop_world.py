@@ -68,5 +68,45 @@ def test_a_learner_of_another_task_is_refused_not_resumed(tmp_path):
     other = world_config()
     other.coop.steps, other.coop.batch_size = 4, 4
     other.task.group = "digits"
-    with pytest.raises(ValueError, match=r"(?s)refusing to resume.*downstream.task.group: .clothing. -> .digits."):
+    with pytest.raises(
+        ValueError, match=r"(?s)refusing to resume.*downstream.task.group: .clothing. -> .digits."
+    ):
         train(other)
+
+
+def test_probe_shots_are_the_learners_shots_plus_disjoint_validation():
+    labels = np.repeat(np.arange(5), 12)
+    np.random.default_rng(0).shuffle(labels)
+    classes = np.array([1, 3, 4])
+    tr, va = cocoop.probe_shots(labels, classes, shots=4, val_shots=3, seed=7)
+    np.testing.assert_array_equal(tr, cocoop.P.k_shot_indices(labels, classes, 4, seed=7))
+    assert not set(tr) & set(va)
+    for c in classes:
+        assert (labels[tr] == c).sum() == 4 and (labels[va] == c).sum() == 3
+    assert set(labels[va]) == set(classes.tolist())
+    with pytest.raises(ValueError, match="fewer than k=9"):
+        cocoop.probe_shots(labels, classes, shots=4, val_shots=9, seed=7)
+
+
+def test_linear_probe_baseline_equals_a_direct_fit():
+    """Per seed: ``P.linear_probe`` on the seed's shots, accuracy on the base test features."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 8)) * 3
+    ytr = np.repeat(np.arange(4), 20)
+    ftr = (centres[ytr] + rng.normal(size=(80, 8))).astype(np.float32)
+    base = np.array([0, 2])
+    yte_global = np.repeat(base, 10)
+    fte = (centres[yte_global] + rng.normal(size=(20, 8))).astype(np.float32)
+    yte = np.searchsorted(base, yte_global).astype(np.int32)
+    cfg = world_config()
+    cfg.shots, cfg.linear_probe_val_shots, cfg.seeds = 4, 2, (1, 2)
+    out = cocoop.run_linear_probe(ftr, ytr, fte, yte, base, cfg)
+    for i, seed in enumerate(cfg.seeds):
+        tr, va = cocoop.probe_shots(ytr, base, 4, 2, seed)
+        probe = cocoop.P.linear_probe(
+            ftr[tr], np.searchsorted(base, ytr[tr]), ftr[va], np.searchsorted(base, ytr[va])
+        )
+        acc = 100.0 * np.mean(np.asarray(probe.predict(fte)) == yte)
+        assert out["base"][i] == pytest.approx(acc) and out["c"][i] == probe.c
+    assert out["base_mean"] == pytest.approx(np.mean(out["base"]))
+    assert out["base_mean"] > 90  # well-separated classes

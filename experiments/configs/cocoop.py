@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.protocol = "base_to_new"
     c.eval_targets = ()
     c.shots = 16
+    # CoOp's linear-probe baseline on the base classes (same K shots per seed, C searched on this
+    # many further shots per class; Dassl's few-shot validation is min(K, 4)); 0 = off
+    c.linear_probe_val_shots = 4
     c.seeds = (1, 2, 3)
     c.methods = ("coop", "cocoop")
     c.coop = ml_collections.ConfigDict(

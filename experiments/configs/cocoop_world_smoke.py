@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.world.glyph_per_class, c.world.glyph_test_per_class = 8, 2
     c.task.group, c.task.prefix = "letters", "greek"
     c.shots, c.seeds = 4, (1,)
+    c.linear_probe_val_shots = 2  # 6 training glyphs per class: 4 shots + 2 for validation
     c.coop.steps = c.cocoop.steps = 10
     c.coop.batch_size = c.cocoop.batch_size = 8
     return c
