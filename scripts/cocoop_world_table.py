@@ -2,7 +2,7 @@
 from the ``results.json`` of one or more tasks.
 
 Each argument is ``LABEL=PATH/results.json``. Per task: zero-shot CLIP (one deterministic value),
-then every learner's base, new and H as the mean over seeds with the 95% confidence half-width
+the linear probe's base accuracy where the run made one, then every learner's base, new and H as the mean over seeds with the 95% confidence half-width
 (Student t, ddof 1), and H of the mean accuracies (as in the CoCoOp tables). Paired by seed (the
 same shots): CoCoOp - CoOp on base, new and per-seed H, and each learner's new-class accuracy
 minus zero-shot's. Writes ``--out`` (JSON) and prints markdown.
@@ -59,6 +59,8 @@ def task_table(results: dict) -> dict:
             "H_per_seed": mean_ci(harmonic(b, n)),
             "new_minus_zero_shot": mean_ci(n - zn),
         }
+    if "linear_probe" in results:  # base classes only: a probe has no classifier for new ones
+        out["linear_probe"] = {"base": mean_ci(results["linear_probe"]["base"])}
     if "coop" in per and "cocoop" in per:
         c, k = per["coop"], per["cocoop"]
         if len(c["base"]) != len(k["base"]):
@@ -87,6 +89,8 @@ def markdown(tables: dict) -> str:
         for m, r in t["methods"].items():
             lines.append(f"| | {m} | {_fmt(r['base'])} | {_fmt(r['new'])} | "
                          f"{r['H_of_means']:.2f} | {_fmt(r['H_per_seed'])} |")  # fmt: skip
+        if "linear_probe" in t:
+            lines.append(f"| | linear probe | {_fmt(t['linear_probe']['base'])} | — | — | — |")
     lines += ["", "| task | CoCoOp - CoOp: base | new | H | CoOp new - zero-shot | "
               "CoCoOp new - zero-shot |", "|---|---|---|---|---|---|"]  # fmt: skip
     for label, t in tables.items():

@@ -35,13 +35,18 @@ def test_task_table_statistics(tmp_path):
     coop = ([70.0, 72.0, 74.0], [30.0, 36.0, 33.0])
     cocoop = ([68.0, 69.0, 73.0], [41.0, 40.0, 45.0])
     f = tmp_path / "results.json"
-    f.write_text(json.dumps(_results(coop, cocoop)))
+    r = _results(coop, cocoop)
+    r["linear_probe"] = {"base": [80.0, 84.0, 82.0], "c": [1.0, 1.0, 1.0]}
+    f.write_text(json.dumps(r))
     res = T.main(["--out", str(tmp_path / "o.json"), f"digits={f}"])
     t = res["tasks"]["digits"]
     assert t["zero_shot"] == {"base": 50.0, "new": 40.0, "H": pytest.approx(2 * 50 * 40 / 90)}
     c = t["methods"]["coop"]
     assert c["base"]["mean"] == pytest.approx(72.0)
     assert c["base"]["ci95"] == pytest.approx(T_975[3] * 2.0 / np.sqrt(3))  # std of 70,72,74 = 2
+    assert t["linear_probe"]["base"]["mean"] == pytest.approx(82.0)
+    assert t["linear_probe"]["base"]["ci95"] == pytest.approx(T_975[3] * 2.0 / np.sqrt(3))
+    assert "linear_probe" not in T.task_table(_results(coop, cocoop))
     assert c["H_of_means"] == pytest.approx(2 * 72 * 33 / 105)
     assert c["new_minus_zero_shot"]["mean"] == pytest.approx(-7.0)
     d = t["paired"]["cocoop_minus_coop"]
