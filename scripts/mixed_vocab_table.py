@@ -10,8 +10,9 @@ fine-tuning seeds. Writes ``--out`` (JSON) and prints a markdown table.
 Rows that share a label (the same row from workdirs run with different ``--config.seed``, i.e.
 pretraining seeds) are merged: each metric becomes the mean over pretraining seeds with its std
 (ddof=1) beside it, polarity pools every fine-tuning run of every pretraining seed, and
-``paired`` gives, for every row that shares workdirs with ``full``, the per-workdir differences
-of held-out MLM accuracy against ``full`` (mean, std, n).
+``paired_vs_full`` gives, for every row that shares workdirs with ``full``, the per-workdir
+differences against ``full`` (mean, std, n) of held-out MLM accuracy and of the polarity accuracy
+averaged over that workdir's fine-tuning seeds.
 
     python scripts/mixed_vocab_table.py --out docs/mixed_vocab_results.json runs/mv \
         runs/mv_seed1 runs/mv_seed2 "full, alpha=1=runs/mv_a1/rows/full.json"
@@ -175,15 +176,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows, entries = collect(args.runs)
     result = {
         "rows": rows,
-        "paired_mlm_acc_vs_full": paired(entries),
+        # per pretraining seed (workdir): row - full, for held-out MLM accuracy and for the
+        # polarity accuracy averaged over that seed's fine-tuning runs
+        "paired_vs_full": {k: paired(entries, key=k) for k in ("mlm_acc", "polarity_mean")},
         "std": "ddof=1; metrics over pretraining seeds (n_pretrain), polarity over every "
         "fine-tuning run of every pretraining seed",
     }
     pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(table(rows))
-    for label, d in result["paired_mlm_acc_vs_full"].items():
-        sd = "" if d["std"] is None else f" +- {d['std']:.4f}"
-        print(f"held-out MLM acc, {label} - full: {d['mean']:+.4f}{sd} (n={d['n']})")
+    for key, rows in result["paired_vs_full"].items():
+        for label, d in rows.items():
+            sd = "" if d["std"] is None else f" +- {d['std']:.4f}"
+            print(f"{key}, {label} - full: {d['mean']:+.4f}{sd} (n={d['n']})")
     return result
 
 

@@ -82,10 +82,12 @@ def test_pretraining_seeds_merge_and_pair(tmp_path):
     assert f["mlm_acc_std"] == pytest.approx(np.std([0.12, 0.14, 0.13], ddof=1))
     assert f["polarity_runs"] == [0.5, 0.6] * 3
     assert f["polarity_std"] == pytest.approx(np.std([0.5, 0.6] * 3, ddof=1))
-    d = res["paired_mlm_acc_vs_full"]["scratch"]
+    d = res["paired_vs_full"]["mlm_acc"]["scratch"]
     assert d["n"] == 2  # workdir c has no scratch row
     assert d["diffs"] == pytest.approx([-0.02, -0.05])
     assert d["std"] == pytest.approx(np.std([-0.02, -0.05], ddof=1))
+    pol = res["paired_vs_full"]["polarity_mean"]["scratch"]
+    assert pol["diffs"] == pytest.approx([0.55 - 0.55, 0.55 - 0.55])
     bad = _row("full", 999, [0.5])
     (tmp_path / "c" / "rows" / "full.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="differ in model"):
