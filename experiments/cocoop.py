@@ -7,9 +7,14 @@ first ceil(n/2) are *base*, the rest *new*; prompts are learned from K shots per
 learned prompts are evaluated on base test images (among base classes) and, unchanged, on new
 test images (among new classes); H is the harmonic mean. Zero-shot CLIP with hand-written
 templates is the baseline. K-shot sets and prompt initialisation depend on the seed; we report
-mean and std over seeds.
+mean and std over seeds. With ``config.linear_probe_val_shots > 0`` (not on the split-file path)
+results.json also holds CoOp's linear-probe baseline on the base classes (``run_linear_probe``:
+the same K shots per seed, ``C`` searched on that many further shots per class).
 
 ``config.source``:
+* ``"vlworld"`` (runs offline, ``configs/cocoop_world.py``): a small CLIP pretrained on the
+  captioned world of ``jaxcomp.data.vlworld``; one task (``config.task``) per run, in its own
+  ``task_dir``.
 * ``"mnist_demo"`` (runs offline): no pretrained CLIP exists here, so a small CLIP is first
   pretrained contrastively on MNIST-5k training digits with template captions ("a photo of the
   number seven."); its tokenizer is a word-level vocabulary of the caption words. The
